@@ -1,0 +1,96 @@
+// mfuser: the command-line entry point. Subcommands are added as the runtime grows.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "loaders/safetensors.h"
+#include "runtime/cuda.h"
+
+namespace {
+
+using namespace mfuser;
+
+constexpr const char* kUsage =
+    "usage: mfuser <command> [args]\n"
+    "\n"
+    "commands:\n"
+    "  inspect FILE.safetensors   list the tensors of a file (validates it fully)\n"
+    "  devices                    show whether CUDA is usable and which devices exist\n"
+    "  help                       this text\n";
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+  return buf;
+}
+
+int inspect(const std::vector<std::string>& args) {
+  if (args.size() != 1) {
+    std::fputs("usage: mfuser inspect FILE.safetensors\n", stderr);
+    return 2;
+  }
+  const SafetensorsReader reader(args[0]);
+  uint64_t total_bytes = 0, total_elems = 0;
+  for (const SafetensorsEntry& e : reader.entries()) {
+    std::string shape = "[";
+    uint64_t n = 1;
+    for (size_t i = 0; i < e.shape.size(); ++i) {
+      shape += (i ? ", " : "") + std::to_string(e.shape[i]);
+      n *= uint64_t(e.shape[i]);
+    }
+    shape += "]";
+    std::printf("%-72s %-5s %-24s %10s\n", e.name.c_str(), e.dtype.c_str(), shape.c_str(),
+                human_bytes(double(e.end - e.begin)).c_str());
+    total_bytes += e.end - e.begin;
+    total_elems += n;
+  }
+  for (const auto& [k, v] : reader.metadata()) std::printf("metadata %s = %s\n", k.c_str(), v.c_str());
+  std::printf("%zu tensors, %llu elements, %s\n", reader.entries().size(), static_cast<unsigned long long>(total_elems),
+              human_bytes(double(total_bytes)).c_str());
+  return 0;
+}
+
+int devices() {
+  std::printf("built with CUDA: %s\n", cuda::built_with_cuda() ? "yes" : "no");
+  if (!cuda::available()) {
+    std::printf("CUDA unavailable: %s\n", cuda::unavailable_reason().c_str());
+    return 0;
+  }
+  for (int d = 0; d < cuda::device_count(); ++d) {
+    const cuda::DeviceInfo info = cuda::device_info(d);
+    std::printf("cuda:%d  %s  sm_%d%d  %d SMs  %s\n", d, info.name.c_str(), info.cc_major, info.cc_minor,
+                info.sm_count, human_bytes(double(info.total_memory)).c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    if (command == "inspect") return inspect(args);
+    if (command == "devices") return devices();
+    if (command == "help" || command == "--help" || command == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "mfuser: unknown command '%s'\n\n%s", command.c_str(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mfuser %s: error: %s\n", command.c_str(), e.what());
+    return 1;
+  }
+}

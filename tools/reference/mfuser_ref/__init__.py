@@ -1,0 +1,1 @@
+"""PyTorch oracle of MFuser-CLIP (CPU, float32). See model.MFuserCLIP."""
