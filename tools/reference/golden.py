@@ -1,0 +1,518 @@
+#!/usr/bin/python3
+"""Golden data for the CUDA runtime: weights, inputs and named intermediates of the PyTorch oracle.
+
+    /usr/bin/python3 tools/reference/golden.py --config tools/configs/mfuser_clip_tiny.json \
+        --seed 1 --out DIR [--train] [--batch 2] [--all-modules] [--force]
+
+Writes (float32 throughout; safetensors files readable by mfuser_ref.safetensors_io or any
+safetensors reader):
+
+  DIR/model.safetensors   the oracle's state dict (official checkpoint keys) + ``texts`` int64
+                          [num_classes, context_length], as used for the run (before any training
+                          forward: the BatchNorm running statistics are the ones eval mode used)
+  DIR/input.safetensors   ``img`` [B, 3, H, W]: random RGB pixels normalised with CLIP's mean/std
+                          (``rgb`` uint8 [B, 3, H, W] holds the pixels); with --train also
+                          ``gt_semantic_seg`` int64 [B, 1, H, W] (trainIds, 255 = ignore)
+  DIR/golden.safetensors  eval mode (model.eval()):
+                            <module>          output of every module of interest, recorded by a
+                                              forward hook under its qualified name, as the module
+                                              returns it (CLIP blocks are sequence-first [L, B, C];
+                                              nested outputs get .0, .1, ... suffixes, see below;
+                                              a second call of the same module gets @1, @2, ...)
+                            text_embeddings   the context-enhanced text embeddings [B, K, E]
+                            score_map         [B, K, h, w] (cosine similarities, before / tau)
+                            logits            crop logits [B, K, H, W] (the model's output)
+                          with --train (training mode with every random mask off, BatchNorm on
+                          batch statistics, uncertainty points from a generator seeded with
+                          --point-seed at each loss call):
+                            train.<module>    the same outputs in the training forward
+                            loss.<name>       every entry of the loss dict, loss.total their sum
+                                              (mmseg's _parse_losses: entries whose name has 'loss')
+                            grad.<param>      d loss.total / d parameter, every trainable parameter
+                            input_grad.<module>[.i]  d loss.total / d (the i-th positional tensor
+                                              input of that module), where it requires grad: the
+                                              full gradient of that tensor (all of its uses)
+                            points.<k>        the k-th uniform [0, 1) tensor the loss drew (point
+                                              sampling), in draw order, so another implementation
+                                              can replay them
+  DIR/manifest.json       names, shapes and dtypes of every tensor of the three files, the seed,
+                          the config, the recorded module order, the per-module output RMS.
+
+Renamed nested outputs: backbone.{0..3} -> backbone.features.{i}, backbone.4.{0,1} ->
+backbone.global_embedding / backbone.visual_embedding; decode_head.{0,1}.{j} ->
+decode_head.cls_pred.{j} / decode_head.mask_pred.{j} (j = 0: before the first decoder layer);
+decode_head.pixel_decoder.0 -> .mask_feature, .1.{i} -> .memory.{i} (i = 0: coarsest level).
+
+Weights: the oracle's own initialisation leaves many activations far from O(1) (MVFuser outputs are
+scaled by 1e-3, DINOv2 LayerScale is 1e-5, the frozen towers are normally pretrained), which would
+hide errors in those paths. So every parameter is refilled by :func:`golden_init_` (fan-in scaled
+normal matrices, norms near 1, LayerScale 0.1..0.5, MVFuser scale 0.5..1, MVFuser dt bias chosen so
+that softplus(dt + 2 bias) is O(0.1..1)), and the run asserts that the RMS of every recorded output
+lies in [1e-2, 1e2] (--rms-range). The per-module RMS table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections import OrderedDict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from mfuser_ref import safetensors_io  # noqa: E402
+from mfuser_ref.config import load_config  # noqa: E402
+from mfuser_ref.model import MFuserCLIP, total_loss  # noqa: E402
+
+# Modules whose outputs are recorded (full-match regexes over qualified names).
+MODULES_OF_INTEREST = [
+    r"backbone\.conv1", r"backbone\.ln_pre", r"backbone\.transformer\.resblocks\.\d+",
+    r"backbone\.dinov2\.patch_embed", r"backbone\.dinov2\.blocks\.\d+",
+    r"backbone\.adapter\.\d+", r"backbone\.adapter_proj[12]\.\d+", r"backbone\.adapter_proj3",
+    r"backbone\.fpn[1-4]", r"backbone\.ln_post", r"backbone",
+    r"text_encoder",
+    r"context_decoder\.(memory_proj|text_proj|out_proj)", r"context_decoder\.decoder\.\d+",
+    r"context_decoder\.decoder\.\d+\.cross_attn", r"context_decoder",
+    r"decode_head\.pixel_decoder\.input_convs\.\d+", r"decode_head\.pixel_decoder\.encoder\.layers\.\d+",
+    r"decode_head\.pixel_decoder\.encoder", r"decode_head\.pixel_decoder\.(lateral|output)_convs\.\d+",
+    r"decode_head\.pixel_decoder\.mask_feature", r"decode_head\.pixel_decoder\.text_proj",
+    r"decode_head\.pixel_decoder", r"decode_head\.text_proj",
+    r"decode_head\.transformer_decoder\.layers\.\d+", r"decode_head",
+]
+
+_RENAMES = [  # (module, regex over the nested suffix, replacement)
+    ("backbone", r"^\.([0-3])$", r".features.\1"),
+    ("backbone", r"^\.4\.0$", ".global_embedding"),
+    ("backbone", r"^\.4\.1$", ".visual_embedding"),
+    ("decode_head", r"^\.0\.(\d+)$", r".cls_pred.\1"),
+    ("decode_head", r"^\.1\.(\d+)$", r".mask_pred.\1"),
+    ("decode_head.pixel_decoder", r"^\.0$", ".mask_feature"),
+    ("decode_head.pixel_decoder", r"^\.1\.(\d+)$", r".memory.\1"),
+]
+
+
+class GoldenError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def golden_init_(model: nn.Module, generator: torch.Generator) -> list:
+    """Refill every parameter and BatchNorm statistic so that activations stay O(1).
+
+    Returns the names of state-dict entries left as the constructor made them (MVFuser A_log, the
+    structural -log(1..d_state) table, and BatchNorm num_batches_tracked)."""
+    g = generator
+
+    def randn(t, std=1.0, mean=0.0):
+        t.copy_(torch.randn(t.shape, generator=g) * std + mean)
+
+    def uniform(t, lo, hi):
+        t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+    done = set()
+
+    def mark(module_name, *pnames):
+        for p in pnames:
+            done.add(f"{module_name}.{p}" if module_name else p)
+
+    for name, m in model.named_modules():
+        kind = type(m).__name__
+        if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)) or kind == "RMSNormGated":
+            if getattr(m, "weight", None) is not None:
+                randn(m.weight, 0.1, 1.0)
+                mark(name, "weight")
+            if getattr(m, "bias", None) is not None:
+                randn(m.bias, 0.1)
+                mark(name, "bias")
+            if isinstance(m, nn.BatchNorm2d):
+                randn(m.running_mean, 0.1)
+                uniform(m.running_var, 0.5, 1.5)
+                mark(name, "running_mean", "running_var")
+        elif isinstance(m, nn.Linear):
+            randn(m.weight, m.in_features ** -0.5)
+            mark(name, "weight")
+            if m.bias is not None:
+                randn(m.bias, 0.1)
+                mark(name, "bias")
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            fan_in = m.weight[0].numel()  # in_channels / groups x kernel
+            randn(m.weight, fan_in ** -0.5)
+            mark(name, "weight")
+            if m.bias is not None:
+                randn(m.bias, 0.1)
+                mark(name, "bias")
+        elif isinstance(m, nn.ConvTranspose2d):
+            # weight [in, out, kh, kw]; with stride == kernel each output pixel sees one tap per
+            # input channel
+            taps = max(1, (m.kernel_size[0] // m.stride[0]) * (m.kernel_size[1] // m.stride[1]))
+            randn(m.weight, (m.in_channels * taps) ** -0.5)
+            mark(name, "weight")
+            if m.bias is not None:
+                randn(m.bias, 0.1)
+                mark(name, "bias")
+        elif isinstance(m, nn.MultiheadAttention):
+            randn(m.in_proj_weight, m.embed_dim ** -0.5)
+            mark(name, "in_proj_weight")
+            if m.in_proj_bias is not None:
+                randn(m.in_proj_bias, 0.1)
+                mark(name, "in_proj_bias")
+        elif isinstance(m, nn.Embedding):
+            randn(m.weight, 1.0)
+            mark(name, "weight")
+        elif kind == "LayerScale":
+            uniform(m.gamma, 0.1, 0.5)
+            mark(name, "gamma")
+
+    for name, m in model.named_modules():
+        if type(m).__name__ == "MVFuser":
+            # softplus(dt + 2 * bias) with dt ~ O(0.5): delta of order 0.1..1, so the scan's state
+            # matters (upstream's init gives delta ~ 1e-3 and y ~ D * u)
+            uniform(m.dt_proj.bias, -1.0, 0.5)
+            dt_std = m.dt_rank ** -0.5
+            uniform(m.dt_proj.weight, -dt_std, dt_std)
+            randn(m.D, 0.5)
+            uniform(m.scale, 0.5, 1.0)
+            mark(name, "dt_proj.bias", "dt_proj.weight", "D", "scale")
+
+    width_of = {}
+    for pname, p in model.named_parameters():
+        if pname in done:
+            continue
+        leaf = pname.rsplit(".", 1)[-1]
+        if leaf in ("positional_embedding", "pos_embed", "class_embedding", "cls_token", "mask_token"):
+            randn(p, 0.5)
+        elif leaf in ("proj", "text_projection"):  # used as x @ p: fan-in = rows
+            randn(p, p.shape[0] ** -0.5)
+        elif leaf in ("contexts", "gamma"):
+            randn(p, 1.0)
+        elif leaf == "A_log":
+            continue
+        else:
+            width_of[pname] = tuple(p.shape)
+            continue
+        done.add(pname)
+    if width_of:
+        raise GoldenError("golden_init_ does not know how to fill: " +
+                          ", ".join(f"{k} {v}" for k, v in width_of.items()))
+    return [k for k in model.state_dict() if k not in done]
+
+
+# ---------------------------------------------------------------------------------------------
+# recording
+# ---------------------------------------------------------------------------------------------
+def _flatten(prefix, value, out):
+    if isinstance(value, torch.Tensor):
+        out.append((prefix, value))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _flatten(f"{prefix}.{i}", v, out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+
+
+def _rename(module_name, suffix):
+    for mod, pat, rep in _RENAMES:
+        if module_name == mod and re.match(pat, suffix):
+            return module_name + re.sub(pat, rep, suffix)
+    return module_name + suffix
+
+
+class Recorder:
+    """Forward hooks on the modules of interest: outputs (cloned, detached) by qualified name, and
+    optionally tensor hooks on their inputs for the input gradients."""
+
+    def __init__(self, model, patterns, prefix="", input_grads=False):
+        self.prefix = prefix
+        self.outputs = OrderedDict()
+        self.input_grads = OrderedDict()
+        self.order = []
+        self.calls = {}
+        self.handles = []
+        regex = re.compile("|".join(f"(?:{p})" for p in patterns))
+        for name, m in model.named_modules():
+            if name and regex.fullmatch(name):
+                self.handles.append(m.register_forward_hook(self._hook(name)))
+                if input_grads:
+                    self.handles.append(m.register_forward_pre_hook(self._pre_hook(name)))
+
+    def _key(self, name, count):
+        return name if count == 0 else f"{name}@{count}"
+
+    def _pre_hook(self, name):
+        def hook(module, inputs):
+            count = self.calls.get(name, 0)  # the forward hook increments it afterwards
+            tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+            for i, t in enumerate(tensors):
+                if t.requires_grad and t.is_floating_point():
+                    key = self._key(name, count) + (f".{i}" if len(tensors) > 1 else "")
+                    t.register_hook(self._grad_hook(key))
+        return hook
+
+    def _grad_hook(self, key):
+        def hook(grad):
+            if key in self.input_grads:  # several backward visits: accumulate
+                self.input_grads[key] = self.input_grads[key] + grad.detach()
+            else:
+                self.input_grads[key] = grad.detach().clone()
+        return hook
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            count = self.calls.get(name, 0)
+            self.calls[name] = count + 1
+            key = self._key(name, count)
+            self.order.append(key)
+            flat = []
+            _flatten("", output, flat)
+            for suffix, t in flat:
+                self.outputs[self.prefix + _rename(key, suffix)] = t.detach().clone()
+        return hook
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+@contextlib.contextmanager
+def record_after_extract_feat(model, store, prefix=""):
+    """Records the enhanced text embeddings and the score map (not module outputs)."""
+    original = model.after_extract_feat
+
+    def wrapped(x):
+        x_orig, score_map, text_emb, global_feat = original(x)
+        store[prefix + "text_embeddings"] = text_emb.detach().clone()
+        store[prefix + "score_map"] = score_map.detach().clone()
+        return x_orig, score_map, text_emb, global_feat
+
+    model.after_extract_feat = wrapped
+    try:
+        yield
+    finally:
+        del model.after_extract_feat
+
+
+@contextlib.contextmanager
+def record_point_draws():
+    """Make every seeded PointRandomness of the loss record its draws; yields the list of them."""
+    from mfuser_ref import losses as L
+    made = []
+    original = L.PointRandomness.__dict__.get("seeded")
+    if original is None:
+        yield made
+        return
+    func = original.__func__
+
+    def seeded(cls, seed=0, record=False):
+        r = func(cls, seed, record=True)
+        made.append(r)
+        return r
+
+    L.PointRandomness.seeded = classmethod(seeded)
+    try:
+        yield made
+    finally:
+        L.PointRandomness.seeded = original
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+def make_inputs(model, cfg, batch, generator, train):
+    size = cfg.image_size
+    rgb = torch.randint(0, 256, (batch, 3, size, size), generator=generator, dtype=torch.int64)
+    rgb = rgb.to(torch.uint8)
+    img = model.normalize(rgb.float())
+    inputs = OrderedDict([("img", img.contiguous()), ("rgb", rgb)])
+    if train:
+        # blocky label maps (regions of 8x8 pixels) over a few classes, ~5% ignore
+        cells = max(1, size // 8)
+        k = cfg.num_classes
+        coarse = torch.randint(0, k, (batch, 1, cells, cells), generator=generator)
+        seg = torch.nn.functional.interpolate(coarse.float(), size=(size, size), mode="nearest").long()
+        ignore = torch.rand(seg.shape, generator=generator) < 0.05
+        seg[ignore] = 255
+        inputs["gt_semantic_seg"] = seg
+    return inputs
+
+
+def rms(t: torch.Tensor) -> float:
+    return float(t.double().square().mean().sqrt()) if t.numel() else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, point_seed=None,
+             rms_range=(1e-2, 1e2), force=False, quiet=False):
+    """Build, run, write. Returns the manifest dict."""
+    t0 = time.time()
+    say = (lambda *a: None) if quiet else print
+    cfg = load_config(config)
+    point_seed = seed if point_seed is None else point_seed
+    files = {n: os.path.join(out_dir, n) for n in
+             ("model.safetensors", "input.safetensors", "golden.safetensors", "manifest.json")}
+    existing = [p for p in files.values() if os.path.exists(p)]
+    if existing and not force:
+        raise GoldenError("refusing to overwrite " + ", ".join(existing) + " (use --force)")
+
+    torch.manual_seed(seed)
+    model = MFuserCLIP(cfg, deterministic=True)
+    untouched = golden_init_(model, torch.Generator().manual_seed(seed))
+    model.decode_head.loss_seed = point_seed
+    model = model.float()
+    state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    state["texts"] = model.texts.clone()
+
+    inputs = make_inputs(model, cfg, batch, torch.Generator().manual_seed(seed + 1), train)
+    patterns = [r".+"] if all_modules else MODULES_OF_INTEREST
+
+    # eval forward
+    model.eval()
+    extras = OrderedDict()
+    rec = Recorder(model, patterns)
+    with torch.no_grad(), record_after_extract_feat(model, extras):
+        logits = model(inputs["img"])
+    rec.remove()
+    golden = OrderedDict(rec.outputs)
+    golden.update(extras)
+    golden["logits"] = logits.detach().clone()
+    order = list(rec.order)
+
+    train_info = None
+    if train:
+        model.train()
+        model.set_deterministic(True)
+        rec = Recorder(model, patterns, prefix="train.", input_grads=True)
+        extras = OrderedDict()
+        with record_point_draws() as draws, record_after_extract_feat(model, extras, "train."):
+            losses = model(inputs["img"], gt_semantic_seg=inputs["gt_semantic_seg"])
+            total = total_loss(losses)
+            model.zero_grad(set_to_none=True)
+            total.backward()
+        rec.remove()
+        golden.update(rec.outputs)
+        golden.update(extras)
+        for k, v in losses.items():
+            golden["loss." + k] = torch.as_tensor(v).detach().clone().float()
+        golden["loss.total"] = total.detach().clone()
+        unused = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if p.grad is None:
+                unused.append(name)
+                golden["grad." + name] = torch.zeros_like(p)
+            else:
+                golden["grad." + name] = p.grad.detach().clone()
+        for k, v in rec.input_grads.items():
+            golden["input_grad." + k] = v
+        n_draws = 0
+        for r in draws:
+            for t in r.draws:
+                golden[f"points.{n_draws}"] = t
+                n_draws += 1
+        train_info = {"losses": {k: float(v) for k, v in losses.items()}, "total": float(total),
+                      "unused_trainable": unused, "point_draws": n_draws, "point_seed": point_seed,
+                      "trainable": sum(1 for _, p in model.named_parameters() if p.requires_grad)}
+
+    # RMS table and check
+    lo, hi = rms_range
+    table, bad = [], []
+    for k, v in golden.items():
+        if not (k in ("logits", "text_embeddings", "score_map") or not k.startswith(
+                ("loss.", "grad.", "input_grad.", "points."))):
+            continue
+        if not v.is_floating_point():
+            continue
+        r = rms(v)
+        table.append((k, tuple(v.shape), r))
+        if not lo <= r <= hi or not torch.isfinite(v).all():
+            bad.append((k, r))
+    say(f"{'output':64s} {'shape':>24s} {'rms':>10s}")
+    for k, shape, r in table:
+        flag = "  <-- out of range" if (k, r) in bad else ""
+        say(f"{k:64s} {str(list(shape)):>24s} {r:10.4g}{flag}")
+    if train_info:
+        say("losses: " + ", ".join(f"{k}={v:.6g}" for k, v in train_info["losses"].items()))
+        say(f"total loss {train_info['total']:.6g}; {train_info['trainable']} trainable "
+            f"parameters, {len(train_info['unused_trainable'])} without gradient; "
+            f"{train_info['point_draws']} point draws recorded")
+    if bad:
+        raise GoldenError(f"{len(bad)} recorded output(s) with RMS outside [{lo}, {hi}] or not "
+                          "finite: " + ", ".join(f"{k} ({r:.3g})" for k, r in bad))
+
+    # write
+    os.makedirs(out_dir, exist_ok=True)
+    meta = {"seed": str(seed), "config": os.path.basename(str(config)), "generator": "golden.py"}
+    safetensors_io.save_file(state, files["model.safetensors"], meta)
+    safetensors_io.save_file(inputs, files["input.safetensors"], meta)
+    safetensors_io.save_file(golden, files["golden.safetensors"], meta)
+
+    def listing(d):
+        return OrderedDict((k, {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")})
+                           for k, v in d.items())
+
+    manifest = OrderedDict([
+        ("seed", seed),
+        ("point_seed", point_seed),
+        ("config_path", os.path.abspath(str(config)) if os.path.exists(str(config)) else str(config)),
+        ("config", cfg.to_dict()),
+        ("batch", batch),
+        ("train", bool(train)),
+        ("torch_version", torch.__version__),
+        ("weights", "golden_init_ (see golden.py); constructor values kept for: " + ", ".join(
+            sorted({re.sub(r"\.\d+\.", ".N.", k) for k in untouched}))),
+        ("modules", order),
+        ("rms", OrderedDict((k, r) for k, _, r in table)),
+        ("files", OrderedDict([("model.safetensors", listing(state)),
+                               ("input.safetensors", listing(inputs)),
+                               ("golden.safetensors", listing(golden))])),
+    ])
+    if train_info:
+        manifest["train_info"] = train_info
+    text = json.dumps(manifest, indent=1) + "\n"
+    safetensors_io.write_atomic(files["manifest.json"], text.encode("utf-8"))
+    say(f"wrote {out_dir}: {len(state)} weights, {len(inputs)} inputs, {len(golden)} golden tensors "
+        f"in {time.time() - t0:.1f} s")
+    return manifest
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Golden data of the MFuser-CLIP oracle (see the "
+                                            "module docstring for the file layout).")
+    p.add_argument("--config", required=True, help="model config JSON (or 'tiny' / 'vitl_512')")
+    p.add_argument("--seed", type=int, required=True, help="seed of weights and inputs")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train", action="store_true", help="also losses and gradients")
+    p.add_argument("--batch", type=int, default=2, help="images (default 2, as upstream)")
+    p.add_argument("--point-seed", type=int, help="seed of the loss's point sampling (default: --seed)")
+    p.add_argument("--all-modules", action="store_true", help="record every module's output")
+    p.add_argument("--rms-range", type=float, nargs=2, default=(1e-2, 1e2), metavar=("LO", "HI"))
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    args = p.parse_args(argv)
+    try:
+        generate(args.config, args.seed, args.out, train=args.train, batch=args.batch,
+                 all_modules=args.all_modules, point_seed=args.point_seed,
+                 rms_range=tuple(args.rms_range), force=args.force)
+    except GoldenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
