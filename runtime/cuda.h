@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 
 #include "runtime/tensor.h"
@@ -39,5 +41,25 @@ struct MemoryStats {
 };
 MemoryStats memory_stats(int device);
 void reset_peak(int device);
+
+void synchronize(int device);
+
+// A CUDA graph of everything `work` launched on the device's stream, instantiated and ready to replay.
+class CapturedGraph {
+ public:
+  virtual ~CapturedGraph() = default;
+  virtual void replay() = 0;  // asynchronous on the device's stream
+};
+std::unique_ptr<CapturedGraph> capture(int device, const std::function<void()>& work);
+
+// An NVTX range (Nsight Systems / Compute show it by name); free when no profiler is attached, a no-op in
+// builds without NVTX.
+class NvtxRange {
+ public:
+  explicit NvtxRange(const char* name);
+  ~NvtxRange();
+  NvtxRange(const NvtxRange&) = delete;
+  NvtxRange& operator=(const NvtxRange&) = delete;
+};
 
 }  // namespace mfuser::cuda

@@ -5,6 +5,9 @@
 #include <vector>
 
 #include "runtime/cuda_check.h"
+#ifdef MFUSER_HAVE_NVTX
+#include <nvtx3/nvToolsExt.h>
+#endif
 #include "runtime/log.h"
 
 namespace mfuser::cuda {
@@ -199,5 +202,57 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
 MemoryStats memory_stats(int device) { return context(device).allocator().stats(); }
 
 void reset_peak(int device) { context(device).allocator().reset_peak(); }
+
+void synchronize(int device) { context(device).synchronize(); }
+
+namespace {
+
+class CudaGraph final : public CapturedGraph {
+ public:
+  CudaGraph(cudaGraph_t graph, cudaGraphExec_t exec, cudaStream_t stream) : graph_(graph), exec_(exec), stream_(stream) {}
+  ~CudaGraph() override {
+    cudaGraphExecDestroy(exec_);
+    cudaGraphDestroy(graph_);
+  }
+  void replay() override { MFUSER_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraph_t graph_;
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+};
+
+}  // namespace
+
+std::unique_ptr<CapturedGraph> capture(int device, const std::function<void()>& work) {
+  cudaStream_t stream = context(device).stream();
+  MFUSER_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  try {
+    work();
+  } catch (...) {
+    cudaGraph_t partial = nullptr;
+    cudaStreamEndCapture(stream, &partial);  // leave the stream usable
+    if (partial) cudaGraphDestroy(partial);
+    cudaGetLastError();
+    throw;
+  }
+  cudaGraph_t graph = nullptr;
+  MFUSER_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  if (err != cudaSuccess) {
+    cudaGraphDestroy(graph);
+    MFUSER_CUDA_CHECK(err);
+  }
+  return std::make_unique<CudaGraph>(graph, exec, stream);
+}
+
+#ifdef MFUSER_HAVE_NVTX
+NvtxRange::NvtxRange(const char* name) { nvtxRangePushA(name); }
+NvtxRange::~NvtxRange() { nvtxRangePop(); }
+#else
+NvtxRange::NvtxRange(const char*) {}
+NvtxRange::~NvtxRange() {}
+#endif
 
 }  // namespace mfuser::cuda

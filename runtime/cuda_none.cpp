@@ -17,5 +17,9 @@ void release(void*, int) {}
 void copy(void*, Device, const void*, Device, size_t) { unavailable(); }
 MemoryStats memory_stats(int) { unavailable(); }
 void reset_peak(int) { unavailable(); }
+void synchronize(int) { unavailable(); }
+std::unique_ptr<CapturedGraph> capture(int, const std::function<void()>&) { unavailable(); }
+NvtxRange::NvtxRange(const char*) {}
+NvtxRange::~NvtxRange() {}
 
 }  // namespace mfuser::cuda

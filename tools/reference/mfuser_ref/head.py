@@ -447,7 +447,8 @@ class TqdmHead(nn.Module):
         attn_mask = (attn_mask.sigmoid() < 0.5).detach()
         if not get_similarity:
             return cls_pred, mask_pred, attn_mask
-        sim = torch.einsum("bqc,bchw->bqhw", F.normalize(mask_embed, dim=-1, p=2), F.normalize(mask_feature, dim=1, p=2))
+        sim = torch.einsum("bqc,bchw->bqhw", F.normalize(mask_embed, dim=-1, p=2),
+                           F.normalize(mask_feature, dim=1, p=2))
         return cls_pred, (sim + 1.0) / 2.0, attn_mask
 
     def forward(self, feats, texts, img_metas=None, return_mask_features=False, get_similarity=False):

@@ -1,0 +1,105 @@
+#include "graph/executor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/log.h"
+#include "runtime/op_context.h"
+
+namespace mfuser::graph {
+
+namespace {
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, value) == 0;
+}
+}  // namespace
+
+Executor::Executor(const Graph& graph, Device device, ExecutorOptions options)
+    : graph_(graph), device_(device), options_(options), plan_(plan_memory(graph)) {
+  if (env_is("MFUSER_CUDA_GRAPH", "0")) options_.cuda_graph = false;
+  if (env_is("MFUSER_SYNC", "1")) options_.sync_each_node = true;
+  arena_ = Tensor::empty({int64_t(plan_.arena_bytes)}, DType::u8, device_);
+  log::debug("executor: ", graph_.nodes().size(), " nodes, arena ", plan_.arena_bytes, " bytes (naive ",
+             plan_.naive_bytes, ") on ", device_.str());
+
+  const auto& values = graph_.values();
+  roots_.resize(values.size());
+  for (size_t id = 0; id < values.size(); ++id) {
+    const Value& v = values[id];
+    if (v.alias_of != kNoValue) continue;
+    switch (v.kind) {
+      case ValueKind::weight:
+      case ValueKind::constant:
+        roots_[id] = device_.is_cpu() ? v.bound : v.bound.to(device_);
+        break;
+      case ValueKind::input:
+        roots_[id] = Tensor::empty(v.shape, v.dtype, device_);
+        break;
+      case ValueKind::intermediate:
+        break;  // lives in the arena
+    }
+  }
+  for (const Node& node : graph_.nodes()) {
+    std::vector<Tensor> ins, outs;
+    for (ValueId in : node.inputs) ins.push_back(placed(in));
+    for (ValueId out : node.outputs) outs.push_back(placed(out));
+    node_inputs_.push_back(std::move(ins));
+    node_outputs_.push_back(std::move(outs));
+  }
+}
+
+Tensor Executor::placed(ValueId id) const {
+  size_t offset = 0;
+  const ValueId root = graph_.root_of(id, &offset);
+  const Value& v = graph_.value(id);
+  if (plan_.offset[size_t(root)] != kNotInArena)
+    return Tensor(arena_.storage(), arena_.byte_offset() + plan_.offset[size_t(root)] + offset, v.shape, v.dtype);
+  const Tensor& base = roots_[size_t(root)];
+  return Tensor(base.storage(), base.byte_offset() + offset, v.shape, v.dtype);
+}
+
+void Executor::set_input(std::string_view name, const Tensor& data) {
+  const ValueId id = graph_.at(name);
+  const Value& v = graph_.value(id);
+  MFUSER_CHECK(v.kind == ValueKind::input && v.alias_of == kNoValue, "executor: '", name, "' is not a graph input");
+  MFUSER_CHECK(data.shape() == v.shape && data.dtype() == v.dtype, "executor: input '", name, "' expects ",
+               dtype_name(v.dtype), v.shape.str(), ", got ", data.str());
+  roots_[size_t(id)].copy_from(data);
+}
+
+void Executor::run_nodes() {
+  const auto& nodes = graph_.nodes();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& node = nodes[i];
+    OpScope scope(node.name);
+    cuda::NvtxRange range(node.name.c_str());
+    try {
+      node.run(node_inputs_[i], node_outputs_[i]);
+      if (options_.sync_each_node && device_.is_cuda()) cuda::synchronize(device_.index);
+    } catch (const Error& e) {
+      throw Error(str_cat("node '", node.name, "' (", node.op, "): ", e.what()));
+    }
+  }
+}
+
+void Executor::run() {
+  ++runs_;
+  if (device_.is_cuda() && options_.cuda_graph && !options_.sync_each_node && runs_ >= 2) {
+    if (!captured_) captured_ = cuda::capture(device_.index, [this] { run_nodes(); });
+    captured_->replay();
+  } else {
+    run_nodes();
+  }
+  if (device_.is_cuda()) cuda::synchronize(device_.index);
+}
+
+Tensor Executor::get(std::string_view name) const {
+  const ValueId id = graph_.at(name);
+  const Value& v = graph_.value(id);
+  MFUSER_CHECK(v.kind != ValueKind::intermediate || graph_.is_output(id) || graph_.is_output(graph_.root_of(id)),
+               "executor: '", name, "' is an intermediate whose memory is reused; mark it as a graph output to read it");
+  return placed(id);
+}
+
+}  // namespace mfuser::graph
