@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import math
 import os
@@ -133,8 +132,9 @@ def extract_state_dict(obj, path: str, what: str):
                 sd = obj[key]
                 break
     if not isinstance(sd, dict) or not sd:
-        raise ConvertError(f"{what} file {path!r} holds no state dict (found {type(obj).__name__}"
-                           f"{' with keys ' + ', '.join(map(str, list(obj)[:8])) if isinstance(obj, dict) else ''})")
+        keys = " with keys " + ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else ""
+        raise ConvertError(f"{what} file {path!r} holds no state dict (found "
+                           f"{type(obj).__name__}{keys})")
     bad = [k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ConvertError(f"{what} file {path!r}: state dict entries that are not tensors: "
@@ -327,7 +327,8 @@ def class_name_ids(cfg: dict, bpe_vocab) -> tuple:
 def _print_log(log) -> None:
     print("model sizes:")
     for name, value, source, note in log:
-        print(f"  {name:28s} = {str(value):12s} [{source}]{'  ' + note if note else ''}")
+        text = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
+        print(f"  {name:28s} = {text:12s} [{source}]{'  ' + note if note else ''}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,6 +401,7 @@ def resize_dinov2(sd, model_sd, path: str):
     resized = {}
     if orig != new:
         c = pos.shape[-1]
+        pos = pos.float()  # a no-op for the official (float32) file
         extra = pos[:, :n_extra]
         grid = pos[:, n_extra:].reshape(-1, orig, orig, c).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
@@ -418,7 +420,10 @@ def resize_dinov2(sd, model_sd, path: str):
 def resize_clip_visual(sd, model_sd, path: str):
     """CLIP visual weights at the model's grid and patch, as the official init_weights does:
     positional_embedding grid rows bilinear (align_corners=False) to the model's grid (class row
-    kept); conv1.weight bilinear to the model's kernel."""
+    kept); conv1.weight bilinear to the model's kernel.
+
+    The grid is resized as upstream's permuted (channels-last strided) view: on torch 1.13's CPU,
+    bilinear on that layout differs from bilinear on a contiguous copy by up to 1 ulp."""
     out = OrderedDict(sd)
     resized = {}
     pos = sd["positional_embedding"]

@@ -7,18 +7,19 @@
 namespace mfuser::kernels {
 
 struct Moments {
-  float mean;
-  float rstd;  // 1 / sqrt(biased variance + eps)
+  double mean;
+  double rstd;  // 1 / sqrt(biased variance + eps)
 };
 
-// Two passes in double: the reference must not lose digits to cancellation when |mean| >> std.
+// Two passes in double, and callers center in double too: the reference must not lose digits to
+// cancellation when |mean| >> std (a mean rounded to f32 is off by half an ulp of the mean).
 inline Moments moments(const float* x, int64_t n, double eps) {
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) sum += x[i];
   const double mean = sum / double(n);
   double sq = 0;
   for (int64_t i = 0; i < n; ++i) sq += (x[i] - mean) * (x[i] - mean);
-  return {float(mean), float(1.0 / std::sqrt(sq / double(n) + eps))};
+  return {mean, 1.0 / std::sqrt(sq / double(n) + eps)};
 }
 
 }  // namespace mfuser::kernels

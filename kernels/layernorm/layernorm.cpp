@@ -38,7 +38,7 @@ void cpu::layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, T
       const float* xr = in + r * d;
       float* yr = y + r * d;
       const Moments m = moments(xr, d, eps);
-      for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - m.mean) * m.rstd * w[i] + b[i];
+      for (int64_t i = 0; i < d; ++i) yr[i] = float((xr[i] - m.mean) * m.rstd) * w[i] + b[i];
     }
   });
 }

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/common/checks.h"
 #include "runtime/parallel.h"
 
 namespace mfuser::kernels {
@@ -18,10 +19,6 @@ constexpr int64_t kParallelBytes = 1 << 20;
 int normalize_dim(const char* op, int dim, int ndim) {
   MFUSER_CHECK(dim >= -ndim && dim < ndim, op, ": dim ", dim, " is out of range for ", ndim, " dims");
   return dim < 0 ? dim + ndim : dim;
-}
-
-void check_host(const char* op, const Tensor& t) {
-  MFUSER_CHECK(t.device().is_cpu(), op, ": the CPU kernel got ", t.str());
 }
 
 // ---- permute ------------------------------------------------------------------------------------------------
@@ -57,17 +54,26 @@ struct ReducedPermutation {
 };
 
 ReducedPermutation reduce(const Shape& shape, std::span<const int> perm) {
-  // Runs of source dims [first, last] that the destination keeps together, in destination order.
+  // Source dims of size > 1, renumbered in order.
+  std::array<int, kMaxDims> kept_index{};
+  std::array<int64_t, kMaxDims> kept_size{};
+  int kept = 0;
+  for (int d = 0; d < shape.ndim(); ++d) {
+    if (shape[d] == 1) continue;
+    kept_index[d] = kept;
+    kept_size[kept++] = shape[d];
+  }
+  // Runs [first, last] of consecutive kept source dims that the destination keeps together, in destination
+  // order.
   std::vector<std::pair<int, int>> runs;
   for (int axis : perm) {
     if (shape[axis] == 1) continue;
-    if (!runs.empty() && runs.back().second + 1 == axis)
-      runs.back().second = axis;
+    const int k = kept_index[axis];
+    if (!runs.empty() && runs.back().second + 1 == k)
+      runs.back().second = k;
     else
-      runs.emplace_back(axis, axis);
+      runs.emplace_back(k, k);
   }
-  // A run that skipped only size-1 dims is still one run: merge it with the next one when they are adjacent
-  // in the source once those dims are ignored.
   ReducedPermutation r;
   r.ndim = int(runs.size());
   for (int i = 0; i < r.ndim; ++i) {
@@ -75,51 +81,75 @@ ReducedPermutation reduce(const Shape& shape, std::span<const int> perm) {
     for (const auto& other : runs) rank += other.first < runs[i].first;
     r.perm[i] = rank;
     int64_t size = 1;
-    for (int d = runs[i].first; d <= runs[i].second; ++d) size *= shape[d];
+    for (int k = runs[i].first; k <= runs[i].second; ++k) size *= kept_size[k];
     r.src_sizes[rank] = size;
   }
   return r;
 }
 
+// Side of the square tiles a transposing copy moves at a time: the reads of one tile touch kTile runs of kTile
+// consecutive source words, which stay in cache while the tile's rows are written.
+constexpr int64_t kTile = 32;
+
 template <class Word>
-void permute_words(const Word* src, Word* dst, const ReducedPermutation& r, int64_t numel) {
+void permute_words(const Tensor& src_tensor, Tensor& dst_tensor, const ReducedPermutation& r) {
+  const auto* src = static_cast<const Word*>(src_tensor.raw_data());
+  auto* dst = static_cast<Word*>(dst_tensor.raw_data());
+  const int64_t numel = src_tensor.numel();
   if (r.ndim <= 1) {  // nothing moves
     std::memcpy(dst, src, size_t(numel) * sizeof(Word));
     return;
   }
-  std::array<int64_t, kMaxDims> src_strides{};
-  src_strides[r.ndim - 1] = 1;
-  for (int d = r.ndim - 2; d >= 0; --d) src_strides[d] = src_strides[d + 1] * r.src_sizes[d + 1];
-  // Destination dim i walks the source with stride src_step[i].
-  std::array<int64_t, kMaxDims> dst_sizes{}, src_step{};
+  const int last = r.ndim - 1;
+  // Destination dim i: size dst_sizes[i], stride dst_strides[i]; it walks the source with stride src_step[i].
+  std::array<int64_t, kMaxDims> src_strides{}, dst_sizes{}, dst_strides{}, src_step{};
+  src_strides[last] = 1;
+  for (int d = last - 1; d >= 0; --d) src_strides[d] = src_strides[d + 1] * r.src_sizes[d + 1];
   for (int i = 0; i < r.ndim; ++i) {
     dst_sizes[i] = r.src_sizes[r.perm[i]];
     src_step[i] = src_strides[r.perm[i]];
   }
-  const int last = r.ndim - 1;
-  const int64_t row = dst_sizes[last], step = src_step[last], rows = numel / row;
-  const int64_t grain = std::max<int64_t>(1, kParallelBytes / int64_t(sizeof(Word)) / row);
-  parallel_for(rows, grain, [&](int64_t begin, int64_t end) {
-    // Odometer over the destination's outer dims, tracking the matching source offset.
-    std::array<int64_t, kMaxDims> index{};
-    int64_t offset = 0;
-    for (int64_t rest = begin, i = last - 1; i >= 0; --i) {
-      index[i] = rest % dst_sizes[i];
-      rest /= dst_sizes[i];
-      offset += index[i] * src_step[i];
-    }
-    for (int64_t r_out = begin; r_out < end; ++r_out) {
-      const Word* in = src + offset;
-      Word* out = dst + r_out * row;
-      if (step == 1)
-        std::memcpy(out, in, size_t(row) * sizeof(Word));
-      else
-        for (int64_t j = 0; j < row; ++j) out[j] = in[j * step];
-      for (int i = last - 1; i >= 0; --i) {
-        offset += src_step[i];
-        if (++index[i] < dst_sizes[i]) break;
-        offset -= index[i] * src_step[i];
-        index[i] = 0;
+  dst_strides[last] = 1;
+  for (int i = last - 1; i >= 0; --i) dst_strides[i] = dst_strides[i + 1] * dst_sizes[i + 1];
+  int inner = 0;  // the destination dim that walks the source contiguously
+  while (src_step[inner] != 1) ++inner;
+  // When the last dims agree, every destination row is one contiguous source run. Otherwise the copy transposes
+  // (inner, last) in kTile x kTile tiles, one band of kTile along `inner` per work item.
+  const bool transpose = inner != last;
+  std::array<int, kMaxDims> outer{};  // the remaining dims, walked by the work-item index
+  int n_outer = 0;
+  int64_t outer_count = 1;
+  for (int i = 0; i < last; ++i) {
+    if (i == inner) continue;
+    outer[n_outer++] = i;
+    outer_count *= dst_sizes[i];
+  }
+  const int64_t row = dst_sizes[last], bands = transpose ? (dst_sizes[inner] + kTile - 1) / kTile : 1;
+  const int64_t item_words = transpose ? kTile * row : row;
+  const int64_t grain = std::max<int64_t>(1, kParallelBytes / int64_t(sizeof(Word)) / item_words);
+  parallel_for(outer_count * bands, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      int64_t rest = item / bands, src_off = 0, dst_off = 0;
+      for (int m = n_outer - 1; m >= 0; --m) {
+        const int i = outer[m];
+        const int64_t index = rest % dst_sizes[i];
+        rest /= dst_sizes[i];
+        src_off += index * src_step[i];
+        dst_off += index * dst_strides[i];
+      }
+      if (!transpose) {
+        std::memcpy(dst + dst_off, src + src_off, size_t(row) * sizeof(Word));
+        continue;
+      }
+      const int64_t a_begin = item % bands * kTile, a_end = std::min(a_begin + kTile, dst_sizes[inner]);
+      const int64_t step = src_step[last];
+      for (int64_t j_begin = 0; j_begin < row; j_begin += kTile) {
+        const int64_t j_end = std::min(j_begin + kTile, row);
+        for (int64_t a = a_begin; a < a_end; ++a) {
+          Word* out = dst + dst_off + a * dst_strides[inner];
+          const Word* in = src + src_off + a;
+          for (int64_t j = j_begin; j < j_end; ++j) out[j] = in[j * step];
+        }
       }
     }
   });
@@ -184,10 +214,10 @@ void cpu::permute(const Tensor& src, Tensor& dst, std::span<const int> perm) {
   if (src.numel() == 0) return;
   const ReducedPermutation r = reduce(src.shape(), perm);
   switch (dtype_size(src.dtype())) {
-    case 1: permute_words(src.data<uint8_t>(), dst.data<uint8_t>(), r, src.numel()); break;
-    case 2: permute_words(static_cast<const uint16_t*>(src.raw_data()), static_cast<uint16_t*>(dst.raw_data()), r, src.numel()); break;
-    case 4: permute_words(static_cast<const uint32_t*>(src.raw_data()), static_cast<uint32_t*>(dst.raw_data()), r, src.numel()); break;
-    default: permute_words(static_cast<const uint64_t*>(src.raw_data()), static_cast<uint64_t*>(dst.raw_data()), r, src.numel()); break;
+    case 1: permute_words<uint8_t>(src, dst, r); break;
+    case 2: permute_words<uint16_t>(src, dst, r); break;
+    case 4: permute_words<uint32_t>(src, dst, r); break;
+    default: permute_words<uint64_t>(src, dst, r); break;
   }
 }
 
@@ -205,19 +235,19 @@ void cpu::split(const Tensor& src, std::span<Tensor> dsts, int dim) {
 
 void permute(const Tensor& src, Tensor& dst, std::span<const int> perm) {
   check_permute(src, dst, perm);
-  MFUSER_CHECK(!src.device().is_cuda(), "permute: no CUDA kernel yet");
+  if (src.device().is_cuda()) no_cuda_kernel_yet("permute");
   cpu::permute(src, dst, perm);
 }
 
 void concat(std::span<const Tensor> srcs, Tensor& dst, int dim) {
   check_pieces("concat", dst, srcs, dim);
-  MFUSER_CHECK(!dst.device().is_cuda(), "concat: no CUDA kernel yet");
+  if (dst.device().is_cuda()) no_cuda_kernel_yet("concat");
   cpu::concat(srcs, dst, dim);
 }
 
 void split(const Tensor& src, std::span<Tensor> dsts, int dim) {
   check_pieces("split", src, dsts, dim);
-  MFUSER_CHECK(!src.device().is_cuda(), "split: no CUDA kernel yet");
+  if (src.device().is_cuda()) no_cuda_kernel_yet("split");
   cpu::split(src, dsts, dim);
 }
 

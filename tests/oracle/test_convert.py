@@ -184,6 +184,24 @@ class TrainedTest(SeededTestCase):
         self.assertEqual(rc, 1)
         self.assertIn("vision.heads = 5", err)
 
+    def test_class_names_need_bpe(self):
+        base = _read_json(TINY)
+        base["class_names"][0] = "zebra crossing"
+        with open(self.path("zebra.json"), "w") as f:
+            json.dump(base, f)
+        rc, _, err = self.convert("trained", self.ckpt, "--out", self.path("z"), "--config",
+                                  self.path("zebra.json"), "--bpe-vocab", "")
+        self.assertEqual(rc, 1)
+        self.assertIn("'zebra crossing' is not in the embedded", err)
+        vocab = os.environ.get("MFUSER_BPE_VOCAB")
+        if vocab and os.path.isfile(vocab):
+            rc, _, err = self.convert("trained", self.ckpt, "--out", self.path("z"), "--config",
+                                      self.path("zebra.json"), "--bpe-vocab", vocab)
+            self.assertEqual(rc, 0, err)
+            texts = safetensors_io.load_file(self.path("z", "model.safetensors"))["texts"]
+            self.assertTrue(torch.equal(texts[1:], cityscapes_token_ids()[1:]))
+            self.assertEqual(texts[0, 0].item(), 49406)
+
     def test_missing_unexpected_and_shape_mismatch(self):
         sd = OrderedDict(self.sd)
         del sd["backbone.adapter.1.D"]
@@ -224,21 +242,79 @@ class TrainedTest(SeededTestCase):
 
     def test_refuse_overwrite_cli(self):
         out = self.path("cli")
-        cmd = ["/usr/bin/python3", TOOL, "trained", self.ckpt, "--out", out, "--config", TINY]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        argv = ["trained", self.ckpt, "--out", out, "--config", TINY]
+        r = subprocess.run(["/usr/bin/python3", TOOL] + argv, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)  # the command line, once
+        self.assertIn("wrote", r.stdout)
         model_file = os.path.join(out, "model.safetensors")
         before = _read_bytes(model_file)
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        self.assertEqual(r.returncode, 1)
-        self.assertIn("refusing to overwrite", r.stderr)
-        self.assertIn("--force", r.stderr)
+        rc, _, err = self.convert(*argv)
+        self.assertEqual(rc, 1)
+        self.assertIn("refusing to overwrite", err)
+        self.assertIn("--force", err)
         self.assertEqual(_read_bytes(model_file), before)
-        r = subprocess.run(cmd + ["--force"], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 0, r.stderr)
+        rc, _, err = self.convert(*argv, "--force")
+        self.assertEqual(rc, 0, err)
         self.assertEqual(sorted(os.listdir(out)), ["config.json", "model.safetensors"])  # no temps
-        r = subprocess.run(["/usr/bin/python3", TOOL, "trained"], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 2)  # usage error
+        self.assertEqual(self.convert("trained")[0], 2)  # usage error
+
+
+class SafetensorsTest(SeededTestCase):
+    """The output format, written and read without the `safetensors` package."""
+
+    def tensors(self):
+        return OrderedDict([
+            ("w", torch.randn(3, 4)), ("scalar", torch.tensor(1.5)), ("ids", torch.randint(0, 99, (2, 5))),
+            ("bf", torch.randn(7).bfloat16()), ("h", torch.randn(2, 3).half()),
+            ("mask", torch.tensor([True, False, True])), ("empty", torch.zeros(0, 3)),
+            ("d", torch.randn(2, 2).double()), ("i8", torch.tensor([1, -2, 3], dtype=torch.int8)),
+            ("t", torch.randn(4, 5).t()), ("u8", torch.tensor([0, 255], dtype=torch.uint8)),
+        ])
+
+    def test_roundtrip_and_layout(self):
+        ts = self.tensors()
+        path = self.path("x.safetensors")
+        safetensors_io.save_file(ts, path, {"k": "v"})
+        got, meta = safetensors_io.load_file(path, with_metadata=True)
+        self.assertEqual(meta, {"k": "v"})
+        self.assertEqual(list(got), list(ts))  # header order = the writer's order
+        for k, v in ts.items():
+            self.assertEqual((got[k].dtype, got[k].shape), (v.dtype, v.shape), k)
+            self.assertTrue(torch.equal(got[k], v), k)
+        # the layout, parsed here independently of the reader
+        raw = _read_bytes(path)
+        n = int.from_bytes(raw[:8], "little")
+        self.assertEqual((8 + n) % 8, 0)
+        header = json.loads(raw[8:8 + n])
+        self.assertEqual(header.pop("__metadata__"), {"k": "v"})
+        codes = {"w": "F32", "scalar": "F32", "ids": "I64", "bf": "BF16", "h": "F16", "mask": "BOOL",
+                 "empty": "F32", "d": "F64", "i8": "I8", "t": "F32", "u8": "U8"}
+        spans = []
+        for k, info in header.items():
+            self.assertEqual(info["dtype"], codes[k])
+            self.assertEqual(info["shape"], list(ts[k].shape))
+            begin, end = info["data_offsets"]
+            itemsize = ts[k].element_size()
+            self.assertEqual(begin % itemsize, 0, k)  # every tensor aligned to its element size
+            self.assertEqual(end - begin, ts[k].numel() * itemsize)
+            spans.append((begin, end))
+        spans.sort()
+        self.assertEqual(spans[0][0], 0)
+        self.assertTrue(all(a[1] == b[0] for a, b in zip(spans, spans[1:])))
+        self.assertEqual(spans[-1][1], len(raw) - 8 - n)
+        b, e = header["w"]["data_offsets"]
+        self.assertEqual(raw[8 + n + b:8 + n + e], ts["w"].numpy().tobytes())  # little-endian f32
+
+    def test_truncated_and_garbage(self):
+        path = self.path("x.safetensors")
+        safetensors_io.save_file(self.tensors(), path)
+        raw = _read_bytes(path)
+        bad = self.path("bad.safetensors")
+        for data in (raw[:4], raw[:40], raw[:-1], raw + b"\0", b"\xff" * 64):
+            with open(bad, "wb") as f:
+                f.write(data)
+            with self.assertRaisesRegex(safetensors_io.SafetensorsError, "bad.safetensors"):
+                safetensors_io.load_file(bad)
 
 
 # ---------------------------------------------------------------------------------------------

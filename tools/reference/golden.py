@@ -54,9 +54,9 @@ lies in [1e-2, 1e2] (--rms-range). The per-module RMS table is printed.
 from __future__ import annotations
 
 import argparse
+import random
 import contextlib
 import json
-import math
 import os
 import re
 import sys
@@ -373,7 +373,9 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     model = MFuserCLIP(cfg, deterministic=True)
     untouched = golden_init_(model, torch.Generator().manual_seed(seed))
     model.decode_head.loss_seed = point_seed
-    model = model.float()
+    wrong = [k for k, v in model.state_dict().items() if v.is_floating_point() and v.dtype != torch.float32]
+    if wrong:
+        raise GoldenError("non-float32 weights: " + ", ".join(wrong))
     state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
     state["texts"] = model.texts.clone()
 
@@ -495,7 +497,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Golden data of the MFuser-CLIP oracle (see the "
                                             "module docstring for the file layout).")
     p.add_argument("--config", required=True, help="model config JSON (or 'tiny' / 'vitl_512')")
-    p.add_argument("--seed", type=int, required=True, help="seed of weights and inputs")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of weights and inputs (default: $MFUSER_SEED, else fresh; printed)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--train", action="store_true", help="also losses and gradients")
     p.add_argument("--batch", type=int, default=2, help="images (default 2, as upstream)")
@@ -504,6 +507,9 @@ def main(argv=None):
     p.add_argument("--rms-range", type=float, nargs=2, default=(1e-2, 1e2), metavar=("LO", "HI"))
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     args = p.parse_args(argv)
+    if args.seed is None:
+        args.seed = int(os.environ.get("MFUSER_SEED", random.getrandbits(31)))
+        print(f"golden: seed {args.seed} (set MFUSER_SEED to reproduce)")
     try:
         generate(args.config, args.seed, args.out, train=args.train, batch=args.batch,
                  all_modules=args.all_modules, point_seed=args.point_seed,

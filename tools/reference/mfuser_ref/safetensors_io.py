@@ -7,9 +7,10 @@ Layout of a file:
                  ..., "__metadata__": {str: str}}; padded with spaces so the data starts 8-byte aligned
     rest         the data buffer: each tensor row-major, little-endian, at [begin, end) of the buffer
 
-We write tensors in the order (largest element size first, then name), so every tensor starts at a
-multiple of its own element size (as the reference writer does); the buffer is exactly covered, without
-gaps. The reader checks all of that and names the file in every error.
+The header lists the tensors in the order they were given; the data buffer holds them ordered by
+(largest element size first, then name), so every tensor starts at a multiple of its own element size
+(as the reference writer does); the buffer is exactly covered, without gaps. The reader returns the
+header order, checks all of that and names the file in every error.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
         else t.to(torch.uint8).reshape(-1).numpy().tobytes()
 
 
-def serialize(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]] = None) -> bytes:
-    """The bytes of a safetensors file holding ``tensors`` (and string ``metadata``)."""
+def _plan(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]]):
+    """(header bytes incl. the 8-byte size, tensor names in buffer order)."""
     for name, t in tensors.items():
         if not isinstance(name, str) or not name or name == "__metadata__":
             raise ValueError(f"bad tensor name {name!r}")
@@ -70,26 +71,33 @@ def serialize(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[st
                 raise TypeError(f"metadata must map str to str, got {k!r}: {type(v).__name__}")
             meta[k] = v
         header["__metadata__"] = meta
-    chunks, offset = [], 0
+    offset, entries = 0, {}
     for name in order:
         t = tensors[name]
-        data = _tensor_bytes(t)
-        header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
+        size = t.numel() * _itemsize(t.dtype)
+        entries[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape),
+                         "data_offsets": [offset, offset + size]}
+        offset += size
+    for name in tensors:  # the header lists the tensors in the caller's order
+        header[name] = entries[name]
     hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hjson += b" " * ((-len(hjson)) % 8)
-    return struct.pack("<Q", len(hjson)) + hjson + b"".join(chunks)
+    return struct.pack("<Q", len(hjson)) + hjson, order
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write bytes to ``path`` via a temporary file in the same folder and a rename."""
+def serialize(tensors: Mapping[str, torch.Tensor], metadata: Optional[Mapping[str, str]] = None) -> bytes:
+    """The bytes of a safetensors file holding ``tensors`` (and string ``metadata``)."""
+    head, order = _plan(tensors, metadata)
+    return head + b"".join(_tensor_bytes(tensors[n]) for n in order)
+
+
+def _atomic_writer(path: str, write) -> None:
+    """Call write(file) on a temporary file in the folder of ``path``, then rename it to ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -102,19 +110,31 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def write_atomic(path: str, data: bytes) -> None:
+    """Write bytes to ``path`` via a temporary file in the same folder and a rename."""
+    _atomic_writer(path, lambda f: f.write(data))
+
+
 def save_file(tensors: Mapping[str, torch.Tensor], path: str,
               metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Write a safetensors file atomically (temporary file + rename)."""
-    write_atomic(path, serialize(tensors, metadata))
+    """Write a safetensors file atomically (temporary file + rename), one tensor at a time."""
+    head, order = _plan(tensors, metadata)
+
+    def write(f):
+        f.write(head)
+        for name in order:
+            f.write(_tensor_bytes(tensors[name]))
+
+    _atomic_writer(path, write)
 
 
-def _parse_header(raw: bytes, path: str) -> Tuple[dict, int]:
+def _parse_header(raw: bytes, path: str, file_size: int) -> Tuple[dict, int]:
     if len(raw) < 8:
         raise SafetensorsError(f"{path}: not a safetensors file (only {len(raw)} bytes)")
     (n,) = struct.unpack("<Q", raw[:8])
-    if n > _MAX_HEADER or 8 + n > len(raw):
+    if n > _MAX_HEADER or 8 + n > file_size or 8 + n > len(raw):
         raise SafetensorsError(f"{path}: not a safetensors file or truncated (header size {n}, "
-                               f"file size {len(raw)})")
+                               f"file size {file_size})")
     try:
         header = json.loads(raw[8:8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -124,18 +144,16 @@ def _parse_header(raw: bytes, path: str) -> Tuple[dict, int]:
     return header, 8 + n
 
 
-def load_file(path: str, with_metadata: bool = False):
-    """Tensors of a safetensors file as an OrderedDict in file order (copies, writable).
+def _read_raw_header(f, path: str) -> Tuple[dict, int, int]:
+    file_size = os.fstat(f.fileno()).st_size
+    head = f.read(8)
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+    raw = head + (f.read(n) if len(head) == 8 and n <= min(_MAX_HEADER, file_size) else b"")
+    header, start = _parse_header(raw, path, file_size)
+    return header, start, file_size
 
-    With ``with_metadata`` returns (tensors, metadata dict)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise SafetensorsError(f"{path}: cannot read: {e}") from e
-    header, start = _parse_header(raw, path)
-    metadata = header.pop("__metadata__", {}) or {}
-    buf_len = len(raw) - start
+
+def _check_spans(header: dict, path: str, buf_len: int):
     spans = []
     for name, info in header.items():
         try:
@@ -156,41 +174,56 @@ def load_file(path: str, with_metadata: bool = False):
             raise SafetensorsError(f"{path}: {name}: {end - begin} bytes for shape {shape} "
                                    f"{info['dtype']}")
         spans.append((begin, end, name, dtype, shape))
-    spans.sort(key=lambda s: (s[0], s[1]))
     pos = 0
-    for begin, end, name, _, _ in spans:
+    for begin, end, name, _, _ in sorted(spans, key=lambda s: (s[0], s[1])):
         if begin != pos:
             raise SafetensorsError(f"{path}: {name}: data at {begin}, expected {pos} (gap or overlap)")
         pos = end
     if pos != buf_len:
         raise SafetensorsError(f"{path}: data buffer is {buf_len} bytes, tensors cover {pos} "
                                f"(trailing bytes or truncated file)")
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    for begin, end, name, dtype, shape in spans:
-        chunk = bytearray(raw[start + begin:start + end])
-        if dtype == torch.bool:
-            t = torch.frombuffer(chunk, dtype=torch.uint8).to(torch.bool) if chunk else \
-                torch.empty(0, dtype=torch.bool)
-        else:
-            t = torch.frombuffer(chunk, dtype=dtype) if chunk else torch.empty(0, dtype=dtype)
-        out[name] = t.reshape(shape)
+    return {s[2]: s for s in spans}
+
+
+def load_file(path: str, with_metadata: bool = False):
+    """Tensors of a safetensors file as an OrderedDict in header order (copies, writable).
+
+    With ``with_metadata`` returns (tensors, metadata dict)."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise SafetensorsError(f"{path}: cannot read: {e}") from e
+    with f:
+        header, start, file_size = _read_raw_header(f, path)
+        metadata = header.pop("__metadata__", {}) or {}
+        spans = _check_spans(header, path, file_size - start)
+        out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        for name in header:
+            begin, end, _, dtype, shape = spans[name]
+            if end == begin:
+                out[name] = torch.empty(shape, dtype=dtype)
+                continue
+            chunk = bytearray(end - begin)
+            f.seek(start + begin)
+            if f.readinto(chunk) != len(chunk):
+                raise SafetensorsError(f"{path}: {name}: short read (file changed while reading?)")
+            if dtype == torch.bool:
+                t = torch.frombuffer(chunk, dtype=torch.uint8).to(torch.bool)
+            else:
+                t = torch.frombuffer(chunk, dtype=dtype)
+            out[name] = t.reshape(shape)
     if with_metadata:
         return out, dict(metadata)
     return out
 
 
 def read_header(path: str) -> dict:
-    """The JSON header of a safetensors file (without loading the data)."""
+    """The JSON header of a safetensors file (without loading the data), checked for consistency."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise SafetensorsError(f"{path}: not a safetensors file (only {len(head)} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > _MAX_HEADER:
-                raise SafetensorsError(f"{path}: not a safetensors file (header size {n})")
-            raw = head + f.read(n)
+        f = open(path, "rb")
     except OSError as e:
         raise SafetensorsError(f"{path}: cannot read: {e}") from e
-    header, _ = _parse_header(raw, path)
+    with f:
+        header, start, file_size = _read_raw_header(f, path)
+    _check_spans({k: v for k, v in header.items() if k != "__metadata__"}, path, file_size - start)
     return header

@@ -1,0 +1,317 @@
+#include "graph/model/builder.h"
+
+#include <numeric>
+
+#include "kernels/attention/attention.h"
+#include "kernels/batchnorm/batchnorm.h"
+#include "kernels/conv2d/conv2d.h"
+#include "kernels/conv_transpose2d/conv_transpose2d.h"
+#include "kernels/elementwise/elementwise.h"
+#include "kernels/embedding/embedding.h"
+#include "kernels/gemm/gemm.h"
+#include "kernels/groupnorm/groupnorm.h"
+#include "kernels/l2norm/l2norm.h"
+#include "kernels/layernorm/layernorm.h"
+#include "kernels/layout/layout.h"
+#include "kernels/dwconv1d/dwconv1d.h"
+#include "kernels/maxpool2d/maxpool2d.h"
+#include "kernels/msdeform_attn/msdeform_attn.h"
+#include "kernels/posenc/posenc.h"
+#include "kernels/selective_scan/selective_scan.h"
+#include "kernels/resize/resize.h"
+#include "kernels/rmsnorm_gated/rmsnorm_gated.h"
+#include "kernels/softmax/softmax.h"
+
+namespace mfuser::model {
+
+namespace {
+
+using Ins = std::span<const Tensor>;
+using Outs = std::span<Tensor>;
+
+// The i-th input, or an undefined tensor when that optional input was not given.
+const Tensor& optional_input(Ins in, bool present, size_t index) {
+  static const Tensor kNone;
+  return present ? in[index] : kNone;
+}
+
+}  // namespace
+
+ValueId Builder::param(const std::string& name, const Shape& shape) {
+  if (const ValueId existing = g_.find(name); existing != kNoValue) {
+    MFUSER_CHECK(g_.value(existing).shape == shape, "weight '", name, "' requested as ", shape.str(), " and as ",
+                 g_.value(existing).shape.str());
+    return existing;
+  }
+  return g_.weight(name, w_.get(name, shape));
+}
+
+int64_t Builder::stored_dim(const std::string& name, int dim) {
+  const auto shape = w_.shape_of(name);
+  MFUSER_CHECK(shape && !shape->empty(), w_.path(), ": cannot read the size of '", name, "'");
+  const int d = dim < 0 ? int(shape->size()) + dim : dim;
+  MFUSER_CHECK(d >= 0 && size_t(d) < shape->size(), w_.path(), ": '", name, "' has no dim ", dim);
+  return (*shape)[size_t(d)];
+}
+
+ValueId Builder::node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
+                      graph::Kernel run, DType dtype) {
+  return g_.add1(op, name, std::move(inputs), {out, dtype}, std::move(run));
+}
+
+// ---- dense ----
+
+ValueId Builder::linear(ValueId x, const std::string& prefix, int64_t out_features, bool has_bias) {
+  const int64_t in_features = shape(x)[-1];
+  const ValueId w = param(prefix + ".weight", {out_features, in_features});
+  const ValueId b = has_bias ? param(prefix + ".bias", {out_features}) : kNoValue;
+  return linear(x, w, b, prefix);
+}
+
+ValueId Builder::linear(ValueId x, ValueId weight, ValueId bias, const std::string& name) {
+  const Shape& ws = shape(weight);
+  MFUSER_CHECK(ws.ndim() == 2 && ws[1] == shape(x)[-1], "linear '", name, "': input ", shape(x).str(),
+               " vs weight ", ws.str());
+  Shape out = shape(x);
+  out[-1] = ws[0];
+  const bool has_bias = bias != kNoValue;
+  std::vector<ValueId> inputs = {x, weight};
+  if (has_bias) inputs.push_back(bias);
+  return node("linear", name, inputs, out, [has_bias](Ins in, Outs o) {
+    kernels::linear(in[0], in[1], optional_input(in, has_bias, 2), o[0]);
+  });
+}
+
+ValueId Builder::matmul(ValueId x, ValueId y, bool transpose_b, const std::string& name, float alpha) {
+  const Shape& xs = shape(x);
+  const Shape& ys = shape(y);
+  MFUSER_CHECK(xs.ndim() >= 2 && xs.ndim() == ys.ndim(), "matmul '", name, "': ", xs.str(), " x ", ys.str());
+  for (int d = 0; d < xs.ndim() - 2; ++d)
+    MFUSER_CHECK(xs[d] == ys[d], "matmul '", name, "': batch dims differ: ", xs.str(), " x ", ys.str());
+  const int64_t m = xs[-2], k = xs[-1];
+  const int64_t n = transpose_b ? ys[-2] : ys[-1];
+  MFUSER_CHECK((transpose_b ? ys[-1] : ys[-2]) == k, "matmul '", name, "': inner dims differ: ", xs.str(), " x ",
+               ys.str(), transpose_b ? " (b transposed)" : "");
+  Shape out = xs;
+  out[-1] = n;
+  kernels::GemmParams p;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.trans_b = transpose_b;
+  p.alpha = alpha;
+  p.batch = xs.numel() / (m * k);
+  p.stride_a = m * k;
+  p.stride_b = k * n;
+  p.stride_c = m * n;
+  return node("matmul", name, {x, y}, out, [p](Ins in, Outs o) { kernels::gemm(in[0], in[1], o[0], p); });
+}
+
+// ---- normalization ----
+
+ValueId Builder::layernorm(ValueId x, const std::string& prefix, float eps) {
+  const int64_t c = shape(x)[-1];
+  const ValueId w = param(prefix + ".weight", {c});
+  const ValueId b = param(prefix + ".bias", {c});
+  return node("layernorm", prefix, {x, w, b}, shape(x),
+              [eps](Ins in, Outs o) { kernels::layernorm(in[0], in[1], in[2], o[0], eps); });
+}
+
+ValueId Builder::groupnorm(ValueId x, const std::string& prefix, int num_groups, float eps) {
+  const int64_t c = shape(x)[1];
+  const ValueId w = param(prefix + ".weight", {c});
+  const ValueId b = param(prefix + ".bias", {c});
+  return node("groupnorm", prefix, {x, w, b}, shape(x),
+              [num_groups, eps](Ins in, Outs o) { kernels::groupnorm(in[0], in[1], in[2], o[0], num_groups, eps); });
+}
+
+ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
+  const int64_t c = shape(x)[1];
+  const ValueId mean = param(prefix + ".running_mean", {c});
+  const ValueId var = param(prefix + ".running_var", {c});
+  const ValueId w = param(prefix + ".weight", {c});
+  const ValueId b = param(prefix + ".bias", {c});
+  w_.ignore(prefix + ".num_batches_tracked");  // a training counter, unused at inference
+  return node("batchnorm", prefix, {x, mean, var, w, b}, shape(x),
+              [eps](Ins in, Outs o) { kernels::batchnorm(in[0], in[1], in[2], in[3], in[4], o[0], eps); });
+}
+
+ValueId Builder::rmsnorm_gated(ValueId x, ValueId z, const std::string& prefix, float eps) {
+  const ValueId w = param(prefix + ".weight", {shape(x)[-1]});
+  return node("rmsnorm_gated", prefix, {x, z, w}, shape(x),
+              [eps](Ins in, Outs o) { kernels::rmsnorm_gated(in[0], in[1], in[2], o[0], eps); });
+}
+
+ValueId Builder::l2norm(ValueId x, int dim, const std::string& name) {
+  return node("l2norm", name, {x}, shape(x), [dim](Ins in, Outs o) { kernels::l2norm(in[0], o[0], dim); });
+}
+
+// ---- elementwise ----
+
+ValueId Builder::activation(ValueId x, kernels::Activation kind, const std::string& name) {
+  return node("activation", name, {x}, shape(x), [kind](Ins in, Outs o) { kernels::activation(in[0], o[0], kind); });
+}
+
+ValueId Builder::add(ValueId a, ValueId b, const std::string& name) {
+  return node("add", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::add(in[0], in[1], o[0]); });
+}
+
+ValueId Builder::mul(ValueId a, ValueId b, const std::string& name) {
+  return node("mul", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::mul(in[0], in[1], o[0]); });
+}
+
+ValueId Builder::scale(ValueId x, float factor, const std::string& name, float bias) {
+  return node("scale", name, {x}, shape(x),
+              [factor, bias](Ins in, Outs o) { kernels::scale(in[0], o[0], factor, bias); });
+}
+
+ValueId Builder::softmax(ValueId x, ValueId mask, const std::string& name) {
+  const bool has_mask = mask != kNoValue;
+  std::vector<ValueId> inputs = {x};
+  if (has_mask) inputs.push_back(mask);
+  return node("softmax", name, inputs, shape(x),
+              [has_mask](Ins in, Outs o) { kernels::softmax(in[0], optional_input(in, has_mask, 1), o[0]); });
+}
+
+// ---- attention ----
+
+ValueId Builder::attention(ValueId q, ValueId k, ValueId v, const std::string& name, bool causal, ValueId bool_mask,
+                           ValueId float_mask) {
+  const bool has_bool = bool_mask != kNoValue, has_float = float_mask != kNoValue;
+  std::vector<ValueId> inputs = {q, k, v};
+  if (has_bool) inputs.push_back(bool_mask);
+  if (has_float) inputs.push_back(float_mask);
+  return node("attention", name, inputs, shape(q), [causal, has_bool, has_float](Ins in, Outs o) {
+    kernels::attention(in[0], in[1], in[2], o[0], causal, optional_input(in, has_bool, 3),
+                       optional_input(in, has_float, has_bool ? 4 : 3));
+  });
+}
+
+// ---- convolution and resampling ----
+
+ValueId Builder::conv2d(ValueId x, const std::string& prefix, int64_t out_channels, int kernel, int stride, int padding,
+                        bool has_bias) {
+  const Shape& xs = shape(x);
+  const ValueId w = param(prefix + ".weight", {out_channels, xs[1], kernel, kernel});
+  const ValueId b = has_bias ? param(prefix + ".bias", {out_channels}) : kNoValue;
+  const int64_t oh = (xs[2] + 2 * padding - kernel) / stride + 1, ow = (xs[3] + 2 * padding - kernel) / stride + 1;
+  std::vector<ValueId> inputs = {x, w};
+  if (has_bias) inputs.push_back(b);
+  return node("conv2d", prefix, inputs, {xs[0], out_channels, oh, ow}, [has_bias, stride, padding](Ins in, Outs o) {
+    kernels::conv2d(in[0], in[1], optional_input(in, has_bias, 2), o[0], stride, padding);
+  });
+}
+
+ValueId Builder::conv_transpose2d(ValueId x, const std::string& prefix, int64_t out_channels, bool has_bias) {
+  const Shape& xs = shape(x);
+  const ValueId w = param(prefix + ".weight", {xs[1], out_channels, 2, 2});
+  const ValueId b = has_bias ? param(prefix + ".bias", {out_channels}) : kNoValue;
+  std::vector<ValueId> inputs = {x, w};
+  if (has_bias) inputs.push_back(b);
+  return node("conv_transpose2d", prefix, inputs, {xs[0], out_channels, 2 * xs[2], 2 * xs[3]},
+              [has_bias](Ins in, Outs o) {
+                kernels::conv_transpose2d(in[0], in[1], optional_input(in, has_bias, 2), o[0]);
+              });
+}
+
+ValueId Builder::maxpool2d(ValueId x, const std::string& name) {
+  const Shape& xs = shape(x);
+  return node("maxpool2d", name, {x}, {xs[0], xs[1], xs[2] / 2, xs[3] / 2},
+              [](Ins in, Outs o) { kernels::maxpool2d(in[0], o[0]); });
+}
+
+ValueId Builder::resize_bilinear(ValueId x, int64_t height, int64_t width, const std::string& name) {
+  const Shape& xs = shape(x);
+  return node("resize_bilinear", name, {x}, {xs[0], xs[1], height, width},
+              [](Ins in, Outs o) { kernels::resize_bilinear(in[0], o[0]); });
+}
+
+// ---- sequence models ----
+
+ValueId Builder::dwconv1d(ValueId x, const std::string& prefix, int kernel, bool has_bias) {
+  const int64_t c = shape(x)[-1];
+  const ValueId w = param(prefix + ".weight", {c, 1, kernel});
+  std::vector<ValueId> inputs = {x, w};
+  if (has_bias) inputs.push_back(param(prefix + ".bias", {c}));
+  return node("dwconv1d", prefix, inputs, shape(x), [has_bias](Ins in, Outs o) {
+    kernels::dwconv1d(in[0], in[1], optional_input(in, has_bias, 2), o[0]);
+  });
+}
+
+ValueId Builder::selective_scan(ValueId u, ValueId delta, ValueId A, ValueId Bm, ValueId Cm, ValueId D,
+                                ValueId delta_bias, const std::string& name) {
+  const bool has_d = D != kNoValue, has_bias = delta_bias != kNoValue;
+  std::vector<ValueId> inputs = {u, delta, A, Bm, Cm};
+  if (has_d) inputs.push_back(D);
+  if (has_bias) inputs.push_back(delta_bias);
+  return node("selective_scan", name, inputs, shape(u), [has_d, has_bias](Ins in, Outs o) {
+    kernels::selective_scan(in[0], in[1], in[2], in[3], in[4], optional_input(in, has_d, 5),
+                            optional_input(in, has_bias, has_d ? 6 : 5), o[0], nullptr, /*delta_softplus=*/true);
+  });
+}
+
+ValueId Builder::msdeform_attn(ValueId value, const std::vector<std::array<int64_t, 2>>& level_shapes,
+                               ValueId locations, ValueId weights, const std::string& name) {
+  std::vector<int64_t> shapes, starts;
+  int64_t start = 0;
+  for (const auto& [h, w] : level_shapes) {
+    shapes.insert(shapes.end(), {h, w});
+    starts.push_back(start);
+    start += h * w;
+  }
+  const auto levels = int64_t(level_shapes.size());
+  const ValueId shapes_v = g_.constant(name + ".spatial_shapes", Tensor::from_vector(shapes, {levels, 2}));
+  const ValueId starts_v = g_.constant(name + ".level_start_index", Tensor::from_vector(starts, {levels}));
+  const Shape& vs = shape(value);
+  const Shape& ls = shape(locations);
+  return node("msdeform_attn", name, {value, shapes_v, starts_v, locations, weights}, {vs[0], ls[1], vs[2] * vs[3]},
+              [](Ins in, Outs o) { kernels::msdeform_attn(in[0], in[1], in[2], in[3], in[4], o[0]); });
+}
+
+ValueId Builder::posenc(int64_t batch, int64_t num_feats, int64_t height, int64_t width, const std::string& name) {
+  Tensor table = Tensor::empty({batch, 2 * num_feats, height, width}, DType::f32);
+  kernels::cpu::posenc(table);
+  return g_.constant(name, std::move(table));
+}
+
+// ---- layout ----
+
+ValueId Builder::permute(ValueId x, std::vector<int> perm, const std::string& name) {
+  const Shape& xs = shape(x);
+  MFUSER_CHECK(int(perm.size()) == xs.ndim(), "permute '", name, "': ", perm.size(), " axes for ", xs.str());
+  Shape out = xs;
+  for (size_t i = 0; i < perm.size(); ++i) out[int(i)] = xs[perm[i]];
+  return node("permute", name, {x}, out, [perm](Ins in, Outs o) { kernels::permute(in[0], o[0], perm); });
+}
+
+ValueId Builder::concat(const std::vector<ValueId>& xs, int dim, const std::string& name) {
+  MFUSER_CHECK(!xs.empty(), "concat '", name, "': nothing to concatenate");
+  Shape out = shape(xs[0]);
+  const int d = dim < 0 ? dim + out.ndim() : dim;
+  out[d] = 0;
+  for (ValueId x : xs) out[d] += shape(x)[d];
+  return node("concat", name, xs, out, [d](Ins in, Outs o) { kernels::concat(in, o[0], d); });
+}
+
+std::vector<ValueId> Builder::split(ValueId x, const std::vector<int64_t>& sizes, int dim, const std::string& name) {
+  const Shape& xs = shape(x);
+  const int d = dim < 0 ? dim + xs.ndim() : dim;
+  MFUSER_CHECK(std::accumulate(sizes.begin(), sizes.end(), int64_t(0)) == xs[d], "split '", name, "': sizes do not add up to ",
+               xs[d]);
+  std::vector<graph::OutputSpec> outs;
+  for (int64_t s : sizes) {
+    Shape part = xs;
+    part[d] = s;
+    outs.push_back({part, g_.value(x).dtype});
+  }
+  return g_.add("split", name, {x}, outs, [d](Ins in, Outs o) { kernels::split(in[0], o, d); });
+}
+
+ValueId Builder::embedding(ValueId ids, ValueId table, const std::string& name) {
+  const Shape& is = shape(ids);
+  std::vector<int64_t> dims(is.dims().begin(), is.dims().end());
+  dims.push_back(shape(table)[1]);
+  return node("embedding", name, {ids, table}, Shape(dims), [](Ins in, Outs o) { kernels::embedding(in[0], in[1], o[0]); });
+}
+
+}  // namespace mfuser::model

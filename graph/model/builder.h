@@ -1,0 +1,105 @@
+// Builder: appends operator nodes to a Graph, one call per operator, with shapes inferred at build time and
+// weights fetched by their official state-dict names. Model code (backbone.cpp, head.cpp, ...) reads like
+// the PyTorch module it mirrors:
+//
+//   ValueId h = b.layernorm(x, "backbone.transformer.resblocks.0.ln_1", 1e-5f);
+//   h = b.linear(h, "backbone.transformer.resblocks.0.mlp.c_fc");
+//
+// Every node is named after the module it computes (its output value carries the same name), which is
+// what errors, NVTX ranges, --dump and the parity tests use. Kernels are called through their device
+// dispatchers, so the graph runs unchanged on CPU and CUDA.
+#pragma once
+
+#include <array>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "graph/graph.h"
+#include "graph/model/weights.h"
+#include "kernels/activation/activation.h"
+
+namespace mfuser::model {
+
+using graph::Graph;
+using graph::kNoValue;
+using graph::ValueId;
+
+class Builder {
+ public:
+  Builder(Graph& graph, WeightStore& weights) : g_(graph), w_(weights) {}
+
+  Graph& graph() { return g_; }
+  WeightStore& weights() { return w_; }
+  const Shape& shape(ValueId v) const { return g_.value(v).shape; }
+
+  // A weight by its state-dict name, loaded once (a second request returns the same value).
+  ValueId param(const std::string& name, const Shape& shape);
+  // The last dim of a stored weight (sizes that only the checkpoint knows, e.g. FFN widths).
+  int64_t stored_dim(const std::string& name, int dim);
+
+  // ---- dense layers ----
+  // nn.Linear: x [..., in] -> [..., out] with prefix.weight [out, in] and prefix.bias [out] (if has_bias).
+  ValueId linear(ValueId x, const std::string& prefix, int64_t out_features, bool has_bias = true);
+  // The same with explicit weight/bias values (bias may be kNoValue), e.g. for fused qkv slices.
+  ValueId linear(ValueId x, ValueId weight, ValueId bias, const std::string& name);
+  // x [.., M, K] @ y [.., K, N] (or y^T when transpose_b, y [.., N, K]), batched over equal leading dims.
+  ValueId matmul(ValueId x, ValueId y, bool transpose_b, const std::string& name, float alpha = 1.f);
+
+  // ---- normalization ----
+  ValueId layernorm(ValueId x, const std::string& prefix, float eps);
+  ValueId groupnorm(ValueId x, const std::string& prefix, int num_groups, float eps = 1e-5f);
+  ValueId batchnorm(ValueId x, const std::string& prefix, float eps = 1e-5f);
+  ValueId rmsnorm_gated(ValueId x, ValueId z, const std::string& prefix, float eps = 1e-5f);
+  ValueId l2norm(ValueId x, int dim, const std::string& name);
+
+  // ---- elementwise ----
+  ValueId activation(ValueId x, kernels::Activation kind, const std::string& name);
+  ValueId add(ValueId a, ValueId b, const std::string& name);  // b broadcasts onto a
+  ValueId mul(ValueId a, ValueId b, const std::string& name);
+  ValueId scale(ValueId x, float factor, const std::string& name, float bias = 0.f);
+  ValueId softmax(ValueId x, ValueId mask, const std::string& name);  // mask may be kNoValue
+
+  // ---- attention ----
+  // q [B, H, Lq, D], k/v [B, H, Lk, D]; masks may be kNoValue.
+  ValueId attention(ValueId q, ValueId k, ValueId v, const std::string& name, bool causal = false,
+                    ValueId bool_mask = kNoValue, ValueId float_mask = kNoValue);
+
+  // ---- convolution and resampling (NCHW) ----
+  ValueId conv2d(ValueId x, const std::string& prefix, int64_t out_channels, int kernel, int stride, int padding,
+                 bool has_bias);
+  ValueId conv_transpose2d(ValueId x, const std::string& prefix, int64_t out_channels, bool has_bias = true);
+  ValueId maxpool2d(ValueId x, const std::string& name);
+  ValueId resize_bilinear(ValueId x, int64_t height, int64_t width, const std::string& name);
+
+  // ---- sequence models ----
+  // Depthwise 'same' conv over tokens: x [B, L, C], weight prefix.weight [C, 1, k] (bias if has_bias).
+  ValueId dwconv1d(ValueId x, const std::string& prefix, int kernel, bool has_bias);
+  // Mamba selective scan (kernels/selective_scan): u, delta [B, D, L]; A [D, N]; Bm, Cm [B, N, L]; D [D];
+  // delta_bias [D]; softplus on delta. D / delta_bias may be kNoValue.
+  ValueId selective_scan(ValueId u, ValueId delta, ValueId A, ValueId Bm, ValueId Cm, ValueId D, ValueId delta_bias,
+                         const std::string& name);
+  // Multi-scale deformable attention sampling (kernels/msdeform_attn): value [B, S, H, Dh], locations
+  // [B, Q, H, L, P, 2], weights [B, Q, H, L, P] -> [B, Q, H*Dh]; level shapes are fixed at build time.
+  ValueId msdeform_attn(ValueId value, const std::vector<std::array<int64_t, 2>>& level_shapes, ValueId locations,
+                        ValueId weights, const std::string& name);
+  // The sine positional encoding [B, 2F, H, W] as a build-time constant (it depends on no input).
+  ValueId posenc(int64_t batch, int64_t num_feats, int64_t height, int64_t width, const std::string& name);
+
+  // ---- layout ----
+  ValueId reshape(ValueId x, const Shape& shape) { return g_.reshape(x, shape); }
+  ValueId permute(ValueId x, std::vector<int> perm, const std::string& name);
+  ValueId concat(const std::vector<ValueId>& xs, int dim, const std::string& name);
+  std::vector<ValueId> split(ValueId x, const std::vector<int64_t>& sizes, int dim, const std::string& name);
+  ValueId embedding(ValueId ids, ValueId table, const std::string& name);
+
+  // Appends a node running `run`; the generic form behind every op above, for ops with no helper.
+  ValueId node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
+               graph::Kernel run, DType dtype = DType::f32);
+
+ private:
+  Graph& g_;
+  WeightStore& w_;
+};
+
+}  // namespace mfuser::model

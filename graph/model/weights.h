@@ -1,0 +1,44 @@
+// WeightStore: the model's weights from one safetensors file, checked against what the model expects.
+//
+// The model builder asks for each tensor by its official state-dict name with the shape the config implies.
+// Problems are collected rather than thrown one at a time, so `finish()` can report every missing,
+// wrong-shaped and unexpected tensor of a checkpoint in one error, each by name.
+#pragma once
+
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "loaders/safetensors.h"
+#include "runtime/tensor.h"
+
+namespace mfuser::model {
+
+class WeightStore {
+ public:
+  explicit WeightStore(const std::string& path);
+
+  // The tensor `name` as a host f32 tensor (converted from bf16/f16/f64 if stored so) of shape `expected`.
+  // On a problem, records it and returns a zero tensor of the expected shape so building can go on.
+  Tensor get(const std::string& name, const Shape& expected);
+  // Integer tensors (token ids, counters) as stored.
+  Tensor get_raw(const std::string& name, DType expected_dtype, const Shape& expected);
+  // The stored shape (for sizes read from the checkpoint), or nullopt (recorded as missing).
+  std::optional<std::vector<int64_t>> shape_of(const std::string& name);
+  bool contains(const std::string& name) const { return reader_.contains(name); }
+
+  // Marks tensors the runtime deliberately does not use (e.g. training-only buffers).
+  void ignore(const std::string& name);
+  // Throws one Error listing every problem, naming the file and each tensor; no-op when all is well.
+  void finish() const;
+
+  const std::string& path() const { return reader_.path(); }
+
+ private:
+  SafetensorsReader reader_;
+  std::set<std::string> used_;
+  std::vector<std::string> problems_;
+};
+
+}  // namespace mfuser::model

@@ -1,0 +1,96 @@
+// activation: each nonlinearity against PyTorch's f64 result on random values, on edge values (overflow,
+// cancellation, the softplus threshold, inf, NaN), and gelu at the DINOv2 MLP's size.
+#include "kernels/activation/activation.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "loaders/safetensors.h"
+#include "tests/common/test_util.h"
+
+namespace mfuser {
+namespace {
+
+using kernels::Activation;
+const Activation kAll[] = {Activation::gelu, Activation::relu, Activation::sigmoid,
+                           Activation::quick_gelu, Activation::silu, Activation::softplus};
+
+class ActivationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    golden_ = std::make_unique<SafetensorsReader>(test::golden_path("activation"));
+    seed_trace_ = "golden seed " + golden_->metadata().at("seed");
+  }
+  // Runs the reference on golden input `x` into a poisoned output.
+  Tensor run(const Tensor& x, Activation kind) const {
+    Tensor out = Tensor::empty(x.shape(), DType::f32);
+    test::poison(out);
+    kernels::cpu::activation(x, out, kind);
+    return out;
+  }
+  std::unique_ptr<SafetensorsReader> golden_;
+  std::string seed_trace_;
+};
+
+TEST_F(ActivationTest, TinyMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor x = golden_->view("tiny.x");
+  for (Activation kind : kAll) {
+    const std::string name(kernels::activation_name(kind));
+    SCOPED_TRACE(name);
+    const test::ErrorStats e = test::compare(run(x, kind), golden_->view("tiny." + name));
+    std::printf("tiny %s: %s\n", name.c_str(), test::describe(e).c_str());
+    EXPECT_EQ(e.nonfinite, 0);
+    EXPECT_LE(e.rel_l2, 1e-5);
+    EXPECT_LE(e.max_abs, 1e-5);  // a few ulp: |x| < 20, so |out| < 20
+  }
+}
+
+// Element by element: NaN where PyTorch gives NaN, the same infinity, otherwise within 1e-6 relative (or
+// 1e-6 absolute near zero, where PyTorch's own f64 erf form rounds e.g. gelu(-9) to -0).
+TEST_F(ActivationTest, EdgeValuesMatchPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor x = golden_->view("edge.x");
+  for (Activation kind : kAll) {
+    const std::string name(kernels::activation_name(kind));
+    const Tensor out = run(x, kind), ref = golden_->view("edge." + name);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float o = out.data<float>()[i], r = ref.data<float>()[i];
+      SCOPED_TRACE(str_cat(name, "(", x.data<float>()[i], ") = ", o, ", PyTorch ", r));
+      if (std::isnan(r))
+        EXPECT_TRUE(std::isnan(o));
+      else if (std::isinf(r))
+        EXPECT_EQ(o, r);
+      else
+        EXPECT_LE(std::fabs(double(o) - r), 1e-6 * std::max(1.0, std::fabs(double(r))));
+    }
+  }
+}
+
+TEST_F(ActivationTest, GeluRealShapeMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor x = golden_->load("real.x", DType::f32);  // stored as f16, exact in f32
+  const test::ErrorStats e = test::compare(run(x, Activation::gelu), golden_->view("real.gelu"));
+  std::printf("real gelu %s: %s\n", x.shape().str().c_str(), test::describe(e).c_str());
+  EXPECT_EQ(e.nonfinite, 0);
+  EXPECT_LE(e.rel_l2, 1e-5);
+  EXPECT_LE(e.max_abs, 1e-5);  // |x| < 12
+}
+
+TEST_F(ActivationTest, InPlace) {
+  SCOPED_TRACE(seed_trace_);
+  Tensor x = golden_->view("tiny.x").to(Device::cpu());
+  kernels::activation(x, x, Activation::silu);
+  EXPECT_LE(test::compare(x, golden_->view("tiny.silu")).max_abs, 1e-5);
+}
+
+TEST_F(ActivationTest, RejectsBadArguments) {
+  const Tensor x = Tensor::zeros({4, 5}, DType::f32);
+  Tensor wrong_shape = Tensor::empty({5, 4}, DType::f32);
+  EXPECT_THROW(kernels::activation(x, wrong_shape, Activation::relu), Error);
+  Tensor wrong_dtype = Tensor::empty({4, 5}, DType::bf16);
+  EXPECT_THROW(kernels::activation(x, wrong_dtype, Activation::gelu), Error);
+}
+
+}  // namespace
+}  // namespace mfuser

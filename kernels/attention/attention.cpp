@@ -1,0 +1,113 @@
+// CPU reference of attention (query-tiled: scores = Q_tile K^T by cblas, masked softmax, Q_tile's output =
+// P V by cblas), and the device dispatch.
+#include "kernels/attention/attention.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/common/checks.h"
+
+namespace mfuser::kernels {
+
+namespace {
+
+// Queries per tile: the scores buffer is kQueryTile x Lk floats (1 MB at Lk = 4096).
+constexpr int64_t kQueryTile = 64;
+
+void check_mask(const char* arg, const Tensor& mask, DType dtype, const Tensor& q, int64_t lk) {
+  if (!mask.defined()) return;
+  MFUSER_CHECK(mask.dtype() == dtype, "attention: ", arg, " must be ", dtype_name(dtype), ", got ", mask.str());
+  const int64_t b = q.dim(0), h = q.dim(1), lq = q.dim(2);
+  MFUSER_CHECK(mask.ndim() == 4 && (mask.dim(0) == 1 || mask.dim(0) == b) && (mask.dim(1) == 1 || mask.dim(1) == h) &&
+                   mask.dim(2) == lq && mask.dim(3) == lk,
+               "attention: ", arg, " must be [", b, " or 1, ", h, " or 1, ", lq, ", ", lk, "], got ", mask.str());
+}
+
+void check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& bool_mask,
+                const Tensor& float_mask, std::optional<float> scale) {
+  check_f32("attention", "q", q);
+  check_f32("attention", "k", k);
+  check_f32("attention", "v", v);
+  check_f32("attention", "out", out);
+  MFUSER_CHECK(q.ndim() == 4 && q.dim(3) >= 1, "attention: q must be [B, H, Lq, D >= 1], got ", q.str());
+  MFUSER_CHECK(k.ndim() == 4 && k.dim(0) == q.dim(0) && k.dim(1) == q.dim(1) && k.dim(3) == q.dim(3) &&
+                   k.dim(2) >= 1,
+               "attention: k must be [B, H, Lk >= 1, D] matching q ", q.str(), ", got ", k.str());
+  check_shape("attention", "v", v, k.shape());
+  check_shape("attention", "out", out, q.shape());
+  check_mask("bool_mask", bool_mask, DType::boolean, q, k.dim(2));
+  check_mask("float_mask", float_mask, DType::f32, q, k.dim(2));
+  MFUSER_CHECK(!scale || std::isfinite(*scale), "attention: scale must be finite, got ", scale.value_or(0));
+  check_same_device("attention", {&q, &k, &v, &out, &bool_mask, &float_mask});
+}
+
+// Row (b, h, i) of a [B or 1, H or 1, Lq, Lk] mask.
+template <class T>
+const T* mask_row(const Tensor& mask, int64_t b, int64_t h, int64_t i) {
+  if (!mask.defined()) return nullptr;
+  const int64_t mb = mask.dim(0) == 1 ? 0 : b, mh = mask.dim(1) == 1 ? 0 : h;
+  return mask.data<T>() + ((mb * mask.dim(1) + mh) * mask.dim(2) + i) * mask.dim(3);
+}
+
+// In place: scores -> probabilities over `n` keys. Masked keys get -inf; an all-masked row becomes NaN
+// (exp(-inf - -inf)), which is PyTorch's answer too.
+void masked_softmax(float* row, int64_t n, int64_t causal_limit, const bool* masked, const float* bias) {
+  for (int64_t j = 0; j < n; ++j) {
+    if (bias) row[j] += bias[j];
+    if (j > causal_limit || (masked && masked[j])) row[j] = -std::numeric_limits<float>::infinity();
+  }
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j) max = std::max(max, row[j]);
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    row[j] = std::exp(row[j] - max);
+    sum += row[j];
+  }
+  const float inv = float(1.0 / sum);
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+}
+
+}  // namespace
+
+void cpu::attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal,
+                    const Tensor& bool_mask, const Tensor& float_mask, std::optional<float> scale) {
+  check_args(q, k, v, out, bool_mask, float_mask, scale);
+  check_host("attention", q);
+  const int64_t heads = q.dim(1), lq = q.dim(2), lk = k.dim(2), d = q.dim(3);
+  const int64_t tiles = (lq + kQueryTile - 1) / kQueryTile;
+  const float alpha = scale.value_or(float(1.0 / std::sqrt(double(d))));
+  const float* qs = q.data<float>();
+  const float* ks = k.data<float>();
+  const float* vs = v.data<float>();
+  float* os = out.data<float>();
+  // Tiles run one after the other and each GEMM is threaded by OpenBLAS. Calling OpenBLAS (pthreads) from
+  // several OpenMP threads, or alternating it with OpenMP regions, oversubscribes the cores (10-20x slower on
+  // 2 cores, measured), so the softmax, O(D) times cheaper than the GEMMs, stays on this thread.
+  std::vector<float> scores(size_t(std::min(kQueryTile, lq) * lk));
+  for (int64_t task = 0; task < q.dim(0) * heads * tiles; ++task) {
+    const int64_t bh = task / tiles, b = bh / heads, h = bh % heads;
+    const int64_t q0 = (task % tiles) * kQueryTile, rows = std::min(kQueryTile, lq - q0);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(lk), int(d), alpha, qs + (bh * lq + q0) * d,
+                int(d), ks + bh * lk * d, int(d), 0.f, scores.data(), int(lk));
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = q0 + r;
+      masked_softmax(scores.data() + r * lk, lk, causal ? i : lk, mask_row<bool>(bool_mask, b, h, i),
+                     mask_row<float>(float_mask, b, h, i));
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(d), int(lk), 1.f, scores.data(), int(lk),
+                vs + bh * lk * d, int(d), 0.f, os + (bh * lq + q0) * d, int(d));
+  }
+}
+
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal, const Tensor& bool_mask,
+               const Tensor& float_mask, std::optional<float> scale) {
+  check_args(q, k, v, out, bool_mask, float_mask, scale);
+  if (q.device().is_cuda()) no_cuda_kernel_yet("attention");
+  cpu::attention(q, k, v, out, causal, bool_mask, float_mask, scale);
+}
+
+}  // namespace mfuser::kernels

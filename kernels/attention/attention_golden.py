@@ -1,0 +1,55 @@
+"""PyTorch golden data for kernels/attention (see tools/reference/op_golden.py).
+
+torch 1.13 has no scaled_dot_product_attention: the reference is softmax(q k^T * scale + masks) v written out
+in float64 (boolean masks as -inf, causal as torch.tril), then stored f32."""
+import math
+
+import torch
+
+# (case, B, H, Lq, Lk, D, causal, bool mask shape or None, float mask shape or None, scale or None);
+# the test holds the same table.
+CASES = [
+    ("tiny", 2, 3, 5, 7, 8, False, None, None, None),
+    ("tiny_all", 2, 3, 9, 6, 4, True, (1, 3, 9, 6), (2, 1, 9, 6), 0.3),    # every option, broadcast masks
+    ("tiny_tiles", 1, 2, 130, 70, 16, True, None, (1, 1, 130, 70), None),  # several query tiles, Lq > Lk
+    ("vit", 1, 16, 1025, 1025, 64, False, None, None, None),               # CLIP / DINOv2 ViT-L blocks
+    ("text", 1, 12, 10, 10, 64, True, None, None, None),                   # CLIP text encoder
+    ("masked_1024", 1, 8, 19, 1024, 32, False, (1, 8, 19, 1024), None, None),  # decoder masked attention
+    ("masked_4096", 1, 8, 19, 4096, 32, False, (1, 8, 19, 4096), None, None),
+    ("cross", 1, 8, 5376, 19, 32, False, None, None, None),                # pixel tokens to the 19 text tokens
+]
+
+
+def reference(q, k, v, causal, bool_mask, float_mask, scale):
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale
+    if float_mask is not None:
+        s = s + float_mask.double()
+    if causal:
+        lq, lk = s.shape[-2:]
+        s = s.masked_fill(~torch.ones(lq, lk, dtype=torch.bool).tril(), float("-inf"))
+    if bool_mask is not None:
+        s = s.masked_fill(bool_mask, float("-inf"))
+    return (torch.softmax(s, dim=-1) @ v.double()).float()
+
+
+def golden(gen: torch.Generator) -> dict:
+    """Per case: q, k, v, the masks it uses and the float64 reference output."""
+    out = {}
+    for name, b, h, lq, lk, d, causal, bool_shape, float_shape, scale in CASES:
+        q = torch.randn(b, h, lq, d, generator=gen)
+        k = torch.randn(b, h, lk, d, generator=gen)
+        v = torch.randn(b, h, lk, d, generator=gen)
+        bool_mask = float_mask = None
+        if bool_shape is not None:
+            # About half the keys masked, as Mask2Former's sigmoid < 0.5; key 0 always visible so no row is
+            # fully masked (the decoder unmasks such rows, and causal rows see key 0).
+            bool_mask = torch.rand(bool_shape, generator=gen) < 0.5
+            bool_mask[..., 0] = False
+            out[f"{name}.bool_mask"] = bool_mask
+        if float_shape is not None:
+            float_mask = torch.randn(float_shape, generator=gen)
+            out[f"{name}.float_mask"] = float_mask
+        out.update({f"{name}.q": q, f"{name}.k": k, f"{name}.v": v,
+                    f"{name}.out": reference(q, k, v, causal, bool_mask, float_mask,
+                                             scale if scale is not None else 1 / math.sqrt(d))})
+    return out

@@ -1,0 +1,82 @@
+// CPU reference of conv_transpose2d (stride = kernel: GEMM then scatter), and the device dispatch.
+#include "kernels/conv_transpose2d/conv_transpose2d.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "kernels/common/checks.h"
+#include "runtime/parallel.h"
+
+namespace mfuser::kernels {
+
+namespace {
+
+// Floats in the GEMM result of one band of input rows (4 MB: the 2048-channel 16x16 golden case takes two
+// bands, so the banding is tested).
+constexpr int64_t kTapBudget = int64_t(1) << 20;
+
+void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out) {
+  check_f32("conv_transpose2d", "x", x);
+  check_f32("conv_transpose2d", "weight", weight);
+  check_f32("conv_transpose2d", "out", out);
+  MFUSER_CHECK(x.ndim() == 4 && x.dim(1) >= 1, "conv_transpose2d: x must be [N, I >= 1, H, W], got ", x.str());
+  MFUSER_CHECK(weight.ndim() == 4 && weight.dim(0) == x.dim(1) && weight.dim(2) >= 1 &&
+                   weight.dim(2) == weight.dim(3),
+               "conv_transpose2d: weight must be [I, O, K, K] with I = ", x.dim(1), " input channels, got ",
+               weight.str());
+  const int64_t o = weight.dim(1), k = weight.dim(2);
+  if (bias.defined()) {
+    check_f32("conv_transpose2d", "bias", bias);
+    check_shape("conv_transpose2d", "bias", bias, {o});
+  }
+  check_shape("conv_transpose2d", "out", out, {x.dim(0), o, x.dim(2) * k, x.dim(3) * k});
+  check_same_device("conv_transpose2d", {&x, &weight, &bias, &out});
+}
+
+}  // namespace
+
+void cpu::conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out) {
+  check_args(x, weight, bias, out);
+  check_host("conv_transpose2d", x);
+  if (out.numel() == 0) return;
+  const int64_t in_ch = x.dim(1), h = x.dim(2), w = x.dim(3), out_ch = weight.dim(1), k = weight.dim(2);
+  const int64_t taps = out_ch * k * k, out_w = w * k;
+  const int64_t band_rows = std::clamp<int64_t>(kTapBudget / (taps * w), 1, h);
+  // taps_of_band[(o * K + dy) * K + dx][r * W + x]: output pixel (y*K + dy, x*K + dx) of channel o, bias aside.
+  std::vector<float> taps_of_band(size_t(taps * band_rows * w));
+  const float* b = bias.defined() ? bias.data<float>() : nullptr;
+  for (int64_t n = 0; n < x.dim(0); ++n) {
+    const float* image = x.data<float>() + n * in_ch * h * w;
+    float* y = out.data<float>() + n * out_ch * h * k * out_w;
+    for (int64_t row0 = 0; row0 < h; row0 += band_rows) {
+      const int64_t rows = std::min(band_rows, h - row0), cols = rows * w;
+      // weight viewed as [I, O*K*K]; its transpose times the band's [I, cols] pixels.
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(taps), int(cols), int(in_ch), 1.f,
+                  weight.data<float>(), int(taps), image + row0 * w, int(h * w), 0.f, taps_of_band.data(),
+                  int(cols));
+      parallel_for(out_ch, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o) {
+          const float shift = b ? b[o] : 0.f;
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t dy = 0; dy < k; ++dy) {
+              float* dst = y + (o * h * k + (row0 + r) * k + dy) * out_w;
+              for (int64_t dx = 0; dx < k; ++dx) {
+                const float* src = taps_of_band.data() + ((o * k + dy) * k + dx) * cols + r * w;
+                for (int64_t xx = 0; xx < w; ++xx) dst[xx * k + dx] = src[xx] + shift;
+              }
+            }
+        }
+      });
+    }
+  }
+}
+
+void conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out) {
+  check_args(x, weight, bias, out);
+  if (x.device().is_cuda()) no_cuda_kernel_yet("conv_transpose2d");
+  cpu::conv_transpose2d(x, weight, bias, out);
+}
+
+}  // namespace mfuser::kernels

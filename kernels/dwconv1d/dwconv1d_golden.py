@@ -1,0 +1,30 @@
+"""PyTorch golden data for kernels/dwconv1d (see tools/reference/op_golden.py)."""
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+# (case, B, L, C, K, bias): the test reads everything off the file. x is tokens-major [B, L, C].
+CASES = [("tiny", 2, 9, 5, 3, True),
+         ("tiny_even", 1, 6, 3, 4, False),     # even K: 1 zero on the left, 2 on the right
+         ("tiny_short", 1, 2, 4, 5, True),      # L < K: every output sees padding on both sides
+         ("backbone", 1, 2050, 512, 3, False),  # MVFuser in the ViT-L adapters (2 x 1025 tokens, d/2 = 512)
+         ("enhancer", 1, 1063, 128, 3, False)]  # MVFuser in the MTEnhancer (19 + 1025 + 19 tokens, d/2 = 128)
+
+
+def golden(gen: torch.Generator) -> dict:
+    """Per case: x [B, L, C], weight [C, 1, K], bias when used, and F.conv1d(padding='same', groups=C) in
+    float64 on the channels-major transpose, transposed back (stored f32)."""
+    out = {}
+    for name, b, length, c, k, has_bias in CASES:
+        x = torch.randn(b, length, c, generator=gen)
+        weight = torch.randn(c, 1, k, generator=gen) / k ** 0.5
+        bias = torch.randn(c, generator=gen) if has_bias else None
+        with warnings.catch_warnings():  # even K: PyTorch warns that it pads a copy
+            warnings.simplefilter("ignore")
+            ref = F.conv1d(x.double().transpose(1, 2), weight.double(), bias.double() if has_bias else None,
+                           padding="same", groups=c).transpose(1, 2)
+        out.update({f"{name}.x": x, f"{name}.weight": weight, f"{name}.out": ref.float()})
+        if has_bias:
+            out[f"{name}.bias"] = bias
+    return out

@@ -1,0 +1,71 @@
+// l2norm: against F.normalize in f64 over every dim of a tiny tensor (zero vector, norm below eps, custom
+// eps) and at the score map's real sizes.
+#include "kernels/l2norm/l2norm.h"
+
+#include <cstdio>
+
+#include "loaders/safetensors.h"
+#include "tests/common/test_util.h"
+
+namespace mfuser {
+namespace {
+
+// Cases of l2norm_golden.py: `<name>.x`, `.dim`, `.eps`, `.out`.
+const char* const kCases[] = {"tiny.dim-1", "tiny.dim1", "tiny.dim0", "tiny.eps", "real.visual", "real.text"};
+
+class L2normTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    golden_ = std::make_unique<SafetensorsReader>(test::golden_path("l2norm"));
+    seed_trace_ = "golden seed " + golden_->metadata().at("seed");
+  }
+  std::unique_ptr<SafetensorsReader> golden_;
+  std::string seed_trace_;
+};
+
+TEST_F(L2normTest, MatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  for (const char* name : kCases) {
+    const std::string c = name;
+    SCOPED_TRACE(c);
+    const Tensor x = golden_->view(c + ".x");
+    const int dim = int(golden_->view(c + ".dim").data<int64_t>()[0]);
+    const float eps = golden_->view(c + ".eps").data<float>()[0];
+    Tensor out = Tensor::empty(x.shape(), DType::f32);
+    test::poison(out);
+    kernels::cpu::l2norm(x, out, dim, eps);
+    const test::ErrorStats e = test::compare(out, golden_->view(c + ".out"));
+    std::printf("%s %s dim %d: %s\n", c.c_str(), x.shape().str().c_str(), dim, test::describe(e).c_str());
+    EXPECT_EQ(e.nonfinite, 0);
+    EXPECT_LE(e.rel_l2, 1e-5);
+    EXPECT_LE(e.max_abs, 1e-6);  // unit vectors (and x / eps < 0.05 for the sub-eps vector)
+  }
+}
+
+TEST_F(L2normTest, ZeroVectorStaysZero) {
+  const Tensor x = Tensor::zeros({2, 3}, DType::f32);
+  Tensor out = Tensor::empty({2, 3}, DType::f32);
+  test::poison(out);
+  kernels::l2norm(x, out);
+  for (int64_t i = 0; i < out.numel(); ++i) EXPECT_EQ(out.data<float>()[i], 0.f);
+}
+
+TEST_F(L2normTest, InPlace) {
+  SCOPED_TRACE(seed_trace_);
+  Tensor x = golden_->view("tiny.dim1.x").to(Device::cpu());
+  kernels::l2norm(x, x, 1);
+  EXPECT_LE(test::compare(x, golden_->view("tiny.dim1.out")).max_abs, 1e-6);
+}
+
+TEST_F(L2normTest, RejectsBadArguments) {
+  const Tensor x = Tensor::zeros({2, 3}, DType::f32);
+  Tensor out = Tensor::empty({2, 3}, DType::f32);
+  EXPECT_THROW(kernels::l2norm(x, out, 2), Error);
+  EXPECT_THROW(kernels::l2norm(x, out, -3), Error);
+  EXPECT_THROW(kernels::l2norm(x, out, -1, -1.f), Error);
+  Tensor wrong = Tensor::empty({3, 2}, DType::f32);
+  EXPECT_THROW(kernels::l2norm(x, wrong), Error);
+}
+
+}  // namespace
+}  // namespace mfuser

@@ -1,0 +1,19 @@
+// maxpool2d: 2-D max pooling without padding, as F.max_pool2d(x, kernel, stride) (ceil_mode False, dilation 1)
+// (the FPN's MaxPool2d(kernel 2, stride 2) on 2048 x 32 x 32).
+//
+// Contract: x f32 [N, C, H, W], out f32 [N, C, OH, OW] on the same device, OH = (H - kernel) / stride + 1 and
+// OW likewise (floor: trailing rows/columns that do not fill a window are dropped); kernel, stride >= 1,
+// kernel <= H, W. A window holding a NaN yields NaN, as in PyTorch.
+#pragma once
+
+#include "runtime/tensor.h"
+
+namespace mfuser::kernels {
+
+void maxpool2d(const Tensor& x, Tensor& out, int kernel = 2, int stride = 2);
+
+namespace cpu {
+void maxpool2d(const Tensor& x, Tensor& out, int kernel = 2, int stride = 2);
+}
+
+}  // namespace mfuser::kernels

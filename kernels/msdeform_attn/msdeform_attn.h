@@ -1,0 +1,33 @@
+// msdeform_attn: the sampling core of multi-scale deformable attention (Deformable DETR), as mmcv 1.x's
+// multi_scale_deformable_attn_pytorch and its CUDA twin MultiScaleDeformableAttnFunction: for every query and
+// head, a weighted sum of bilinear samples of the value maps at L levels x P points. The projections around it
+// (value_proj, sampling_offsets, attention_weights + softmax, output_proj) are ordinary ops.
+//
+// Contract (one device):
+//   value               f32 [Bt, S, H, Dh]   the L levels' maps, each flattened row-major, concatenated (S = sum h*w)
+//   spatial_shapes      i64 [L, 2]           (h_l, w_l) per level
+//   level_start_index   i64 [L]              where level l starts in S (must be the running sum of h*w)
+//   sampling_locations  f32 [Bt, Q, H, L, P, 2]  (x, y) normalized: 0 and 1 are the outer edges of the map,
+//                                            any value allowed (outside the map reads zeros)
+//   attention_weights   f32 [Bt, Q, H, L, P]
+//   out                 f32 [Bt, Q, H * Dh]
+// out[b, q, h*Dh + c] = sum_{l, p} attention_weights[b, q, h, l, p] * sample_l(b, h, c, x * w_l - 0.5, y * h_l - 0.5)
+// where sample_l is bilinear interpolation in pixel coordinates (pixel (i, j) centred at (j, i)) that reads every
+// pixel outside the map as 0: exactly F.grid_sample(value_l, 2 * loc - 1, mode='bilinear', padding_mode='zeros',
+// align_corners=False). MFuser: levels 16x16, 32x32, 64x64 (S = Q = 5376), H = 8, Dh = 32, P = 4.
+#pragma once
+
+#include "runtime/tensor.h"
+
+namespace mfuser::kernels {
+
+void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                   const Tensor& sampling_locations, const Tensor& attention_weights,
+                   Tensor& out);  // dispatches on the device
+
+namespace cpu {
+void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                   const Tensor& sampling_locations, const Tensor& attention_weights, Tensor& out);
+}
+
+}  // namespace mfuser::kernels

@@ -1,0 +1,137 @@
+// CPU reference of resize (bilinear and bicubic), and the device dispatch. Both modes are separable: each
+// output pixel is a weighted sum over a few source rows and columns, so one resampler serves both, given
+// per-axis taps.
+#include "kernels/resize/resize.h"
+
+#include <cmath>
+#include <vector>
+
+#include "kernels/common/checks.h"
+#include "runtime/parallel.h"
+
+namespace mfuser::kernels {
+
+namespace {
+
+enum class Mode { bilinear, bicubic };
+
+const char* op_name(Mode mode) { return mode == Mode::bilinear ? "resize_bilinear" : "resize_bicubic"; }
+
+void check_args(Mode mode, const Tensor& src, const Tensor& dst, double scale_h, double scale_w) {
+  const char* op = op_name(mode);
+  check_f32(op, "src", src);
+  check_f32(op, "dst", dst);
+  MFUSER_CHECK(src.ndim() == 4 && dst.ndim() == 4 && src.dim(0) == dst.dim(0) && src.dim(1) == dst.dim(1), op,
+               ": src and dst must be [N, C, H, W] with the same N and C, got ", src.str(), " -> ", dst.str());
+  MFUSER_CHECK(src.numel() > 0 && dst.numel() > 0, op, ": empty maps ", src.str(), " -> ", dst.str());
+  // With a scale factor the output size is PyTorch's floor(in * scale).
+  for (auto [axis, scale] : {std::pair{2, scale_h}, std::pair{3, scale_w}}) {
+    MFUSER_CHECK(scale >= 0, op, ": negative scale ", scale);
+    MFUSER_CHECK(scale == 0 || dst.dim(axis) == int64_t(std::floor(double(src.dim(axis)) * scale)), op,
+                 ": scale ", scale, " maps ", src.dim(axis), " to ", int64_t(std::floor(double(src.dim(axis)) * scale)),
+                 " pixels, but dst is ", dst.str());
+  }
+  check_same_device(op, {&src, &dst});
+}
+
+// For every output index along one axis: `taps` source indices (clamped into the map) and their weights.
+struct AxisTaps {
+  int taps = 0;
+  std::vector<int64_t> index;  // [out * taps]
+  std::vector<float> weight;   // [out * taps]
+};
+
+// Keys' cubic convolution kernel, A = -0.75 (PyTorch's and OpenCV's choice).
+constexpr double kCubicA = -0.75;
+double cubic_near(double x) { return ((kCubicA + 2) * x - (kCubicA + 3)) * x * x + 1; }                 // |x| <= 1
+double cubic_far(double x) { return ((kCubicA * x - 5 * kCubicA) * x + 8 * kCubicA) * x - 4 * kCubicA; }  // 1 < |x| < 2
+
+AxisTaps axis_taps(Mode mode, int64_t in, int64_t out, double scale) {
+  const double step = scale > 0 ? 1.0 / scale : double(in) / double(out);
+  AxisTaps a;
+  a.taps = mode == Mode::bilinear ? 2 : 4;
+  a.index.resize(size_t(out * a.taps));
+  a.weight.resize(size_t(out * a.taps));
+  for (int64_t i = 0; i < out; ++i) {
+    double s = (double(i) + 0.5) * step - 0.5;
+    int64_t* index = &a.index[size_t(i * a.taps)];
+    float* weight = &a.weight[size_t(i * a.taps)];
+    if (mode == Mode::bilinear) {
+      s = std::max(s, 0.0);
+      const int64_t lo = int64_t(s);  // s >= 0: truncation is floor
+      const double frac = s - double(lo);
+      index[0] = std::min(lo, in - 1);
+      index[1] = std::min(lo + 1, in - 1);
+      weight[0] = float(1 - frac);
+      weight[1] = float(frac);
+    } else {
+      const double lo = std::floor(s), t = s - lo;
+      const double w[4] = {cubic_far(t + 1), cubic_near(t), cubic_near(1 - t), cubic_far(2 - t)};
+      for (int k = 0; k < 4; ++k) {
+        index[k] = std::clamp(int64_t(lo) - 1 + k, int64_t(0), in - 1);
+        weight[k] = float(w[k]);
+      }
+    }
+  }
+  return a;
+}
+
+void resample(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
+  const int64_t planes = src.dim(0) * src.dim(1), in_h = src.dim(2), in_w = src.dim(3);
+  const int64_t out_h = dst.dim(2), out_w = dst.dim(3);
+  const AxisTaps rows = axis_taps(mode, in_h, out_h, scale_h), cols = axis_taps(mode, in_w, out_w, scale_w);
+  const float* in = src.data<float>();
+  float* out = dst.data<float>();
+  parallel_for(planes * out_h, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> blended(static_cast<size_t>(in_w));  // the source rows of one output row, blended vertically
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / out_h, y = r % out_h;
+      const float* map = in + plane * in_h * in_w;
+      std::fill(blended.begin(), blended.end(), 0.f);
+      for (int k = 0; k < rows.taps; ++k) {
+        const float w = rows.weight[size_t(y * rows.taps + k)];
+        const float* row = map + rows.index[size_t(y * rows.taps + k)] * in_w;
+        for (int64_t x = 0; x < in_w; ++x) blended[size_t(x)] += w * row[x];
+      }
+      float* o = out + r * out_w;
+      for (int64_t x = 0; x < out_w; ++x) {
+        float acc = 0;
+        for (int k = 0; k < cols.taps; ++k)
+          acc += cols.weight[size_t(x * cols.taps + k)] * blended[size_t(cols.index[size_t(x * cols.taps + k)])];
+        o[x] = acc;
+      }
+    }
+  });
+}
+
+void run_cpu(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
+  check_args(mode, src, dst, scale_h, scale_w);
+  check_host(op_name(mode), src);
+  resample(mode, src, dst, scale_h, scale_w);
+}
+
+void dispatch(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
+  check_args(mode, src, dst, scale_h, scale_w);
+  if (src.device().is_cuda()) no_cuda_kernel_yet(op_name(mode));
+  run_cpu(mode, src, dst, scale_h, scale_w);
+}
+
+}  // namespace
+
+void cpu::resize_bilinear(const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
+  run_cpu(Mode::bilinear, src, dst, scale_h, scale_w);
+}
+
+void cpu::resize_bicubic(const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
+  run_cpu(Mode::bicubic, src, dst, scale_h, scale_w);
+}
+
+void resize_bilinear(const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
+  dispatch(Mode::bilinear, src, dst, scale_h, scale_w);
+}
+
+void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
+  dispatch(Mode::bicubic, src, dst, scale_h, scale_w);
+}
+
+}  // namespace mfuser::kernels

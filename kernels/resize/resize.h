@@ -1,0 +1,31 @@
+// resize: 2-D interpolation of NCHW maps, as F.interpolate(x, ..., mode='bilinear' | 'bicubic',
+// align_corners=False) without antialiasing, up or down by any factor.
+//
+// Contract: src f32 [N, C, H, W] -> dst f32 [N, C, H', W'] (all sizes >= 1) on one device; dst's shape is the
+// output size. Output pixel i reads the source at s = (i + 0.5) * step - 0.5 (half-pixel centres), where
+//   step = H / H'      by default: F.interpolate(size=(H', W')), or
+//   step = 1 / scale   when scale_h (scale_w) > 0: F.interpolate(scale_factor=(scale_h, scale_w)) with the
+//                      default recompute_scale_factor, whose output is floor(H * scale_h) (checked). DINOv2
+//                      resizes its positional embedding this way, with scale (32 + 0.1) / 37, so the step is
+//                      not 37 / 32.
+// resize_bilinear: s is clamped below at 0; taps floor(s) and floor(s) + 1 (clamped to the last pixel) with
+//   weights 1 - frac and frac. (CLIP's positional embedding, the pixel decoder's FPN, attention masks, logits.)
+// resize_bicubic: Keys' cubic convolution with A = -0.75 on taps floor(s) - 1 .. floor(s) + 2, s unclamped and
+//   the taps clamped to the border (edge replication). (DINOv2's positional embedding and patch kernel.)
+// Weights are computed in double and applied in f32.
+#pragma once
+
+#include "runtime/tensor.h"
+
+namespace mfuser::kernels {
+
+// Dispatch on the device.
+void resize_bilinear(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
+void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
+
+namespace cpu {
+void resize_bilinear(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
+void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
+}  // namespace cpu
+
+}  // namespace mfuser::kernels

@@ -1,0 +1,25 @@
+"""PyTorch golden data for kernels/rmsnorm_gated (see tools/reference/op_golden.py)."""
+import torch
+import torch.nn.functional as F
+
+# MVFuser's norm runs over d_inner/2 channels: 512 in the backbone adapters (2 x 1025 tokens), 128 in the
+# context decoder's MTEnhancer (19 + 1025 + 19 tokens). eps 1e-5 throughout.
+CASES = [("tiny", (2, 3, 8)),
+         ("tiny_rows", (7, 5)),
+         ("backbone", (1, 2050, 512)),
+         ("enhancer", (1, 1063, 128))]
+EPS = 1e-5
+
+
+def golden(gen: torch.Generator) -> dict:
+    """Per case: x, z, weight and x * rsqrt(mean(x^2) + eps) * weight * silu(z) in float64 (stored f32)."""
+    out = {}
+    for name, shape in CASES:
+        d = shape[-1]
+        x = torch.randn(shape, generator=gen) * 2
+        z = torch.randn(shape, generator=gen) * 3
+        weight = 1 + 0.5 * torch.randn(d, generator=gen)
+        xd = x.double()
+        ref = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + EPS) * weight.double() * F.silu(z.double())
+        out.update({f"{name}.x": x, f"{name}.z": z, f"{name}.weight": weight, f"{name}.out": ref.float()})
+    return out

@@ -1,0 +1,72 @@
+// CPU reference of the (masked) softmax, and the device dispatch.
+#include "kernels/softmax/softmax.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "kernels/elementwise/elementwise.h"
+#include "runtime/parallel.h"
+
+namespace mfuser::kernels {
+
+namespace {
+
+void check_args(const Tensor& x, const Tensor& mask, const Tensor& out) {
+  detail::check_same_f32("softmax", x, out);
+  MFUSER_CHECK(x.ndim() >= 1, "softmax: ", x.str(), ": needs at least one dim");
+  if (!mask.defined()) return;
+  MFUSER_CHECK(mask.dtype() == DType::f32 || mask.dtype() == DType::boolean, "softmax: mask ", mask.str(),
+               ": must be f32 (additive) or boolean (true = masked out)");
+  MFUSER_CHECK(mask.device() == x.device(), "softmax: ", x.str(), " with mask ", mask.str(), ": devices differ");
+  detail::BroadcastIndex("softmax", x.shape(), mask.shape());  // throws when the mask does not broadcast
+}
+
+// Masked logits of one row, written into `row`. The row's mask starts at element `mask_offset` and advances
+// by `step` per logit (0 when the mask is broadcast along the row).
+void masked_logits(const float* x, const Tensor& mask, int64_t mask_offset, int64_t step, int64_t n, float* row) {
+  if (!mask.defined()) {
+    std::copy(x, x + n, row);
+  } else if (mask.dtype() == DType::boolean) {
+    const bool* m = mask.data<bool>() + mask_offset;
+    for (int64_t j = 0; j < n; ++j) row[j] = m[j * step] ? -std::numeric_limits<float>::infinity() : x[j];
+  } else {
+    const float* m = mask.data<float>() + mask_offset;
+    for (int64_t j = 0; j < n; ++j) row[j] = x[j] + m[j * step];
+  }
+}
+
+}  // namespace
+
+void cpu::softmax(const Tensor& x, const Tensor& mask, Tensor& out) {
+  check_args(x, mask, out);
+  detail::check_host("softmax", x);
+  const int64_t cols = x.dim(-1);
+  if (x.numel() == 0) return;
+  const int64_t rows = x.numel() / cols;
+  const detail::BroadcastIndex index("softmax", x.shape(), mask.defined() ? mask.shape() : Shape{});
+  const float* px = x.data<float>();
+  float* po = out.data<float>();
+  parallel_for(rows, std::max<int64_t>(1, (1 << 14) / cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* row = po + r * cols;
+      masked_logits(px + r * cols, mask, index.offset(r * cols), index.run_stride(), cols, row);
+      const float max = *std::max_element(row, row + cols);
+      // A fully masked row has max = -inf, so every exp(-inf - -inf) is NaN: PyTorch's NaN row.
+      double sum = 0;
+      for (int64_t j = 0; j < cols; ++j) {
+        row[j] = std::exp(row[j] - max);
+        sum += row[j];
+      }
+      for (int64_t j = 0; j < cols; ++j) row[j] = float(row[j] / sum);
+    }
+  });
+}
+
+void softmax(const Tensor& x, const Tensor& mask, Tensor& out) {
+  check_args(x, mask, out);
+  MFUSER_CHECK(!x.device().is_cuda(), "softmax: no CUDA kernel yet");
+  cpu::softmax(x, mask, out);
+}
+
+}  // namespace mfuser::kernels

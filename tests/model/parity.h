@@ -1,0 +1,38 @@
+// Parity against the PyTorch oracle: the golden-data generator (tools/reference/golden.py, run by a ctest
+// fixture with a fresh seed) writes random weights, an input batch and the output of every module; these
+// helpers build our graph on the same weights and compare tensor by tensor.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "graph/executor.h"
+#include "graph/model/builder.h"
+#include "graph/model/config.h"
+#include "loaders/safetensors.h"
+#include "tests/common/test_util.h"
+
+namespace mfuser::test {
+
+struct GoldenModel {
+  std::string dir;                 // $MFUSER_GOLDEN_DIR/model_<config>
+  model::ModelConfig config;
+  std::unique_ptr<SafetensorsReader> golden;  // golden.safetensors: module outputs by name
+  std::unique_ptr<SafetensorsReader> inputs;  // input.safetensors: "img" (CLIP-normalized), "rgb"
+  std::string weights_path() const { return dir + "/model.safetensors"; }
+  std::string seed;                // the generator's seed, for failure messages
+};
+
+// Loads the golden data set `name` ("tiny") written by the fixture golden_model_<name>.
+GoldenModel load_golden_model(const std::string& name);
+
+// Relative L2 error of `ours` against golden tensor `golden_name`, after permuting the golden tensor by
+// `golden_perm` (empty: as stored) so it matches our batch-first layout. Asserts shapes match.
+ErrorStats compare_to_golden(const GoldenModel& g, const std::string& golden_name, const Tensor& ours,
+                             const std::vector<int>& golden_perm = {});
+
+// EXPECTs rel_l2 <= tol for value `our_name` of a finished run against `golden_name`, and reports the error.
+void expect_matches_golden(const GoldenModel& g, const graph::Executor& ex, const std::string& our_name,
+                           const std::string& golden_name, double tol, const std::vector<int>& golden_perm = {});
+
+}  // namespace mfuser::test
