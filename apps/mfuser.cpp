@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/commands.h"
 #include "loaders/safetensors.h"
 #include "runtime/cuda.h"
 
@@ -17,6 +18,7 @@ constexpr const char* kUsage =
     "commands:\n"
     "  inspect FILE.safetensors   list the tensors of a file (validates it fully)\n"
     "  devices                    show whether CUDA is usable and which devices exist\n"
+    "  bench --weights FILE ...   time the crop forward beside the PyTorch oracle (bench --help)\n"
     "  help                       this text\n";
 
 std::string human_bytes(double bytes) {
@@ -73,6 +75,18 @@ int devices() {
 
 }  // namespace
 
+int mfuser::apps::parse_int(const std::string& option, const std::string& value, int min) {
+  size_t used = 0;
+  int v = 0;
+  try {
+    v = std::stoi(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  MFUSER_CHECK(used == value.size() && v >= min, option, " expects an integer >= ", min, ", got '", value, "'");
+  return v;
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fputs(kUsage, stderr);
@@ -83,6 +97,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "inspect") return inspect(args);
     if (command == "devices") return devices();
+    if (command == "bench") return apps::bench(args);
     if (command == "help" || command == "--help" || command == "-h") {
       std::fputs(kUsage, stdout);
       return 0;

@@ -1,5 +1,6 @@
 #include "graph/executor.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 
@@ -19,6 +20,7 @@ Executor::Executor(const Graph& graph, Device device, ExecutorOptions options)
     : graph_(graph), device_(device), options_(options), plan_(plan_memory(graph)) {
   if (env_is("MFUSER_CUDA_GRAPH", "0")) options_.cuda_graph = false;
   if (env_is("MFUSER_SYNC", "1")) options_.sync_each_node = true;
+  if (options_.profile) options_.sync_each_node = true;  // per-node times need per-node completion
   arena_ = Tensor::empty({int64_t(plan_.arena_bytes)}, DType::u8, device_);
   log::debug("executor: ", graph_.nodes().size(), " nodes, arena ", plan_.arena_bytes, " bytes (naive ",
              plan_.naive_bytes, ") on ", device_.str());
@@ -70,13 +72,17 @@ void Executor::set_input(std::string_view name, const Tensor& data) {
 
 void Executor::run_nodes() {
   const auto& nodes = graph_.nodes();
+  if (options_.profile) node_seconds_.assign(nodes.size(), 0.0);
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& node = nodes[i];
     OpScope scope(node.name);
     cuda::NvtxRange range(node.name.c_str());
     try {
+      const auto start = std::chrono::steady_clock::now();
       node.run(node_inputs_[i], node_outputs_[i]);
       if (options_.sync_each_node && device_.is_cuda()) cuda::synchronize(device_.index);
+      if (options_.profile)
+        node_seconds_[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     } catch (const Error& e) {
       throw Error(str_cat("node '", node.name, "' (", node.op, "): ", e.what()));
     }

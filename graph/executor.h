@@ -21,6 +21,7 @@ namespace mfuser::graph {
 struct ExecutorOptions {
   bool cuda_graph = true;       // capture and replay on CUDA (MFUSER_CUDA_GRAPH=0 overrides)
   bool sync_each_node = false;  // debug: synchronize after every node so errors point at it (MFUSER_SYNC=1)
+  bool profile = false;         // time every node (eager, synchronized per node): see node_seconds()
 };
 
 class Executor {
@@ -34,6 +35,8 @@ class Executor {
   Tensor get(std::string_view name) const;
 
   const MemoryPlan& plan() const { return plan_; }
+  // With options.profile: seconds each node took in the last run, in node order.
+  const std::vector<double>& node_seconds() const { return node_seconds_; }
   Device device() const { return device_; }
 
  private:
@@ -47,6 +50,7 @@ class Executor {
   Tensor arena_;
   std::vector<Tensor> roots_;  // per value: the tensor of non-arena roots (inputs, weights, constants)
   std::vector<std::vector<Tensor>> node_inputs_, node_outputs_;
+  std::vector<double> node_seconds_;
   int runs_ = 0;
   std::unique_ptr<cuda::CapturedGraph> captured_;
 };

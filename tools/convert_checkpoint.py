@@ -515,7 +515,7 @@ def cmd_pretrained(args) -> int:
         tensors["backbone." + k] = visual[k].float()
     for k in text_layout:
         tensors["text_encoder." + k] = text[k].float()
-    tensors = OrderedDict((k, v.detach().clone().contiguous()) for k, v in tensors.items())
+    tensors = OrderedDict((k, v.detach()) for k, v in tensors.items())
     tensors["texts"] = texts
 
     for name, how in {**{"dinov2." + k: v for k, v in dino_resized.items()},

@@ -69,7 +69,7 @@ ValueId Builder::linear(ValueId x, const std::string& prefix, int64_t out_featur
 }
 
 ValueId Builder::linear(ValueId x, ValueId weight, ValueId bias, const std::string& name) {
-  const Shape& ws = shape(weight);
+  const Shape ws = shape(weight);
   MFUSER_CHECK(ws.ndim() == 2 && ws[1] == shape(x)[-1], "linear '", name, "': input ", shape(x).str(),
                " vs weight ", ws.str());
   Shape out = shape(x);
@@ -83,8 +83,8 @@ ValueId Builder::linear(ValueId x, ValueId weight, ValueId bias, const std::stri
 }
 
 ValueId Builder::matmul(ValueId x, ValueId y, bool transpose_b, const std::string& name, float alpha) {
-  const Shape& xs = shape(x);
-  const Shape& ys = shape(y);
+  const Shape xs = shape(x);
+  const Shape ys = shape(y);
   MFUSER_CHECK(xs.ndim() >= 2 && xs.ndim() == ys.ndim(), "matmul '", name, "': ", xs.str(), " x ", ys.str());
   for (int d = 0; d < xs.ndim() - 2; ++d)
     MFUSER_CHECK(xs[d] == ys[d], "matmul '", name, "': batch dims differ: ", xs.str(), " x ", ys.str());
@@ -191,7 +191,7 @@ ValueId Builder::attention(ValueId q, ValueId k, ValueId v, const std::string& n
 
 ValueId Builder::conv2d(ValueId x, const std::string& prefix, int64_t out_channels, int kernel, int stride, int padding,
                         bool has_bias) {
-  const Shape& xs = shape(x);
+  const Shape xs = shape(x);
   const ValueId w = param(prefix + ".weight", {out_channels, xs[1], kernel, kernel});
   const ValueId b = has_bias ? param(prefix + ".bias", {out_channels}) : kNoValue;
   const int64_t oh = (xs[2] + 2 * padding - kernel) / stride + 1, ow = (xs[3] + 2 * padding - kernel) / stride + 1;
@@ -203,7 +203,7 @@ ValueId Builder::conv2d(ValueId x, const std::string& prefix, int64_t out_channe
 }
 
 ValueId Builder::conv_transpose2d(ValueId x, const std::string& prefix, int64_t out_channels, bool has_bias) {
-  const Shape& xs = shape(x);
+  const Shape xs = shape(x);
   const ValueId w = param(prefix + ".weight", {xs[1], out_channels, 2, 2});
   const ValueId b = has_bias ? param(prefix + ".bias", {out_channels}) : kNoValue;
   std::vector<ValueId> inputs = {x, w};
@@ -215,13 +215,13 @@ ValueId Builder::conv_transpose2d(ValueId x, const std::string& prefix, int64_t 
 }
 
 ValueId Builder::maxpool2d(ValueId x, const std::string& name) {
-  const Shape& xs = shape(x);
+  const Shape xs = shape(x);
   return node("maxpool2d", name, {x}, {xs[0], xs[1], xs[2] / 2, xs[3] / 2},
               [](Ins in, Outs o) { kernels::maxpool2d(in[0], o[0]); });
 }
 
 ValueId Builder::resize_bilinear(ValueId x, int64_t height, int64_t width, const std::string& name) {
-  const Shape& xs = shape(x);
+  const Shape xs = shape(x);
   return node("resize_bilinear", name, {x}, {xs[0], xs[1], height, width},
               [](Ins in, Outs o) { kernels::resize_bilinear(in[0], o[0]); });
 }
@@ -262,8 +262,8 @@ ValueId Builder::msdeform_attn(ValueId value, const std::vector<std::array<int64
   const auto levels = int64_t(level_shapes.size());
   const ValueId shapes_v = g_.constant(name + ".spatial_shapes", Tensor::from_vector(shapes, {levels, 2}));
   const ValueId starts_v = g_.constant(name + ".level_start_index", Tensor::from_vector(starts, {levels}));
-  const Shape& vs = shape(value);
-  const Shape& ls = shape(locations);
+  const Shape vs = shape(value);
+  const Shape ls = shape(locations);
   return node("msdeform_attn", name, {value, shapes_v, starts_v, locations, weights}, {vs[0], ls[1], vs[2] * vs[3]},
               [](Ins in, Outs o) { kernels::msdeform_attn(in[0], in[1], in[2], in[3], in[4], o[0]); });
 }
@@ -277,7 +277,7 @@ ValueId Builder::posenc(int64_t batch, int64_t num_feats, int64_t height, int64_
 // ---- layout ----
 
 ValueId Builder::permute(ValueId x, std::vector<int> perm, const std::string& name) {
-  const Shape& xs = shape(x);
+  const Shape xs = shape(x);
   MFUSER_CHECK(int(perm.size()) == xs.ndim(), "permute '", name, "': ", perm.size(), " axes for ", xs.str());
   Shape out = xs;
   for (size_t i = 0; i < perm.size(); ++i) out[int(i)] = xs[perm[i]];
@@ -294,7 +294,7 @@ ValueId Builder::concat(const std::vector<ValueId>& xs, int dim, const std::stri
 }
 
 std::vector<ValueId> Builder::split(ValueId x, const std::vector<int64_t>& sizes, int dim, const std::string& name) {
-  const Shape& xs = shape(x);
+  const Shape xs = shape(x);
   const int d = dim < 0 ? dim + xs.ndim() : dim;
   MFUSER_CHECK(std::accumulate(sizes.begin(), sizes.end(), int64_t(0)) == xs[d], "split '", name, "': sizes do not add up to ",
                xs[d]);
@@ -308,7 +308,7 @@ std::vector<ValueId> Builder::split(ValueId x, const std::vector<int64_t>& sizes
 }
 
 ValueId Builder::embedding(ValueId ids, ValueId table, const std::string& name) {
-  const Shape& is = shape(ids);
+  const Shape is = shape(ids);
   std::vector<int64_t> dims(is.dims().begin(), is.dims().end());
   dims.push_back(shape(table)[1]);
   return node("embedding", name, {ids, table}, Shape(dims), [](Ins in, Outs o) { kernels::embedding(in[0], in[1], o[0]); });

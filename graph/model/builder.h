@@ -31,7 +31,7 @@ class Builder {
 
   Graph& graph() { return g_; }
   WeightStore& weights() { return w_; }
-  const Shape& shape(ValueId v) const { return g_.value(v).shape; }
+  Shape shape(ValueId v) const { return g_.value(v).shape; }  // a copy: adding values may move the originals
 
   // A weight by its state-dict name, loaded once (a second request returns the same value).
   ValueId param(const std::string& name, const Shape& shape);

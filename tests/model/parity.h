@@ -27,7 +27,8 @@ struct GoldenModel {
 GoldenModel load_golden_model(const std::string& name);
 
 // Relative L2 error of `ours` against golden tensor `golden_name`, after permuting the golden tensor by
-// `golden_perm` (empty: as stored) so it matches our batch-first layout. Asserts shapes match.
+// `golden_perm` (empty: as stored) so it matches our batch-first layout. Asserts shapes match. A golden
+// tensor with one more dim than ours is a stack of per-call outputs: the last one is compared.
 ErrorStats compare_to_golden(const GoldenModel& g, const std::string& golden_name, const Tensor& ours,
                              const std::vector<int>& golden_perm = {});
 

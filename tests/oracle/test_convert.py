@@ -19,13 +19,14 @@ import json
 import os
 import random
 import subprocess
-import sys
 import tempfile
 import unittest
 from collections import OrderedDict
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+if __package__:
+    from .seeding import ROOT, SeededTestCase
+else:  # run as a script
+    from seeding import ROOT, SeededTestCase
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -52,28 +53,13 @@ def _read_bytes(path):
         return f.read()
 
 
-def _seed():
-    env = os.environ.get("MFUSER_SEED")
-    return int(env) if env else random.SystemRandom().randrange(2 ** 31)
-
-
-class SeededTestCase(unittest.TestCase):
-    """Fresh seed per test (or $MFUSER_SEED); printed when the test fails."""
+class ToolTestCase(SeededTestCase):
+    """Seeded test with its own temporary folder, running the tool in-process."""
 
     def setUp(self):
-        self.seed = _seed()
-        torch.manual_seed(self.seed)
+        super().setUp()
         self.tmp = tempfile.TemporaryDirectory()
         self.addCleanup(self.tmp.cleanup)
-
-    def run(self, result=None):
-        result = result if result is not None else self.defaultTestResult()
-        before = len(result.failures) + len(result.errors)
-        out = super().run(result)
-        if len(result.failures) + len(result.errors) > before:
-            print(f"\n{self.id()} failed with MFUSER_SEED={getattr(self, 'seed', '?')}",
-                  file=sys.stderr)
-        return out
 
     def path(self, *names):
         return os.path.join(self.tmp.name, *names)
@@ -101,7 +87,7 @@ def oracle_state_dict(cfg):
     return sd
 
 
-class TrainedTest(SeededTestCase):
+class TrainedTest(ToolTestCase):
     def setUp(self):
         super().setUp()
         self.cfg = load_config(TINY)
@@ -113,9 +99,10 @@ class TrainedTest(SeededTestCase):
                    self.ckpt)
 
     def test_roundtrip_bit_exact(self):
-        rc, out, err = self.convert("trained", self.ckpt, "--out", self.path("out"), "--config", TINY)
+        rc, out, err = self.convert("trained", self.ckpt, "--out", self.path("out"), "--config", TINY,
+                                    "--bpe-vocab", "")  # no merges file, even with $MFUSER_BPE_VOCAB
         self.assertEqual(rc, 0, err)
-        self.assertIn("EMBEDDED TABLE", err)  # no --bpe-vocab: the fallback is announced
+        self.assertIn("EMBEDDED TABLE", err)  # the fallback is announced
         got = safetensors_io.load_file(self.path("out", "model.safetensors"))
         self.assertEqual(set(got), set(self.sd) | {"texts"})
         for k, v in self.sd.items():
@@ -259,7 +246,7 @@ class TrainedTest(SeededTestCase):
         self.assertEqual(self.convert("trained")[0], 2)  # usage error
 
 
-class SafetensorsTest(SeededTestCase):
+class SafetensorsTest(ToolTestCase):
     """The output format, written and read without the `safetensors` package."""
 
     def tensors(self):
@@ -363,7 +350,7 @@ def fake_pretrained(cfg, dino_grid=37, clip_grid=24, src_patch=14, text_ctx=77):
     return dino, clip
 
 
-class PretrainedTest(SeededTestCase):
+class PretrainedTest(ToolTestCase):
     def setUp(self):
         super().setUp()
         self.cfg = load_config(TINY)

@@ -11,15 +11,15 @@ import importlib.util
 import io
 import json
 import os
-import random
 import subprocess
-import sys
 import tempfile
 import time
 import unittest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+if __package__:
+    from .seeding import ROOT, ReportsSeed, fresh_seed, report_seed
+else:  # run as a script
+    from seeding import ROOT, ReportsSeed, fresh_seed, report_seed
 
 import torch  # noqa: E402
 
@@ -34,24 +34,19 @@ golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 
 
-def _seed():
-    env = os.environ.get("MFUSER_SEED")
-    return int(env) if env else random.SystemRandom().randrange(2 ** 31)
-
-
-class GoldenTest(unittest.TestCase):
+class GoldenTest(ReportsSeed):
     """One training-mode generation per class (seeded afresh each run), checked from all sides."""
 
     @classmethod
     def setUpClass(cls):
-        cls.seed = _seed()
+        cls.seed = fresh_seed()
         cls.tmp = tempfile.TemporaryDirectory()
         cls.out = cls.tmp.name
         start = time.time()
         try:
             cls.manifest = golden.generate(TINY, cls.seed, cls.out, train=True, quiet=True)
         except Exception:
-            print(f"\ngolden generation failed with MFUSER_SEED={cls.seed}", file=sys.stderr)
+            report_seed("golden generation", cls.seed)
             raise
         cls.seconds = time.time() - start
         cls.cfg = load_config(TINY)
@@ -61,14 +56,6 @@ class GoldenTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.tmp.cleanup()
-
-    def run(self, result=None):
-        result = result if result is not None else self.defaultTestResult()
-        before = len(result.failures) + len(result.errors)
-        out = super().run(result)
-        if len(result.failures) + len(result.errors) > before:
-            print(f"\n{self.id()} failed with MFUSER_SEED={self.seed}", file=sys.stderr)
-        return out
 
     def test_fast(self):
         self.assertLess(self.seconds, 30.0)
@@ -200,9 +187,9 @@ class GoldenTest(unittest.TestCase):
                 self.assertTrue(torch.equal(p.grad, g["grad." + n]), n)
 
 
-class GoldenCliTest(unittest.TestCase):
+class GoldenCliTest(ReportsSeed):
     def test_cli_eval_only_and_overwrite(self):
-        seed = _seed()
+        self.seed = seed = fresh_seed()
         with tempfile.TemporaryDirectory() as d:
             cmd = ["/usr/bin/python3", TOOL, "--config", TINY, "--seed", str(seed), "--out", d]
             r = subprocess.run(cmd, capture_output=True, text=True)

@@ -7,33 +7,24 @@ state-dict naming / size of the real config.
   positional encoding, layer-level FFN width;
 - state_dict names and shapes = an enumeration written from the official module structure.
 
-Seed: fresh per run, printed with every failure; set MFUSER_SEED to reproduce.
+Seed: fresh per test, printed with every failure; set MFUSER_SEED to reproduce.
 """
 
 import math
-import os
 import random
-import sys
 import unittest
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "reference"))
+if __package__:
+    from .seeding import SeededTestCase
+else:  # run as a script
+    from seeding import SeededTestCase
 
 from mfuser_ref import losses as L  # noqa: E402
 from mfuser_ref.config import load_config  # noqa: E402
 from mfuser_ref.head import TqdmHead  # noqa: E402
-
-SEED = int(os.environ.get("MFUSER_SEED", random.randrange(2 ** 31)))
-
-
-class SeededCase(unittest.TestCase):
-    def setUp(self):
-        torch.manual_seed(SEED)
-
-    def __str__(self):
-        return "%s [MFUSER_SEED=%d]" % (super().__str__(), SEED)
 
 
 def tiny_head():
@@ -53,12 +44,12 @@ def tiny_inputs(cfg, batch=2):
     return feats, texts
 
 
-def random_targets(cfg, batch=2, empty=()):
+def random_targets(cfg, seed, batch=2, empty=()):
     """Random label maps at the crop size with some ignore pixels, turned into (labels, masks) as the
     dataset pipeline does. Images listed in ``empty`` are all-ignore."""
     labels, masks = [], []
     for b in range(batch):
-        n_present = random.Random(SEED + b).randint(1, cfg.num_classes)
+        n_present = random.Random(seed + b).randint(1, cfg.num_classes)
         present = torch.randperm(cfg.num_classes)[:n_present]
         seg = present[torch.randint(0, n_present, (cfg.image_size // 4, cfg.image_size // 4))]
         seg = F.interpolate(seg[None, None].float(), size=(cfg.image_size, cfg.image_size), mode="nearest")[0, 0].long()
@@ -205,7 +196,7 @@ def expected_for(cfg):
                                dh.decoder_layers, dh.decoder_ffn, cfg.num_classes, cfg.num_classes)
 
 
-class TestStateDict(SeededCase):
+class TestStateDict(SeededTestCase):
     def check(self, cfg, head):
         got = {k: tuple(v.shape) for k, v in head.state_dict().items()}
         want = expected_for(cfg)
@@ -260,7 +251,7 @@ class TestStateDict(SeededCase):
         self.assertNotIn("decode_head.pixel_decoder.output_convs.0.conv.bias", keys)
 
 
-class TestForward(SeededCase):
+class TestForward(SeededTestCase):
     def test_eval_forward_shapes_and_semantic_output(self):
         cfg, head = tiny_head()
         head.eval()
@@ -346,15 +337,21 @@ class TestForward(SeededCase):
                     self.assertLess(abs(pos[c, i, j].item() - want), 1e-5, (c, i, j))
 
 
-class TestLoss(SeededCase):
+class TestLoss(SeededTestCase):
     def forward_train_losses(self, head, cfg, labels, masks, **kw):
         feats, texts = tiny_inputs(cfg)
         return head.forward_train(feats, texts, [{}, {}], None, None, labels, masks, **kw)
 
+    def predictions(self, head, cfg):
+        """(class predictions, mask predictions) on fresh tiny inputs, without autograd."""
+        feats, texts = tiny_inputs(cfg)
+        with torch.no_grad():
+            return head(feats, texts)
+
     def test_losses_finite_and_gradients_reach_every_parameter(self):
         cfg, head = tiny_head()
         head.train()
-        labels, masks = random_targets(cfg)
+        labels, masks = random_targets(cfg, self.seed)
         losses = self.forward_train_losses(head, cfg, labels, masks)
         n_pred = 1 + cfg.decode_head.decoder_layers
         want_keys = {"loss_cls", "loss_mask", "loss_dice"}
@@ -373,10 +370,8 @@ class TestLoss(SeededCase):
 
     def test_deterministic_and_generator(self):
         cfg, head = tiny_head()
-        labels, masks = random_targets(cfg)
-        feats, texts = tiny_inputs(cfg)
-        with torch.no_grad():
-            cls_list, mask_list = head(feats, texts)
+        labels, masks = random_targets(cfg, self.seed)
+        cls_list, mask_list = self.predictions(head, cfg)
         head.deterministic = True
         a = head.loss(cls_list, mask_list, labels, masks)
         torch.rand(5)                                   # the global RNG does not matter
@@ -384,16 +379,16 @@ class TestLoss(SeededCase):
         for k in a:
             self.assertTrue(torch.equal(a[k], b[k]), k)
         head.deterministic = False
-        g1 = torch.Generator().manual_seed(SEED)
-        g2 = torch.Generator().manual_seed(SEED)
+        g1 = torch.Generator().manual_seed(self.seed)
+        g2 = torch.Generator().manual_seed(self.seed)
         c = head.loss(cls_list, mask_list, labels, masks, generator=g1)
         d = head.loss(cls_list, mask_list, labels, masks, generator=g2)
         for k in c:
             self.assertTrue(torch.equal(c[k], d[k]), k)
         # the global RNG path, as upstream: same seed, same result
-        torch.manual_seed(SEED)
+        torch.manual_seed(self.seed)
         e = head.loss(cls_list, mask_list, labels, masks)
-        torch.manual_seed(SEED)
+        torch.manual_seed(self.seed)
         f = head.loss(cls_list, mask_list, labels, masks)
         for k in e:
             self.assertTrue(torch.equal(e[k], f[k]), k)
@@ -401,11 +396,9 @@ class TestLoss(SeededCase):
     def test_draw_order_matches_upstream(self):
         """Per prediction: one [1, P, 2] draw per image (assigner, unused), then [N, 3P, 2], [N, P/4, 2]."""
         cfg, head = tiny_head()
-        labels, masks = random_targets(cfg)
-        feats, texts = tiny_inputs(cfg)
-        with torch.no_grad():
-            cls_list, mask_list = head(feats, texts)
-        rand = L.PointRandomness.seeded(SEED, record=True)
+        labels, masks = random_targets(cfg, self.seed)
+        cls_list, mask_list = self.predictions(head, cfg)
+        rand = L.PointRandomness.seeded(self.seed, record=True)
         head.loss(cls_list, mask_list, labels, masks, rand=rand)
         n = sum(len(x) for x in labels)
         P = 12544
@@ -414,7 +407,7 @@ class TestLoss(SeededCase):
 
     def test_uncertain_point_selection(self):
         logits = torch.randn(3, 1, 7, 9)
-        rand = L.PointRandomness.seeded(SEED, record=True)
+        rand = L.PointRandomness.seeded(self.seed, record=True)
         pts = L.get_uncertain_point_coords_with_randomness(logits, 40, 3.0, 0.75, rand)
         cand, extra = rand.draws
         self.assertEqual(tuple(pts.shape), (3, 40, 2))
@@ -433,11 +426,9 @@ class TestLoss(SeededCase):
         """Recompute every loss of every prediction in float64 from the recorded random draws."""
         cfg, head = tiny_head()
         head.num_points = 300                            # keeps the check light; formulas unchanged
-        labels, masks = random_targets(cfg, empty=(1,) if SEED % 3 == 0 else ())
-        feats, texts = tiny_inputs(cfg)
-        with torch.no_grad():
-            cls_list, mask_list = head(feats, texts)
-        rand = L.PointRandomness.seeded(SEED, record=True)
+        labels, masks = random_targets(cfg, self.seed, empty=(1,) if self.seed % 3 == 0 else ())
+        cls_list, mask_list = self.predictions(head, cfg)
+        rand = L.PointRandomness.seeded(self.seed, record=True)
         got = head.loss(cls_list, mask_list, labels, masks, rand=rand)
         draws = list(rand.draws)
         P, B = 300, 2
@@ -483,7 +474,7 @@ class TestLoss(SeededCase):
     def test_empty_batch(self):
         """No class present anywhere: mask/dice losses are 0 (keeping the graph), cls is all 'no object'."""
         cfg, head = tiny_head()
-        labels, masks = random_targets(cfg, empty=(0, 1))
+        labels, masks = random_targets(cfg, self.seed, empty=(0, 1))
         self.assertEqual([len(x) for x in labels], [0, 0])
         losses = self.forward_train_losses(head, cfg, labels, masks, generator=torch.Generator().manual_seed(1))
         self.assertEqual(losses["loss_mask"].item(), 0.0)

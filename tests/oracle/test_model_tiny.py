@@ -5,16 +5,15 @@ Run: /usr/bin/python3 -m unittest tests.oracle.test_model_tiny   (MFUSER_SEED=N 
 """
 
 import contextlib
-import os
-import random
 import re
-import sys
 import time
 import unittest
 from unittest import mock
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+if __package__:
+    from .seeding import SeededTestCase
+else:  # run as a script
+    from seeding import SeededTestCase
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -22,27 +21,6 @@ import torch.nn.functional as F  # noqa: E402
 
 from mfuser_ref.config import cityscapes_token_ids, load_config  # noqa: E402
 from mfuser_ref.model import MFuserCLIP, total_loss  # noqa: E402
-
-
-def _seed():
-    env = os.environ.get("MFUSER_SEED")
-    return int(env) if env else random.SystemRandom().randrange(2 ** 31)
-
-
-class SeededTestCase(unittest.TestCase):
-    """Fresh seed per test (or $MFUSER_SEED); printed when the test fails."""
-
-    def setUp(self):
-        self.seed = _seed()
-        torch.manual_seed(self.seed)
-
-    def run(self, result=None):
-        result = result if result is not None else self.defaultTestResult()
-        before = len(result.failures) + len(result.errors)
-        out = super().run(result)
-        if len(result.failures) + len(result.errors) > before:
-            print(f"\n{self.id()} failed with MFUSER_SEED={getattr(self, 'seed', '?')}", file=sys.stderr)
-        return out
 
 
 @contextlib.contextmanager

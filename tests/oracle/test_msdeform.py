@@ -5,30 +5,20 @@ Pixel convention of the loop (grid_sample, align_corners=False, zero padding): a
 (x, y) of a level h x w reads pixel coordinates (x*w - 0.5, y*h - 0.5); the four surrounding integer
 pixels get the usual bilinear weights, pixels outside the map contribute 0.
 
-Seed: fresh per run, printed with every failure; set MFUSER_SEED to reproduce.
+Seed: fresh per test, printed with every failure; set MFUSER_SEED to reproduce.
 """
 
 import math
-import os
-import random
-import sys
 import unittest
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "reference"))
+if __package__:
+    from .seeding import SeededTestCase
+else:  # run as a script
+    from seeding import SeededTestCase
 
 from mfuser_ref.msdeform import MultiScaleDeformableAttention, ms_deform_attn_core  # noqa: E402
-
-SEED = int(os.environ.get("MFUSER_SEED", random.randrange(2 ** 31)))
-
-
-class SeededCase(unittest.TestCase):
-    def setUp(self):
-        torch.manual_seed(SEED)
-
-    def __str__(self):
-        return "%s [MFUSER_SEED=%d]" % (super().__str__(), SEED)
 
 
 def loop_reference(value, shapes, locations, weights):
@@ -72,7 +62,7 @@ def random_inputs(bs, nq, nh, hd, shapes, npt, lo=-0.25, hi=1.25, dtype=torch.fl
     return value, locations, weights
 
 
-class TestCore(SeededCase):
+class TestCore(SeededTestCase):
     CASES = [
         # (bs, nq, heads, head_dim, level shapes (h, w), points)
         (2, 7, 3, 5, [(3, 5), (1, 1), (4, 2)], 3),         # odd shapes, a 1x1 level
@@ -130,7 +120,7 @@ class TestCore(SeededCase):
         self.assertEqual(sample(0.5 / w, 1.0 + 0.5 / h).abs().max().item(), 0.0)
 
 
-class TestModule(SeededCase):
+class TestModule(SeededTestCase):
     def test_module_equals_manual(self):
         """Projections, softmax, offsets in pixels of each level, residual, (num_query, bs, C) layout."""
         C, nh, nl, npt, bs = 12, 3, 2, 2, 2

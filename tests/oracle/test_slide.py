@@ -6,39 +6,16 @@ k * stride, the last ones moved back to end at the border, crops larger than the
 Run: /usr/bin/python3 -m unittest tests.oracle.test_slide   (MFUSER_SEED=N to repeat a run)
 """
 
-import os
-import random
-import sys
 import unittest
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
+if __package__:
+    from .seeding import SeededTestCase
+else:  # run as a script
+    from seeding import SeededTestCase
 
 import torch  # noqa: E402
 
 from mfuser_ref.model import rescale_size, slide_inference, slide_windows  # noqa: E402
-
-
-def _seed():
-    env = os.environ.get("MFUSER_SEED")
-    return int(env) if env else random.SystemRandom().randrange(2 ** 31)
-
-
-class SeededTestCase(unittest.TestCase):
-    """Fresh seed per test (or $MFUSER_SEED); printed when the test fails."""
-
-    def setUp(self):
-        self.seed = _seed()
-        self.rng = random.Random(self.seed)
-        torch.manual_seed(self.seed)
-
-    def run(self, result=None):
-        result = result if result is not None else self.defaultTestResult()
-        before = len(result.failures) + len(result.errors)
-        out = super().run(result)
-        if len(result.failures) + len(result.errors) > before:
-            print(f"\n{self.id()} failed with MFUSER_SEED={getattr(self, 'seed', '?')}", file=sys.stderr)
-        return out
 
 
 def axis_starts(size, crop, stride):

@@ -54,6 +54,7 @@ lies in [1e-2, 1e2] (--rms-range). The per-module RMS table is printed.
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import contextlib
 import json
@@ -127,6 +128,14 @@ def golden_init_(model: nn.Module, generator: torch.Generator) -> list:
         for p in pnames:
             done.add(f"{module_name}.{p}" if module_name else p)
 
+    def weight_and_bias(module_name, m, std, prefix=""):
+        """<prefix>weight ~ N(0, std), then <prefix>bias ~ N(0, 0.1) where the module has one."""
+        randn(getattr(m, prefix + "weight"), std)
+        mark(module_name, prefix + "weight")
+        if getattr(m, prefix + "bias") is not None:
+            randn(getattr(m, prefix + "bias"), 0.1)
+            mark(module_name, prefix + "bias")
+
     for name, m in model.named_modules():
         kind = type(m).__name__
         if isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d)) or kind == "RMSNormGated":
@@ -141,33 +150,17 @@ def golden_init_(model: nn.Module, generator: torch.Generator) -> list:
                 uniform(m.running_var, 0.5, 1.5)
                 mark(name, "running_mean", "running_var")
         elif isinstance(m, nn.Linear):
-            randn(m.weight, m.in_features ** -0.5)
-            mark(name, "weight")
-            if m.bias is not None:
-                randn(m.bias, 0.1)
-                mark(name, "bias")
+            weight_and_bias(name, m, m.in_features ** -0.5)
         elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
             fan_in = m.weight[0].numel()  # in_channels / groups x kernel
-            randn(m.weight, fan_in ** -0.5)
-            mark(name, "weight")
-            if m.bias is not None:
-                randn(m.bias, 0.1)
-                mark(name, "bias")
+            weight_and_bias(name, m, fan_in ** -0.5)
         elif isinstance(m, nn.ConvTranspose2d):
             # weight [in, out, kh, kw]; with stride == kernel each output pixel sees one tap per
             # input channel
             taps = max(1, (m.kernel_size[0] // m.stride[0]) * (m.kernel_size[1] // m.stride[1]))
-            randn(m.weight, (m.in_channels * taps) ** -0.5)
-            mark(name, "weight")
-            if m.bias is not None:
-                randn(m.bias, 0.1)
-                mark(name, "bias")
+            weight_and_bias(name, m, (m.in_channels * taps) ** -0.5)
         elif isinstance(m, nn.MultiheadAttention):
-            randn(m.in_proj_weight, m.embed_dim ** -0.5)
-            mark(name, "in_proj_weight")
-            if m.in_proj_bias is not None:
-                randn(m.in_proj_bias, 0.1)
-                mark(name, "in_proj_bias")
+            weight_and_bias(name, m, m.embed_dim ** -0.5, prefix="in_proj_")
         elif isinstance(m, nn.Embedding):
             randn(m.weight, 1.0)
             mark(name, "weight")
@@ -357,7 +350,7 @@ def rms(t: torch.Tensor) -> float:
 # main
 # ---------------------------------------------------------------------------------------------
 def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, point_seed=None,
-             rms_range=(1e-2, 1e2), force=False, quiet=False):
+             rms_range=(1e-2, 1e2), force=False, quiet=False, float64=False):
     """Build, run, write. Returns the manifest dict."""
     t0 = time.time()
     say = (lambda *a: None) if quiet else print
@@ -382,16 +375,19 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     inputs = make_inputs(model, cfg, batch, torch.Generator().manual_seed(seed + 1), train)
     patterns = [r".+"] if all_modules else MODULES_OF_INTEREST
 
-    # eval forward
+    # eval forward; with float64 on a float64 copy of the model (same float32 weights), so the golden outputs
+    # are the exact function of the stored weights and a float32 implementation is measured on its own error
     model.eval()
+    eval_model = copy.deepcopy(model).double() if float64 else model
     extras = OrderedDict()
-    rec = Recorder(model, patterns)
-    with torch.no_grad(), record_after_extract_feat(model, extras):
-        logits = model(inputs["img"])
+    rec = Recorder(eval_model, patterns)
+    with torch.no_grad(), record_after_extract_feat(eval_model, extras):
+        logits = eval_model(inputs["img"].to(torch.float64 if float64 else torch.float32))
     rec.remove()
-    golden = OrderedDict(rec.outputs)
-    golden.update(extras)
-    golden["logits"] = logits.detach().clone()
+    golden = OrderedDict((k, v.float()) for k, v in rec.outputs.items())
+    golden.update((k, v.float()) for k, v in extras.items())
+    golden["logits"] = logits.detach().float().clone()
+    del eval_model
     order = list(rec.order)
 
     train_info = None
@@ -476,6 +472,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
         ("batch", batch),
         ("train", bool(train)),
         ("torch_version", torch.__version__),
+        ("eval_dtype", "float64" if float64 else "float32"),
         ("weights", "golden_init_ (see golden.py); constructor values kept for: " + ", ".join(
             sorted({re.sub(r"\.\d+\.", ".N.", k) for k in untouched}))),
         ("modules", order),
@@ -506,6 +503,8 @@ def main(argv=None):
     p.add_argument("--all-modules", action="store_true", help="record every module's output")
     p.add_argument("--rms-range", type=float, nargs=2, default=(1e-2, 1e2), metavar=("LO", "HI"))
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--float64", action="store_true",
+                   help="compute the eval outputs in float64 (stored as float32); weights stay float32")
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = int(os.environ.get("MFUSER_SEED", random.getrandbits(31)))
@@ -513,7 +512,7 @@ def main(argv=None):
     try:
         generate(args.config, args.seed, args.out, train=args.train, batch=args.batch,
                  all_modules=args.all_modules, point_seed=args.point_seed,
-                 rms_range=tuple(args.rms_range), force=args.force)
+                 rms_range=tuple(args.rms_range), force=args.force, float64=args.float64)
     except GoldenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

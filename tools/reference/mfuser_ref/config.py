@@ -73,10 +73,14 @@ class Section:
         object.__setattr__(self, "_data", {k: _wrap(v) for k, v in data.items()})
 
     def __getattr__(self, name):
-        try:
-            return self._data[name]
-        except KeyError:
-            raise AttributeError(name) from None
+        # copy/pickle probe attributes on a bare instance before __init__ ran: no _data yet
+        data = self.__dict__.get("_data")
+        if data is None or name not in data:
+            raise AttributeError(name)
+        return data[name]
+
+    def __deepcopy__(self, memo):
+        return self  # read-only: sharing is safe
 
     def __setattr__(self, name, value):
         raise AttributeError("config sections are read-only")

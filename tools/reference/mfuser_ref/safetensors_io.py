@@ -185,15 +185,19 @@ def _check_spans(header: dict, path: str, buf_len: int):
     return {s[2]: s for s in spans}
 
 
+def _open_for_reading(path: str):
+    """The file opened in binary mode; an OSError becomes a SafetensorsError naming the file."""
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise SafetensorsError(f"{path}: cannot read: {e}") from e
+
+
 def load_file(path: str, with_metadata: bool = False):
     """Tensors of a safetensors file as an OrderedDict in header order (copies, writable).
 
     With ``with_metadata`` returns (tensors, metadata dict)."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise SafetensorsError(f"{path}: cannot read: {e}") from e
-    with f:
+    with _open_for_reading(path) as f:
         header, start, file_size = _read_raw_header(f, path)
         metadata = header.pop("__metadata__", {}) or {}
         spans = _check_spans(header, path, file_size - start)
@@ -219,11 +223,7 @@ def load_file(path: str, with_metadata: bool = False):
 
 def read_header(path: str) -> dict:
     """The JSON header of a safetensors file (without loading the data), checked for consistency."""
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise SafetensorsError(f"{path}: cannot read: {e}") from e
-    with f:
+    with _open_for_reading(path) as f:
         header, start, file_size = _read_raw_header(f, path)
     _check_spans({k: v for k, v in header.items() if k != "__metadata__"}, path, file_size - start)
     return header

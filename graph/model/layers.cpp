@@ -1,0 +1,59 @@
+#include "graph/model/layers.h"
+
+namespace mfuser::model {
+
+ValueId name_output(Builder& b, ValueId x, const std::string& name) { return b.graph().reshape(x, b.shape(x), name); }
+
+ValueId split_heads(Builder& b, ValueId x, int64_t heads, const std::string& name) {
+  const Shape s = b.shape(x);
+  MFUSER_CHECK(s.ndim() == 3 && s[2] % heads == 0, "split_heads '", name, "': ", s.str(), " over ", heads, " heads");
+  return b.permute(b.reshape(x, {s[0], s[1], heads, s[2] / heads}), {0, 2, 1, 3}, name);
+}
+
+ValueId merge_heads(Builder& b, ValueId x, const std::string& name) {
+  const Shape s = b.shape(x);
+  const ValueId t = b.permute(x, {0, 2, 1, 3}, name);
+  return b.reshape(t, {s[0], s[2], s[1] * s[3]});
+}
+
+ValueId multihead_attention(Builder& b, const std::string& prefix, ValueId query, ValueId key, ValueId value,
+                            int64_t heads, bool causal, ValueId bool_mask) {
+  const int64_t c = b.shape(query)[-1];
+  const ValueId w = b.param(prefix + ".in_proj_weight", {3 * c, c});
+  const ValueId bias = b.param(prefix + ".in_proj_bias", {3 * c});
+  ValueId q, k, v;
+  if (query == key && key == value) {
+    // One GEMM, then [B, L, 3, H, D] -> [3, B, H, L, D]: q, k and v are free row views of one permute.
+    const Shape s = b.shape(query);
+    const ValueId qkv = b.linear(query, w, bias, prefix + ".qkv");
+    const ValueId t = b.permute(b.reshape(qkv, {s[0], s[1], 3, heads, c / heads}), {2, 0, 3, 1, 4}, prefix + ".qkv_t");
+    const Shape head_shape{s[0], heads, s[1], c / heads};
+    q = b.reshape(b.graph().slice_rows(t, 0, 1), head_shape);
+    k = b.reshape(b.graph().slice_rows(t, 1, 2), head_shape);
+    v = b.reshape(b.graph().slice_rows(t, 2, 3), head_shape);
+  } else {
+    Graph& g = b.graph();
+    const auto project = [&](ValueId x, int64_t part, const char* tag) {
+      const ValueId y = b.linear(x, g.slice_rows(w, part * c, (part + 1) * c),
+                                 g.slice_rows(bias, part * c, (part + 1) * c), prefix + "." + tag);
+      return split_heads(b, y, heads, prefix + "." + tag + "_heads");
+    };
+    q = project(query, 0, "q");
+    k = project(key, 1, "k");
+    v = project(value, 2, "v");
+  }
+  const ValueId o = b.attention(q, k, v, prefix + ".sdpa", causal, bool_mask);
+  return b.linear(merge_heads(b, o, prefix + ".heads_merged"), prefix + ".out_proj", c);
+}
+
+ValueId clip_residual_block(Builder& b, ValueId x, int64_t heads, const std::string& prefix, bool causal) {
+  const int64_t c = b.shape(x)[-1];
+  const ValueId h = b.layernorm(x, prefix + ".ln_1", 1e-5f);
+  x = b.add(x, multihead_attention(b, prefix + ".attn", h, h, h, heads, causal), prefix + ".attn_residual");
+  ValueId m = b.linear(b.layernorm(x, prefix + ".ln_2", 1e-5f), prefix + ".mlp.c_fc", 4 * c);
+  m = b.activation(m, kernels::Activation::quick_gelu, prefix + ".mlp.gelu");
+  m = b.linear(m, prefix + ".mlp.c_proj", c);
+  return b.add(x, m, prefix);
+}
+
+}  // namespace mfuser::model
