@@ -14,21 +14,6 @@ namespace {
 
 using kernels::Activation;
 
-// Multi-head self-attention with a fused q/k/v projection (DINOv2's attn.qkv), before the output projection:
-// x [B, L, C] -> [B, L, C], softmax scale 1/sqrt(C/heads).
-ValueId fused_self_attention(Builder& b, ValueId x, ValueId qkv_weight, ValueId qkv_bias, int heads,
-                             const std::string& name) {
-  const Shape xs = b.shape(x);
-  const int64_t batch = xs[0], len = xs[1], c = xs[2], dh = c / heads;
-  MFUSER_CHECK(dh * heads == c, "'", name, "': width ", c, " is not a multiple of ", heads, " heads");
-  ValueId qkv = b.linear(x, qkv_weight, qkv_bias, name + ".qkv");
-  qkv = b.permute(b.reshape(qkv, {batch, len, 3, heads, dh}), {2, 0, 3, 1, 4}, name + ".heads");  // [3, B, H, L, Dh]
-  const auto part = [&](int64_t i) {
-    return b.reshape(b.graph().slice_rows(qkv, i, i + 1), {batch, heads, len, dh});
-  };
-  return merge_heads(b, b.attention(part(0), part(1), part(2), name + ".sdpa"), name + ".merge");
-}
-
 // DINOv2 block: pre-LN with eps 1e-6, fused qkv with bias, LayerScale on both branches, exact GELU MLP.
 ValueId dino_block(Builder& b, ValueId x, int heads, const std::string& p) {
   const int64_t c = b.shape(x)[-1];

@@ -61,11 +61,12 @@ ValueId Builder::node(const std::string& op, const std::string& name, std::vecto
 
 // ---- dense ----
 
-ValueId Builder::linear(ValueId x, const std::string& prefix, int64_t out_features, bool has_bias) {
+ValueId Builder::linear(ValueId x, const std::string& prefix, int64_t out_features, bool has_bias,
+                        const std::string& name) {
   const int64_t in_features = shape(x)[-1];
   const ValueId w = param(prefix + ".weight", {out_features, in_features});
   const ValueId b = has_bias ? param(prefix + ".bias", {out_features}) : kNoValue;
-  return linear(x, w, b, prefix);
+  return linear(x, w, b, name.empty() ? prefix : name);
 }
 
 ValueId Builder::linear(ValueId x, ValueId weight, ValueId bias, const std::string& name) {
@@ -109,11 +110,11 @@ ValueId Builder::matmul(ValueId x, ValueId y, bool transpose_b, const std::strin
 
 // ---- normalization ----
 
-ValueId Builder::layernorm(ValueId x, const std::string& prefix, float eps) {
+ValueId Builder::layernorm(ValueId x, const std::string& prefix, float eps, const std::string& name) {
   const int64_t c = shape(x)[-1];
   const ValueId w = param(prefix + ".weight", {c});
   const ValueId b = param(prefix + ".bias", {c});
-  return node("layernorm", prefix, {x, w, b}, shape(x),
+  return node("layernorm", name.empty() ? prefix : name, {x, w, b}, shape(x),
               [eps](Ins in, Outs o) { kernels::layernorm(in[0], in[1], in[2], o[0], eps); });
 }
 

@@ -40,14 +40,16 @@ class Builder {
 
   // ---- dense layers ----
   // nn.Linear: x [..., in] -> [..., out] with prefix.weight [out, in] and prefix.bias [out] (if has_bias).
-  ValueId linear(ValueId x, const std::string& prefix, int64_t out_features, bool has_bias = true);
+  // `name` names the node when the same weights run more than once (default: the prefix).
+  ValueId linear(ValueId x, const std::string& prefix, int64_t out_features, bool has_bias = true,
+                 const std::string& name = {});
   // The same with explicit weight/bias values (bias may be kNoValue), e.g. for fused qkv slices.
   ValueId linear(ValueId x, ValueId weight, ValueId bias, const std::string& name);
   // x [.., M, K] @ y [.., K, N] (or y^T when transpose_b, y [.., N, K]), batched over equal leading dims.
   ValueId matmul(ValueId x, ValueId y, bool transpose_b, const std::string& name, float alpha = 1.f);
 
   // ---- normalization ----
-  ValueId layernorm(ValueId x, const std::string& prefix, float eps);
+  ValueId layernorm(ValueId x, const std::string& prefix, float eps, const std::string& name = {});
   ValueId groupnorm(ValueId x, const std::string& prefix, int num_groups, float eps = 1e-5f);
   ValueId batchnorm(ValueId x, const std::string& prefix, float eps = 1e-5f);
   ValueId rmsnorm_gated(ValueId x, ValueId z, const std::string& prefix, float eps = 1e-5f);

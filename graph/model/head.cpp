@@ -27,22 +27,6 @@ struct Level {
   int64_t size() const { return h * w; }
 };
 
-// nn.LayerNorm with the weights of `prefix` under a node name of its own: the decoder's post_norm runs once
-// per prediction.
-ValueId layernorm_as(Builder& b, ValueId x, const std::string& prefix, const std::string& name) {
-  const int64_t c = b.shape(x)[-1];
-  const ValueId w = b.param(prefix + ".weight", {c});
-  const ValueId bias = b.param(prefix + ".bias", {c});
-  return b.node("layernorm", name, {x, w, bias}, b.shape(x),
-                [](Ins in, Outs o) { kernels::layernorm(in[0], in[1], in[2], o[0], kLnEps); });
-}
-
-// nn.Linear with the weights of `prefix` under a node name of its own (the prediction heads run per layer).
-ValueId linear_as(Builder& b, ValueId x, const std::string& prefix, int64_t out, const std::string& name) {
-  const int64_t in = b.shape(x)[-1];
-  return b.linear(x, b.param(prefix + ".weight", {out, in}), b.param(prefix + ".bias", {out}), name);
-}
-
 // mmcv ConvModule: conv (stride 1, 'same' padding) -> GroupNorm -> optional ReLU, output named `prefix`.
 ValueId conv_module(Builder& b, const DecodeHeadConfig& dh, ValueId x, const std::string& prefix, int kernel,
                     bool has_bias, bool relu) {
@@ -215,12 +199,12 @@ Prediction predict(Builder& b, int j, int64_t classes, ValueId x, ValueId mask_f
                    const Level* next_level) {
   const std::string h = "decode_head", tag = str_cat(h, ".prediction.", j);
   const int64_t batch = b.shape(mask_feature)[0], c = b.shape(mask_feature)[1], queries = b.shape(x)[1];
-  const ValueId n = layernorm_as(b, x, h + ".transformer_decoder.post_norm", tag + ".post_norm");
+  const ValueId n = b.layernorm(x, h + ".transformer_decoder.post_norm", kLnEps, tag + ".post_norm");
   Prediction out;
-  out.cls = linear_as(b, n, h + ".cls_embed", classes + 1, str_cat(h, ".cls_pred.", j));  // + "no object"
+  out.cls = b.linear(n, h + ".cls_embed", classes + 1, true, str_cat(h, ".cls_pred.", j));  // + "no object"
   ValueId e = n;
   for (int k : {0, 2, 4}) {
-    e = linear_as(b, e, str_cat(h, ".mask_embed.", k), c, str_cat(tag, ".mask_embed.", k));
+    e = b.linear(e, str_cat(h, ".mask_embed.", k), c, true, str_cat(tag, ".mask_embed.", k));
     if (k < 4) e = b.activation(e, Activation::relu, str_cat(tag, ".mask_embed.", k + 1));
   }
   // einsum("bqc,bchw->bqhw")

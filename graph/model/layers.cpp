@@ -16,21 +16,28 @@ ValueId merge_heads(Builder& b, ValueId x, const std::string& name) {
   return b.reshape(t, {s[0], s[2], s[1] * s[3]});
 }
 
+ValueId fused_self_attention(Builder& b, ValueId x, ValueId qkv_weight, ValueId qkv_bias, int64_t heads,
+                             const std::string& name, bool causal, ValueId bool_mask) {
+  const Shape s = b.shape(x);
+  const int64_t c = s[2], dh = c / heads;
+  MFUSER_CHECK(dh * heads == c, "'", name, "': width ", c, " is not a multiple of ", heads, " heads");
+  // One GEMM, then [B, L, 3, H, D] -> [3, B, H, L, D]: q, k and v are free row views of one permute.
+  const ValueId qkv = b.linear(x, qkv_weight, qkv_bias, name + ".qkv");
+  const ValueId t = b.permute(b.reshape(qkv, {s[0], s[1], 3, heads, dh}), {2, 0, 3, 1, 4}, name + ".qkv_t");
+  const Shape head_shape{s[0], heads, s[1], dh};
+  const auto part = [&](int64_t i) { return b.reshape(b.graph().slice_rows(t, i, i + 1), head_shape); };
+  const ValueId o = b.attention(part(0), part(1), part(2), name + ".sdpa", causal, bool_mask);
+  return merge_heads(b, o, name + ".heads_merged");
+}
+
 ValueId multihead_attention(Builder& b, const std::string& prefix, ValueId query, ValueId key, ValueId value,
                             int64_t heads, bool causal, ValueId bool_mask) {
   const int64_t c = b.shape(query)[-1];
   const ValueId w = b.param(prefix + ".in_proj_weight", {3 * c, c});
   const ValueId bias = b.param(prefix + ".in_proj_bias", {3 * c});
-  ValueId q, k, v;
+  ValueId merged;
   if (query == key && key == value) {
-    // One GEMM, then [B, L, 3, H, D] -> [3, B, H, L, D]: q, k and v are free row views of one permute.
-    const Shape s = b.shape(query);
-    const ValueId qkv = b.linear(query, w, bias, prefix + ".qkv");
-    const ValueId t = b.permute(b.reshape(qkv, {s[0], s[1], 3, heads, c / heads}), {2, 0, 3, 1, 4}, prefix + ".qkv_t");
-    const Shape head_shape{s[0], heads, s[1], c / heads};
-    q = b.reshape(b.graph().slice_rows(t, 0, 1), head_shape);
-    k = b.reshape(b.graph().slice_rows(t, 1, 2), head_shape);
-    v = b.reshape(b.graph().slice_rows(t, 2, 3), head_shape);
+    merged = fused_self_attention(b, query, w, bias, heads, prefix, causal, bool_mask);
   } else {
     Graph& g = b.graph();
     const auto project = [&](ValueId x, int64_t part, const char* tag) {
@@ -38,12 +45,11 @@ ValueId multihead_attention(Builder& b, const std::string& prefix, ValueId query
                                  g.slice_rows(bias, part * c, (part + 1) * c), prefix + "." + tag);
       return split_heads(b, y, heads, prefix + "." + tag + "_heads");
     };
-    q = project(query, 0, "q");
-    k = project(key, 1, "k");
-    v = project(value, 2, "v");
+    const ValueId o = b.attention(project(query, 0, "q"), project(key, 1, "k"), project(value, 2, "v"),
+                                  prefix + ".sdpa", causal, bool_mask);
+    merged = merge_heads(b, o, prefix + ".heads_merged");
   }
-  const ValueId o = b.attention(q, k, v, prefix + ".sdpa", causal, bool_mask);
-  return b.linear(merge_heads(b, o, prefix + ".heads_merged"), prefix + ".out_proj", c);
+  return b.linear(merged, prefix + ".out_proj", c);
 }
 
 ValueId clip_residual_block(Builder& b, ValueId x, int64_t heads, const std::string& prefix, bool causal) {

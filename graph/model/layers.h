@@ -16,6 +16,11 @@ ValueId name_output(Builder& b, ValueId x, const std::string& name);
 ValueId split_heads(Builder& b, ValueId x, int64_t heads, const std::string& name);
 ValueId merge_heads(Builder& b, ValueId x, const std::string& name);
 
+// Self-attention with one fused q/k/v projection (qkv_weight [3C, C]), before any output projection:
+// x [B, L, C] -> [B, L, C] with heads merged; DINOv2's attn.qkv and nn.MultiheadAttention's in_proj.
+ValueId fused_self_attention(Builder& b, ValueId x, ValueId qkv_weight, ValueId qkv_bias, int64_t heads,
+                             const std::string& name, bool causal = false, ValueId bool_mask = kNoValue);
+
 // torch's nn.MultiheadAttention, batch-first and without its residual: weights prefix.in_proj_weight [3C, C],
 // prefix.in_proj_bias [3C], prefix.out_proj; query [B, Lq, C], key and value [B, Lk, C] -> [B, Lq, C].
 // When query, key and value are one value, the three projections are one GEMM. bool_mask: [B or 1, 1, Lq, Lk],

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <optional>
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

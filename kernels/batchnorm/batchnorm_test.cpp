@@ -2,7 +2,7 @@
 // the FPN's 2048 channels.
 #include "kernels/batchnorm/batchnorm.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

@@ -2,7 +2,7 @@
 // 3x3 convs.
 #include "kernels/conv2d/conv2d.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

@@ -2,7 +2,7 @@
 // 2048 -> 2048, kernel 2, stride 2 upsampler.
 #include "kernels/conv_transpose2d/conv_transpose2d.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

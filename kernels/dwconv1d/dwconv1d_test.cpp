@@ -2,7 +2,7 @@
 // MVFuser shapes.
 #include "kernels/dwconv1d/dwconv1d.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

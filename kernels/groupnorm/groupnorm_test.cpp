@@ -1,7 +1,7 @@
 // groupnorm: CPU reference vs PyTorch's F.group_norm (float64) at tiny and pixel-decoder shapes.
 #include "kernels/groupnorm/groupnorm.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

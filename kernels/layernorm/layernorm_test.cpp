@@ -1,7 +1,7 @@
 // layernorm: CPU reference vs PyTorch's F.layer_norm (float64) at tiny and ViT-L shapes.
 #include "kernels/layernorm/layernorm.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

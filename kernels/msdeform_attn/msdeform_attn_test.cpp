@@ -1,7 +1,7 @@
 // msdeform_attn: CPU reference vs F.grid_sample-based sampling in float64 PyTorch (tiny and the pixel decoder).
 #include "kernels/msdeform_attn/msdeform_attn.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

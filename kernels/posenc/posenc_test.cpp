@@ -3,7 +3,7 @@
 
 #include <numbers>
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

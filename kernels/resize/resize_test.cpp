@@ -1,7 +1,7 @@
 // resize: CPU reference vs PyTorch's F.interpolate (float64), bilinear and bicubic, size and scale-factor forms.
 #include "kernels/resize/resize.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

@@ -1,7 +1,7 @@
 // rmsnorm_gated: CPU reference vs the PyTorch formula (float64) at tiny and MVFuser shapes.
 #include "kernels/rmsnorm_gated/rmsnorm_gated.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {

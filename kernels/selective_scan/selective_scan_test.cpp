@@ -1,7 +1,7 @@
 // selective_scan: CPU reference vs a float64 PyTorch loop, at tiny shapes and MFuser's two scans.
 #include "kernels/selective_scan/selective_scan.h"
 
-#include "kernels/common/golden_check.h"
+#include "tests/common/golden_check.h"
 
 namespace mfuser {
 namespace {
