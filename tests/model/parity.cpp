@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 
+#include "graph/model/mfuser.h"
 #include "kernels/layout/layout.h"
 
 namespace mfuser::test {
@@ -46,6 +47,78 @@ void expect_matches_golden(const GoldenModel& g, const graph::Executor& ex, cons
   std::printf("  %-56s %s\n", golden_name.c_str(), describe(e).c_str());
   EXPECT_LE(e.rel_l2, tol) << golden_name << " (ours: " << our_name << "): " << describe(e) << ", golden seed " << g.seed;
   EXPECT_EQ(e.nonfinite, 0) << golden_name;
+}
+
+namespace {
+
+// The oracle records some sequences sequence-first ([L, B, C], nn.MultiheadAttention's layout); ours are
+// batch-first.
+std::vector<int> golden_layout(const GoldenModel& g, const std::string& name, const Shape& ours) {
+  auto shape = g.golden->entry(name).shape;
+  if (int(shape.size()) == ours.ndim() + 1) shape.erase(shape.begin());  // stacked per-call outputs
+  if (shape.size() == 3 && ours.ndim() == 3 && shape[0] == ours[1] && shape[1] == ours[0] && shape[0] != shape[1])
+    return {1, 0, 2};
+  return {};
+}
+
+// Share of (batch, pixel) positions whose argmax over dim 1 agrees between two [B, K, H, W] tensors.
+double argmax_agreement(const Tensor& ours, const Tensor& ref) {
+  const int64_t batch = ref.dim(0), classes = ref.dim(1), pixels = ref.dim(2) * ref.dim(3);
+  const float* a = ours.data<float>();
+  const float* r = ref.data<float>();
+  int64_t agree = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t p = 0; p < pixels; ++p) {
+      int64_t best_a = 0, best_r = 0;
+      for (int64_t c = 1; c < classes; ++c) {
+        const int64_t i = (b * classes + c) * pixels + p;
+        if (a[i] > a[(b * classes + best_a) * pixels + p]) best_a = c;
+        if (r[i] > r[(b * classes + best_r) * pixels + p]) best_r = c;
+      }
+      agree += best_a == best_r;
+    }
+  return double(agree) / double(batch * pixels);
+}
+
+}  // namespace
+
+void check_whole_model(const GoldenModel& g, double module_tol, double logits_tol, double min_agreement) {
+  SCOPED_TRACE("golden seed " + g.seed);
+  model::MfuserModel model(g.weights_path(), g.config);
+  const ErrorStats text = compare_to_golden(g, "text_encoder", model.text_features());
+  std::printf("  %-56s %s\n", "text_encoder", describe(text).c_str());
+  if (module_tol >= 0) {
+    EXPECT_LE(text.rel_l2, module_tol);
+  }
+
+  const Tensor image = g.inputs->view("img");
+  auto graph = model.build(image.dim(0), image.dim(2), image.dim(3));
+  std::vector<std::string> compared;
+  for (const SafetensorsEntry& e : g.golden->entries()) {
+    const graph::ValueId id = graph->find(e.name);
+    if (id != graph::kNoValue && graph->value(id).kind == graph::ValueKind::intermediate && e.name != "logits") {
+      graph->mark_output(id);
+      compared.push_back(e.name);
+    }
+  }
+  graph::Executor executor(*graph, Device::cpu());
+  executor.set_input("image", image);
+  executor.run();
+  for (const std::string& name : compared) {
+    const std::vector<int> perm = golden_layout(g, name, graph->value(graph->at(name)).shape);
+    if (module_tol >= 0) {
+      expect_matches_golden(g, executor, name, name, module_tol, perm);
+    } else {
+      const ErrorStats e = compare_to_golden(g, name, executor.get(name), perm);
+      std::printf("  %-56s %s\n", name.c_str(), describe(e).c_str());
+    }
+  }
+  EXPECT_GE(compared.size(), 60u) << "too few modules compared: names drifted from the oracle's?";
+  expect_matches_golden(g, executor, "logits", "logits", logits_tol);
+
+  const double agreement = argmax_agreement(executor.get("logits"), g.golden->view("logits"));
+  std::printf("  argmax agreement: %.6f%% of pixels\n", 100 * agreement);
+  EXPECT_GE(agreement, min_agreement);
 }
 
 }  // namespace mfuser::test

@@ -36,4 +36,9 @@ ErrorStats compare_to_golden(const GoldenModel& g, const std::string& golden_nam
 void expect_matches_golden(const GoldenModel& g, const graph::Executor& ex, const std::string& our_name,
                            const std::string& golden_name, double tol, const std::vector<int>& golden_perm = {});
 
+// The whole model (MfuserModel on g's weights, CPU) against the oracle: the text features, every module the
+// oracle recorded that our graph names too (rel L2 <= module_tol; module_tol < 0: report only), the logits
+// (<= logits_tol) and the share of pixels whose argmax class agrees (>= min_agreement).
+void check_whole_model(const GoldenModel& g, double module_tol, double logits_tol, double min_agreement);
+
 }  // namespace mfuser::test
