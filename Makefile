@@ -42,11 +42,27 @@ test: deps
 	@$(MAKE) --no-print-directory build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
+# The demo segments tools/demo/street.png. With converted real weights at $(REAL_MODEL) it uses them;
+# otherwise a TINY model of the same architecture with UNTRAINED random weights (made by `mfuser init`),
+# which exercises the whole pipeline but segments nothing meaningfully, and says so.
+REAL_MODEL ?= models/mfuser-clip-vitl-512/model.safetensors
+DEMO_OUT   ?= out
+
 demo: deps
 	@$(MAKE) --no-print-directory build
-	@$(BUILD_DIR)/mfuser devices
-	@echo "make demo: segmentation is not implemented yet (it arrives with the inference issue);"
-	@echo "           today the binary offers: $(BUILD_DIR)/mfuser inspect FILE.safetensors"
+	@if [ -f "$(REAL_MODEL)" ]; then \
+	  echo "demo: using the converted weights $(REAL_MODEL)"; \
+	  $(BUILD_DIR)/mfuser segment --weights "$(REAL_MODEL)" tools/demo/street.png --out $(DEMO_OUT); \
+	else \
+	  echo "demo: no real weights at $(REAL_MODEL) (see README: Weights)."; \
+	  echo "demo: using a TINY, UNTRAINED model of the same architecture: the output shows the pipeline works,"; \
+	  echo "      not what MFuser sees."; \
+	  [ -f $(DEMO_OUT)/tiny-untrained/model.safetensors ] || \
+	    $(BUILD_DIR)/mfuser init --config tools/configs/mfuser_clip_tiny.json --out $(DEMO_OUT)/tiny-untrained --force; \
+	  $(BUILD_DIR)/mfuser segment --weights $(DEMO_OUT)/tiny-untrained/model.safetensors tools/demo/street.png \
+	    --scale 1024x512 --out $(DEMO_OUT); \
+	fi
+	@echo "demo: outputs in $(DEMO_OUT)/ (street_label.png, street_color.png, street_overlay.png)"
 
 gpu-check:
 	bash tools/gpu_check.sh

@@ -19,6 +19,11 @@ constexpr const char* kUsage =
     "  inspect FILE.safetensors   list the tensors of a file (validates it fully)\n"
     "  devices                    show whether CUDA is usable and which devices exist\n"
     "  bench --weights FILE ...   time the crop forward beside the PyTorch oracle (bench --help)\n"
+    "  segment --weights FILE INPUT... --out DIR\n"
+    "                             segment images: label, colour and overlay PNGs (segment --help)\n"
+    "  eval --weights FILE --dataset NAME --root DIR\n"
+    "                             mIoU on cityscapes|bdd|mapillary|gta in its standard layout (eval --help)\n"
+    "  init --config C --out DIR  write a checkpoint of untrained random weights for the architecture\n"
     "  help                       this text\n";
 
 std::string human_bytes(double bytes) {
@@ -98,6 +103,9 @@ int main(int argc, char** argv) {
     if (command == "inspect") return inspect(args);
     if (command == "devices") return devices();
     if (command == "bench") return apps::bench(args);
+    if (command == "segment") return apps::segment(args);
+    if (command == "eval") return apps::eval(args);
+    if (command == "init") return apps::init(args);
     if (command == "help" || command == "--help" || command == "-h") {
       std::fputs(kUsage, stdout);
       return 0;

@@ -11,6 +11,19 @@ namespace mfuser {
 int num_threads();
 void set_num_threads(int n);
 
+// Makes OpenBLAS single-threaded for its lifetime. For kernels that run many small GEMMs from inside
+// parallel_for: one BLAS pool inside another oversubscribes the cores and is several times slower.
+class SerialBlasScope {
+ public:
+  SerialBlasScope();
+  ~SerialBlasScope();
+  SerialBlasScope(const SerialBlasScope&) = delete;
+  SerialBlasScope& operator=(const SerialBlasScope&) = delete;
+
+ private:
+  int previous_;
+};
+
 // Runs body(begin, end) over [0, n) split into contiguous chunks, one per thread; serial when n < grain.
 template <class Body>
 void parallel_for(int64_t n, int64_t grain, const Body& body) {

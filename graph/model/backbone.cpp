@@ -23,7 +23,7 @@ ValueId dino_block(Builder& b, ValueId x, int heads, const std::string& p) {
   h = b.mul(b.linear(h, p + ".attn.proj", c), b.param(p + ".ls1.gamma", {c}), p + ".ls1");
   x = b.add(x, h, p + ".attn_residual");
   h = b.layernorm(x, p + ".norm2", 1e-6f);
-  h = b.linear(h, p + ".mlp.fc1", b.stored_dim(p + ".mlp.fc1.weight", 0));
+  h = b.linear(h, p + ".mlp.fc1", b.stored_dim(p + ".mlp.fc1.weight", 0, 4 * c));
   h = b.activation(h, Activation::gelu, p + ".mlp.act");
   h = b.mul(b.linear(h, p + ".mlp.fc2", c), b.param(p + ".ls2.gamma", {c}), p + ".ls2");
   return b.add(x, h, p);
@@ -98,8 +98,9 @@ BackboneStreams build_backbone_embed(Builder& b, const ModelConfig& cfg, ValueId
   }
   out.dino_x = b.add(out.dino_x, dino_pos, p + ".dinov2.embedded");
   // dinov2.norm (and mask_token) are in the checkpoint but MFuser never applies them.
-  for (const char* unused : {".dinov2.norm.weight", ".dinov2.norm.bias", ".dinov2.mask_token"})
-    b.weights().ignore(p + unused);
+  b.weights().ignore(p + ".dinov2.norm.weight", {c});
+  b.weights().ignore(p + ".dinov2.norm.bias", {c});
+  b.weights().ignore(p + ".dinov2.mask_token", {1, c});
 
   // CLIP tokens: conv1 (no bias), class token, positional embedding, ln_pre.
   out.clip_x = patch_tokens(b, image, p + ".conv1", c, int(patch), false, p + ".conv1.tokens");

@@ -46,7 +46,8 @@ ValueId Builder::param(const std::string& name, const Shape& shape) {
   return g_.weight(name, w_.get(name, shape));
 }
 
-int64_t Builder::stored_dim(const std::string& name, int dim) {
+int64_t Builder::stored_dim(const std::string& name, int dim, int64_t fallback) {
+  if (w_.synthesizing()) return fallback;
   const auto shape = w_.shape_of(name);
   MFUSER_CHECK(shape && !shape->empty(), w_.path(), ": cannot read the size of '", name, "'");
   const int d = dim < 0 ? int(shape->size()) + dim : dim;
@@ -132,7 +133,7 @@ ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
   const ValueId var = param(prefix + ".running_var", {c});
   const ValueId w = param(prefix + ".weight", {c});
   const ValueId b = param(prefix + ".bias", {c});
-  w_.ignore(prefix + ".num_batches_tracked");  // a training counter, unused at inference
+  w_.ignore(prefix + ".num_batches_tracked", {}, DType::i64);  // a training counter, unused at inference
   return node("batchnorm", prefix, {x, mean, var, w, b}, shape(x),
               [eps](Ins in, Outs o) { kernels::batchnorm(in[0], in[1], in[2], in[3], in[4], o[0], eps); });
 }

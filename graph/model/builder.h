@@ -35,8 +35,9 @@ class Builder {
 
   // A weight by its state-dict name, loaded once (a second request returns the same value).
   ValueId param(const std::string& name, const Shape& shape);
-  // The last dim of a stored weight (sizes that only the checkpoint knows, e.g. FFN widths).
-  int64_t stored_dim(const std::string& name, int dim);
+  // Dim `dim` of a stored weight (sizes that only the checkpoint knows, e.g. FFN widths); `fallback` when the
+  // weights are synthesized.
+  int64_t stored_dim(const std::string& name, int dim, int64_t fallback);
 
   // ---- dense layers ----
   // nn.Linear: x [..., in] -> [..., out] with prefix.weight [out, in] and prefix.bias [out] (if has_bias).

@@ -39,7 +39,8 @@ ModelConfig ModelConfig::from(const Config& c) {
   const Config h = c.section("decode_head");
   m.decode_head = {h.get<int>("feat_channels"), h.get<int>("num_heads"),      h.get<int>("num_levels"),
                    h.get<int>("num_points"),    h.get<int>("encoder_layers"), h.get<int>("decoder_layers"),
-                   h.get<int>("gn_groups"),     h.get<int>("pos_feats")};
+                   h.get<int>("gn_groups"),     h.get<int>("pos_feats"),
+                   h.get_or<int>("encoder_ffn", 2048), h.get_or<int>("decoder_ffn", 2048)};
 
   m.tau = float(c.get_or<double>("tau", 0.07));
   if (c.has("slide")) {

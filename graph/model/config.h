@@ -31,6 +31,8 @@ struct AdapterConfig {
 struct DecodeHeadConfig {
   int feat_channels = 256, num_heads = 8, num_levels = 3, num_points = 4;
   int encoder_layers = 6, decoder_layers = 9, gn_groups = 32, pos_feats = 128;
+  // FFN widths: the checkpoint's shapes decide (see Builder::stored_dim); these serve synthesized weights.
+  int encoder_ffn = 2048, decoder_ffn = 2048;
 };
 
 struct ModelConfig {

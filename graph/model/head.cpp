@@ -61,9 +61,9 @@ ValueId mmcv_attention(Builder& b, const std::string& prefix, ValueId identity, 
 
 // mmcv FFN (num_fcs 2, ReLU) with its residual: x + layers.1(relu(layers.0.0(x))); the hidden width is the
 // checkpoint's (the layer-level feedforward_channels overrides ffn_cfgs in mmcv 1.x).
-ValueId ffn(Builder& b, ValueId x, const std::string& prefix) {
+ValueId ffn(Builder& b, ValueId x, const std::string& prefix, int64_t default_hidden) {
   const int64_t c = b.shape(x)[-1];
-  const int64_t hidden = b.stored_dim(prefix + ".layers.0.0.weight", 0);
+  const int64_t hidden = b.stored_dim(prefix + ".layers.0.0.weight", 0, default_hidden);
   ValueId y = b.linear(x, prefix + ".layers.0.0", hidden);
   y = b.linear(b.activation(y, Activation::relu, prefix + ".layers.0.1"), prefix + ".layers.1", c);
   return b.add(x, y, prefix);
@@ -160,7 +160,7 @@ PixelDecoderOutputs pixel_decoder(Builder& b, const ModelConfig& cfg, const std:
     const ValueId q = b.add(x, pos, l + ".attentions.1.query_pos");
     x = mmcv_attention(b, l + ".attentions.1", x, q, text_key, text_feat, dh.num_heads);
     x = b.layernorm(x, l + ".norms.1", kLnEps);
-    x = name_output(b, b.layernorm(ffn(b, x, l + ".ffns.0"), l + ".norms.2", kLnEps), l);
+    x = name_output(b, b.layernorm(ffn(b, x, l + ".ffns.0", dh.encoder_ffn), l + ".norms.2", kLnEps), l);
   }
   // The encoder returns post_norm of every layer's output; only the last one is used.
   const ValueId memory = name_output(b, b.layernorm(x, p + ".encoder.post_norm", kLnEps), p + ".encoder");
@@ -261,7 +261,7 @@ HeadOutputs build_decode_head(Builder& b, const ModelConfig& cfg, const std::arr
     const ValueId qk = b.add(x, query_pos, l + ".attentions.1.query_pos");
     x = mmcv_attention(b, l + ".attentions.1", x, qk, qk, x, dh.num_heads);
     x = b.layernorm(x, l + ".norms.1", kLnEps);
-    x = name_output(b, b.layernorm(ffn(b, x, l + ".ffns.0"), l + ".norms.2", kLnEps), l);
+    x = name_output(b, b.layernorm(ffn(b, x, l + ".ffns.0", dh.decoder_ffn), l + ".norms.2", kLnEps), l);
     const bool last = j + 1 == dh.decoder_layers;
     pred = predict(b, j + 1, classes, x, mask_feature, mask_size, last ? nullptr : &pd.levels[size_t((j + 1) % nl)]);
   }

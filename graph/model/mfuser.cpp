@@ -6,7 +6,9 @@
 namespace mfuser::model {
 
 MfuserModel::MfuserModel(const std::string& weights_path, ModelConfig config)
-    : weights_(weights_path), config_(std::move(config)) {
+    : MfuserModel(WeightStore(weights_path), std::move(config)) {}
+
+MfuserModel::MfuserModel(WeightStore weights, ModelConfig config) : weights_(std::move(weights)), config_(std::move(config)) {
   Graph text_graph;
   Builder tb(text_graph, weights_);
   const ValueId ids = text_graph.constant(

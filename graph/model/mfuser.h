@@ -18,6 +18,7 @@ namespace mfuser::model {
 class MfuserModel {
  public:
   MfuserModel(const std::string& weights_path, ModelConfig config);
+  MfuserModel(WeightStore weights, ModelConfig config);  // e.g. WeightStore::synthesize(seed)
 
   // Graph with input "image" [batch, 3, height, width] (CLIP-normalized) and output "logits"
   // [batch, num_classes, height, width]: the crop logits of the official encode_decode.
@@ -25,6 +26,7 @@ class MfuserModel {
 
   const ModelConfig& config() const { return config_; }
   const Tensor& text_features() const { return text_features_; }  // [1, num_classes, embed_dim]
+  const WeightStore& weights() const { return weights_; }
 
  private:
   std::unique_ptr<graph::Graph> build_with(int64_t batch, int64_t height, int64_t width, const Tensor& text_features);

@@ -18,6 +18,9 @@ namespace mfuser::model {
 class WeightStore {
  public:
   explicit WeightStore(const std::string& path);
+  // No file: every tensor asked for is made up (seeded, see synthesize_tensor in weights.cpp) and kept, so
+  // `synthesized()` can be written out as a complete checkpoint of the architecture (`mfuser init`).
+  static WeightStore synthesize(uint64_t seed);
 
   // The tensor `name` as a host f32 tensor (converted from bf16/f16/f64 if stored so) of shape `expected`.
   // On a problem, records it and returns a zero tensor of the expected shape so building can go on.
@@ -26,17 +29,27 @@ class WeightStore {
   Tensor get_raw(const std::string& name, DType expected_dtype, const Shape& expected);
   // The stored shape (for sizes read from the checkpoint), or nullopt (recorded as missing).
   std::optional<std::vector<int64_t>> shape_of(const std::string& name);
-  bool contains(const std::string& name) const { return reader_.contains(name); }
+  bool contains(const std::string& name) const;
 
-  // Marks tensors the runtime deliberately does not use (e.g. training-only buffers).
-  void ignore(const std::string& name);
+  // Marks tensors the runtime deliberately does not use (e.g. training-only buffers); synthesized weights
+  // still get them, so a made-up checkpoint is a complete state dict.
+  void ignore(const std::string& name, const Shape& shape, DType dtype = DType::f32);
+  bool synthesizing() const { return !reader_; }
   // Throws one Error listing every problem, naming the file and each tensor; no-op when all is well.
   void finish() const;
 
-  const std::string& path() const { return reader_.path(); }
+  const std::string& path() const { return path_; }
+  // The made-up tensors, in the order they were asked for (synthesize mode only).
+  const std::vector<std::pair<std::string, Tensor>>& synthesized() const { return synthesized_; }
 
  private:
-  SafetensorsReader reader_;
+  WeightStore() = default;
+  Tensor make_up(const std::string& name, DType dtype, const Shape& shape);
+
+  std::string path_;
+  std::optional<SafetensorsReader> reader_;  // empty in synthesize mode
+  uint64_t seed_ = 0;
+  std::vector<std::pair<std::string, Tensor>> synthesized_;
   std::set<std::string> used_;
   std::vector<std::string> problems_;
 };

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/common/checks.h"
+#include "runtime/parallel.h"
 
 namespace mfuser::kernels {
 
@@ -84,23 +85,26 @@ void cpu::attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o
   const float* ks = k.data<float>();
   const float* vs = v.data<float>();
   float* os = out.data<float>();
-  // Tiles run one after the other and each GEMM is threaded by OpenBLAS. Calling OpenBLAS (pthreads) from
-  // several OpenMP threads, or alternating it with OpenMP regions, oversubscribes the cores (10-20x slower on
-  // 2 cores, measured), so the softmax, O(D) times cheaper than the GEMMs, stays on this thread.
-  std::vector<float> scores(size_t(std::min(kQueryTile, lq) * lk));
-  for (int64_t task = 0; task < q.dim(0) * heads * tiles; ++task) {
-    const int64_t bh = task / tiles, b = bh / heads, h = bh % heads;
-    const int64_t q0 = (task % tiles) * kQueryTile, rows = std::min(kQueryTile, lq - q0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(lk), int(d), alpha, qs + (bh * lq + q0) * d,
-                int(d), ks + bh * lk * d, int(d), 0.f, scores.data(), int(lk));
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t i = q0 + r;
-      masked_softmax(scores.data() + r * lk, lk, causal ? i : lk, mask_row<bool>(bool_mask, b, h, i),
-                     mask_row<float>(float_mask, b, h, i));
+  // Tiles are independent: each thread takes whole tiles (GEMM, masked softmax, GEMM) with single-threaded
+  // BLAS, so the softmax runs in parallel too and no BLAS pool is nested inside OpenMP (that oversubscribes
+  // the cores: 10-20x slower on 2 cores, measured).
+  SerialBlasScope serial_blas;
+  parallel_for(q.dim(0) * heads * tiles, 2, [&](int64_t first, int64_t last) {
+    std::vector<float> scores(size_t(std::min(kQueryTile, lq) * lk));
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t bh = task / tiles, b = bh / heads, h = bh % heads;
+      const int64_t q0 = (task % tiles) * kQueryTile, rows = std::min(kQueryTile, lq - q0);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(lk), int(d), alpha,
+                  qs + (bh * lq + q0) * d, int(d), ks + bh * lk * d, int(d), 0.f, scores.data(), int(lk));
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t i = q0 + r;
+        masked_softmax(scores.data() + r * lk, lk, causal ? i : lk, mask_row<bool>(bool_mask, b, h, i),
+                       mask_row<float>(float_mask, b, h, i));
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(d), int(lk), 1.f, scores.data(),
+                  int(lk), vs + bh * lk * d, int(d), 0.f, os + (bh * lq + q0) * d, int(d));
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(d), int(lk), 1.f, scores.data(), int(lk),
-                vs + bh * lk * d, int(d), 0.f, os + (bh * lq + q0) * d, int(d));
-  }
+  });
 }
 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal, const Tensor& bool_mask,

@@ -1,6 +1,7 @@
 // The whole MFuser-CLIP forward on the CPU reference backend against the PyTorch oracle (tiny config, fresh
 // random weights and images each run): every module the oracle records that our graph also names, then the
 // crop logits and their argmax.
+#include "graph/executor.h"
 #include "graph/model/mfuser.h"
 #include "tests/model/parity.h"
 
@@ -42,6 +43,28 @@ TEST(MfuserParity, BrokenCheckpointListsEveryProblem) {
                                "unexpected tensor 'backbone.extra.weight'"})
       EXPECT_NE(msg.find(needle), std::string::npos) << "missing '" << needle << "' in:\n" << msg;
   }
+}
+
+// `mfuser init`'s made-up weights form exactly the oracle's state dict (names, shapes, dtypes) and run.
+TEST(MfuserParity, SynthesizedWeightsAreACompleteCheckpoint) {
+  const test::GoldenModel g = test::load_golden_model("tiny");
+  model::MfuserModel model(model::WeightStore::synthesize(7), g.config);
+  const auto& made = model.weights().synthesized();
+  SafetensorsReader official(g.weights_path());
+  EXPECT_EQ(made.size(), official.entries().size());
+  for (const auto& [name, t] : made) {
+    const SafetensorsEntry* e = official.find(name);
+    ASSERT_NE(e, nullptr) << "made up a tensor the oracle does not have: " << name;
+    EXPECT_EQ(std::string(dtype_name(t.dtype())), e->dtype) << name;
+    EXPECT_EQ(t.shape(), Shape(std::span(e->shape))) << name;
+  }
+  auto graph = model.build(1, g.config.image_size, g.config.image_size);
+  graph::Executor executor(*graph, Device::cpu());
+  Tensor image = Tensor::empty({1, 3, g.config.image_size, g.config.image_size}, DType::f32);
+  test::fill_uniform(image, -2.f, 2.f);
+  executor.set_input("image", image);
+  executor.run();
+  EXPECT_EQ(test::compare(executor.get("logits"), executor.get("logits")).nonfinite, 0);
 }
 
 }  // namespace
