@@ -5,12 +5,14 @@
 #include <vector>
 
 #include "apps/commands.h"
+#include "apps/progress.h"
 #include "loaders/safetensors.h"
 #include "runtime/cuda.h"
 
 namespace {
 
 using namespace mfuser;
+using apps::human_bytes;
 
 constexpr const char* kUsage =
     "usage: mfuser <command> [args]\n"
@@ -25,18 +27,6 @@ constexpr const char* kUsage =
     "                             mIoU on cityscapes|bdd|mapillary|gta in its standard layout (eval --help)\n"
     "  init --config C --out DIR  write a checkpoint of untrained random weights for the architecture\n"
     "  help                       this text\n";
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
-  return buf;
-}
 
 int inspect(const std::vector<std::string>& args) {
   if (args.size() != 1) {

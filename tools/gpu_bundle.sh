@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(nlohmann-json3-dev libgtest-dev googletest libopenblas-dev libopenblas-pthread-dev libopenblas0-pthread
-          libpng-dev libpng16-16 zlib1g-dev libgfortran5)
+          libpng-dev libpng16-16 zlib1g-dev libgfortran5 libjpeg62-turbo-dev libjpeg62-turbo)
 rm -rf .gpu-deps && mkdir -p .gpu-deps/debs .gpu-deps/root
 (cd .gpu-deps/debs && apt-get download "${packages[@]}")
 for deb in .gpu-deps/debs/*.deb; do dpkg -x "$deb" .gpu-deps/root; done
@@ -14,5 +14,8 @@ lib=.gpu-deps/root/usr/lib/x86_64-linux-gnu
 ln -sf openblas-pthread/libopenblas.so.0 "$lib/libopenblas.so.0"
 ln -sf openblas-pthread/libopenblas.so "$lib/libopenblas.so"
 ln -sf openblas-pthread/cblas.h .gpu-deps/root/usr/include/x86_64-linux-gnu/cblas.h 2>/dev/null || true
-rm -rf .gpu-deps/debs .gpu-deps/root/usr/share/doc .gpu-deps/root/usr/share/man
+# OpenBLAS static archive, LAPACK and sources are not needed to link the shared build: the carry limit is 64 MiB.
+rm -rf .gpu-deps/debs .gpu-deps/root/usr/share/doc .gpu-deps/root/usr/share/man .gpu-deps/root/usr/src
+rm -f "$lib"/openblas-pthread/*.a
+rm -f "$lib"/openblas-pthread/liblapack*
 du -sh .gpu-deps
