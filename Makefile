@@ -16,7 +16,7 @@ CMAKE_ARGS ?=
 
 # Debian 12 packages the build and the tests need (python3-torch is the tests' oracle, never a runtime dep).
 DEB_PACKAGES := cmake g++ make pkg-config nlohmann-json3-dev libgtest-dev libpng-dev zlib1g-dev \
-                libjpeg62-turbo-dev libopenblas-dev python3-torch python3-numpy python3-opencv
+                libjpeg62-turbo-dev libopenblas-openmp-dev python3-torch python3-numpy python3-opencv
 
 .PHONY: all deps configure build test demo gpu-check clean
 

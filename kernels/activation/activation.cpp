@@ -36,6 +36,38 @@ void map(const Tensor& x, Tensor& out, Fn fn) {
   });
 }
 
+// The backward in f64: the same cancellation-free sigmoid; derivatives are products of O(1) factors, so f64
+// evaluation then one rounding to f32 is within an ulp of PyTorch's f64 autograd.
+double sigmoid64(double x) {
+  if (x >= 0.0) return 1.0 / (1.0 + std::exp(-x));
+  const double e = std::exp(x);
+  return e / (1.0 + e);
+}
+
+// d/dx of x * sigmoid(a x): s + a x s (1 - s).
+double x_sigmoid_derivative(double x, double a) {
+  const double s = sigmoid64(a * x);
+  return s + a * x * s * (1.0 - s);
+}
+
+double derivative(double x, Activation kind) {
+  switch (kind) {
+    case Activation::gelu: {
+      constexpr double kInvSqrt2Pi = 0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2;
+      return 0.5 * std::erfc(-x / std::numbers::sqrt2) + x * kInvSqrt2Pi * std::exp(-0.5 * x * x);
+    }
+    case Activation::quick_gelu: return x_sigmoid_derivative(x, kQuickGeluScale);
+    case Activation::silu: return x_sigmoid_derivative(x, 1.0);
+    case Activation::relu: return 1.0;  // the x <= 0 case is handled by the caller (NaN must pass)
+    case Activation::sigmoid: {
+      const double s = sigmoid64(x);
+      return s * (1.0 - s);
+    }
+    case Activation::softplus: return x > kSoftplusThreshold ? 1.0 : sigmoid64(x);
+  }
+  return 0.0;
+}
+
 }  // namespace
 
 std::string_view activation_name(Activation kind) {
@@ -64,6 +96,31 @@ void cpu::activation(const Tensor& x, Tensor& out, Activation kind) {
       map(x, out, [](float v) { return v > kSoftplusThreshold ? v : std::log1p(std::exp(v)); });
       break;
   }
+}
+
+void cpu::activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind) {
+  detail::check_same_f32("activation_backward", x, grad_in);
+  detail::check_same_f32("activation_backward", grad_out, grad_in);
+  detail::check_host("activation_backward", x);
+  const float* px = x.data<float>();
+  const float* pg = grad_out.data<float>();
+  float* po = grad_in.data<float>();
+  parallel_for(x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      // relu: PyTorch zeroes where the output is <= 0, so a NaN input passes the gradient through.
+      if (kind == Activation::relu && px[i] <= 0.f)
+        po[i] = 0.f;
+      else
+        po[i] = float(double(pg[i]) * derivative(px[i], kind));
+    }
+  });
+}
+
+void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind) {
+  detail::check_same_f32("activation_backward", x, grad_in);
+  detail::check_same_f32("activation_backward", grad_out, grad_in);
+  MFUSER_CHECK(!x.device().is_cuda(), "activation_backward: no CUDA kernel yet");
+  cpu::activation_backward(x, grad_out, grad_in, kind);
 }
 
 void activation(const Tensor& x, Tensor& out, Activation kind) {

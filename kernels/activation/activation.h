@@ -10,6 +10,14 @@
 // The reference evaluates each in f32 in a form without cancellation (gelu through erfc, sigmoid through
 // exp of a non-positive argument), so it tracks PyTorch's f64 results to about an ulp; infinities and NaN
 // give what PyTorch gives (e.g. gelu(-inf) and silu(-inf) are NaN, softplus(-inf) is 0).
+//
+// activation_backward(x, grad_out, grad_in, kind): grad_in = grad_out * f'(x), from the forward's INPUT x
+// (saved; relu and sigmoid could use the output instead, but one contract for all keeps callers simple).
+// grad_in is OVERWRITTEN; it may be grad_out itself (in place), or x. Derivatives as PyTorch's autograd:
+//   gelu        Phi(x) + x phi(x)                 quick_gelu  s + 1.702 x s (1 - s), s = sigmoid(1.702 x)
+//   silu        s + x s (1 - s), s = sigmoid(x)   relu        0 where x <= 0, else 1 (NaN x passes grad_out)
+//   sigmoid     s (1 - s)                         softplus    sigmoid(x), and 1 for x > 20 (the threshold)
+// evaluated in f64 and rounded once, so the result tracks PyTorch's f64 autograd to about an ulp.
 #pragma once
 
 #include <string_view>
@@ -23,9 +31,11 @@ enum class Activation { gelu, quick_gelu, silu, relu, sigmoid, softplus };
 std::string_view activation_name(Activation kind);
 
 void activation(const Tensor& x, Tensor& out, Activation kind);
+void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind);
 
 namespace cpu {
 void activation(const Tensor& x, Tensor& out, Activation kind);
-}
+void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind);
+}  // namespace cpu
 
 }  // namespace mfuser::kernels

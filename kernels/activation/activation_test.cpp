@@ -6,6 +6,8 @@
 #include <cstdio>
 
 #include "loaders/safetensors.h"
+#include "tests/common/counter_random.h"
+#include "tests/common/row_blocks.h"
 #include "tests/common/test_util.h"
 
 namespace mfuser {
@@ -82,6 +84,77 @@ TEST_F(ActivationTest, InPlace) {
   Tensor x = golden_->view("tiny.x").to(Device::cpu());
   kernels::activation(x, x, Activation::silu);
   EXPECT_LE(test::compare(x, golden_->view("tiny.silu")).max_abs, 1e-5);
+}
+
+// Backward: grad_in = grad_out * f'(x) into a poisoned output.
+Tensor run_backward(const Tensor& x, const Tensor& grad_out, Activation kind) {
+  Tensor grad_in = Tensor::empty(x.shape(), DType::f32);
+  test::poison(grad_in);
+  kernels::cpu::activation_backward(x, grad_out, grad_in, kind);
+  return grad_in;
+}
+
+TEST_F(ActivationTest, BackwardTinyMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor x = golden_->view("tiny.x"), grad_out = golden_->view("tiny.grad_out");
+  for (Activation kind : kAll) {
+    const std::string name(kernels::activation_name(kind));
+    SCOPED_TRACE(name);
+    const test::ErrorStats e = test::compare(run_backward(x, grad_out, kind), golden_->view("tiny.grad_" + name));
+    std::printf("tiny grad %s: %s\n", name.c_str(), test::describe(e).c_str());
+    EXPECT_EQ(e.nonfinite, 0);
+    EXPECT_LE(e.rel_l2, 1e-6);
+    EXPECT_LE(e.max_abs, 1e-6);  // |grad_out| < 5 times |f'| < 1.2: an ulp or two
+  }
+}
+
+// Upstream gradient 1 on the edge values: f'(x) element by element, NaN and infinities as in PyTorch.
+TEST_F(ActivationTest, BackwardEdgeValuesMatchPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor x = golden_->view("edge.x");
+  for (Activation kind : kAll) {
+    const std::string name(kernels::activation_name(kind));
+    const Tensor out = run_backward(x, golden_->view("edge.grad_out"), kind), ref = golden_->view("edge.grad_" + name);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const float o = out.data<float>()[i], r = ref.data<float>()[i];
+      SCOPED_TRACE(str_cat(name, "'(", x.data<float>()[i], ") = ", o, ", PyTorch ", r));
+      if (std::isnan(r))
+        EXPECT_TRUE(std::isnan(o));
+      else
+        EXPECT_LE(std::fabs(double(o) - r), 1e-6 * std::max(1.0, std::fabs(double(r))));
+    }
+  }
+}
+
+TEST_F(ActivationTest, BackwardGeluRealShapeMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor x = golden_->load("real.x", DType::f32);
+  const Tensor grad_in = run_backward(x, test::counter_uniform(x.shape(), 1), Activation::gelu);
+  const test::RowBlockErrors e = test::compare_row_blocks(grad_in, *golden_, "real.grad_gelu");
+  EXPECT_EQ(e.nonfinite, 0);
+  for (const auto& b : e.blocks) {
+    std::printf("real grad gelu rows [%lld, %lld): %s\n", static_cast<long long>(b.begin),
+                static_cast<long long>(b.end), test::describe(b.error).c_str());
+    EXPECT_LE(b.error.rel_l2, 1e-6);
+    EXPECT_LE(b.error.max_abs, 1e-6);  // |grad_out| < 1, |gelu'| < 1.13
+  }
+}
+
+TEST_F(ActivationTest, BackwardInPlaceOverGradOut) {
+  SCOPED_TRACE(seed_trace_);
+  Tensor g = golden_->view("tiny.grad_out").to(Device::cpu());
+  kernels::activation_backward(golden_->view("tiny.x"), g, g, Activation::softplus);
+  EXPECT_LE(test::compare(g, golden_->view("tiny.grad_softplus")).max_abs, 1e-6);
+}
+
+TEST_F(ActivationTest, BackwardRejectsBadArguments) {
+  const Tensor x = Tensor::zeros({4, 5}, DType::f32), g = Tensor::zeros({4, 5}, DType::f32);
+  Tensor grad_in = Tensor::empty({4, 5}, DType::f32);
+  kernels::activation_backward(x, g, grad_in, Activation::gelu);  // the valid baseline
+  EXPECT_THROW(kernels::activation_backward(Tensor::zeros({5, 4}, DType::f32), g, grad_in, Activation::gelu), Error);
+  EXPECT_THROW(kernels::activation_backward(x, Tensor::zeros({20}, DType::f32), grad_in, Activation::gelu), Error);
+  Tensor wrong_dtype = Tensor::empty({4, 5}, DType::f16);
+  EXPECT_THROW(kernels::activation_backward(x, g, wrong_dtype, Activation::relu), Error);
 }
 
 TEST_F(ActivationTest, RejectsBadArguments) {

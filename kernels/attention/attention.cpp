@@ -1,5 +1,5 @@
 // CPU reference of attention (query-tiled: scores = Q_tile K^T by cblas, masked softmax, Q_tile's output =
-// P V by cblas), and the device dispatch.
+// P V by cblas) and of its backward (the same tiles, probabilities recomputed), and the device dispatch.
 #include "kernels/attention/attention.h"
 
 #include <cblas.h>
@@ -44,6 +44,26 @@ void check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   check_mask("float_mask", float_mask, DType::f32, q, k.dim(2));
   MFUSER_CHECK(!scale || std::isfinite(*scale), "attention: scale must be finite, got ", scale.value_or(0));
   check_same_device("attention", {&q, &k, &v, &out, &bool_mask, &float_mask});
+}
+
+void check_backward_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& grad_out,
+                         const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v, const Tensor& bool_mask,
+                         const Tensor& float_mask, std::optional<float> scale) {
+  constexpr const char* op = "attention_backward";
+  check_f32(op, "grad_out", grad_out);
+  check_f32(op, "grad_q", grad_q);
+  check_f32(op, "grad_k", grad_k);
+  check_f32(op, "grad_v", grad_v);
+  // The forward's checks cover q, k, v, the masks and the scale; grad_out stands in for `out` there.
+  check_args(q, k, v, grad_out, bool_mask, float_mask, scale);
+  if (out.defined()) {
+    check_f32(op, "out", out);
+    check_shape(op, "out", out, q.shape());
+  }
+  check_shape(op, "grad_q", grad_q, q.shape());
+  check_shape(op, "grad_k", grad_k, k.shape());
+  check_shape(op, "grad_v", grad_v, k.shape());
+  check_same_device(op, {&q, &out, &grad_out, &grad_q, &grad_k, &grad_v});
 }
 
 // Row (b, h, i) of a [B or 1, H or 1, Lq, Lk] mask.
@@ -105,6 +125,78 @@ void cpu::attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& o
                   int(lk), vs + bh * lk * d, int(d), 0.f, os + (bh * lq + q0) * d, int(d));
     }
   });
+}
+
+// Per query tile, with P recomputed:  dV += P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
+// dQ = scale dS K,  dK += scale dS^T Q.  rowsum(P * dP) = rowsum(dO * O) when the forward's output is given.
+void cpu::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                             const Tensor& grad_out, Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal,
+                             const Tensor& bool_mask, const Tensor& float_mask, std::optional<float> scale) {
+  check_backward_args(q, k, v, out, grad_out, grad_q, grad_k, grad_v, bool_mask, float_mask, scale);
+  check_host("attention_backward", q);
+  const int64_t heads = q.dim(1), lq = q.dim(2), lk = k.dim(2), d = q.dim(3);
+  const float alpha = scale.value_or(float(1.0 / std::sqrt(double(d))));
+  const float* qs = q.data<float>();
+  const float* ks = k.data<float>();
+  const float* vs = v.data<float>();
+  const float* os = out.defined() ? out.data<float>() : nullptr;
+  const float* dos = grad_out.data<float>();
+  float* dqs = grad_q.data<float>();
+  float* dks = grad_k.data<float>();
+  float* dvs = grad_v.data<float>();
+  SerialBlasScope serial_blas;  // as in the forward: single-threaded BLAS inside the parallel tasks
+  parallel_for(q.dim(0) * heads, 1, [&](int64_t first, int64_t last) {
+    const size_t tile_scores = size_t(std::min(kQueryTile, lq) * lk);
+    std::vector<float> p(tile_scores), ds(tile_scores);
+    for (int64_t bh = first; bh < last; ++bh) {
+      const int64_t b = bh / heads, h = bh % heads;
+      const float* kh = ks + bh * lk * d;
+      const float* vh = vs + bh * lk * d;
+      float* dk = dks + bh * lk * d;
+      float* dv = dvs + bh * lk * d;
+      std::fill(dk, dk + lk * d, 0.f);
+      std::fill(dv, dv + lk * d, 0.f);
+      for (int64_t q0 = 0; q0 < lq; q0 += kQueryTile) {
+        const int64_t rows = std::min(kQueryTile, lq - q0), row0 = bh * lq + q0;
+        const float* q_tile = qs + row0 * d;
+        const float* do_tile = dos + row0 * d;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(lk), int(d), alpha, q_tile, int(d), kh,
+                    int(d), 0.f, p.data(), int(lk));
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = q0 + r;
+          masked_softmax(p.data() + r * lk, lk, causal ? i : lk, mask_row<bool>(bool_mask, b, h, i),
+                         mask_row<float>(float_mask, b, h, i));
+        }
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(lk), int(d), int(rows), 1.f, p.data(), int(lk),
+                    do_tile, int(d), 1.f, dv, int(d));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(lk), int(d), 1.f, do_tile, int(d), vh,
+                    int(d), 0.f, ds.data(), int(lk));
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* pr = p.data() + r * lk;
+          float* dsr = ds.data() + r * lk;
+          double delta = 0;
+          if (os) {
+            for (int64_t c = 0; c < d; ++c) delta += double(do_tile[r * d + c]) * os[(row0 + r) * d + c];
+          } else {
+            for (int64_t j = 0; j < lk; ++j) delta += double(pr[j]) * dsr[j];
+          }
+          for (int64_t j = 0; j < lk; ++j) dsr[j] = pr[j] * float(dsr[j] - delta);
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(d), int(lk), alpha, ds.data(), int(lk),
+                    kh, int(d), 0.f, dqs + row0 * d, int(d));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(lk), int(d), int(rows), alpha, ds.data(), int(lk),
+                    q_tile, int(d), 1.f, dk, int(d));
+      }
+    }
+  });
+}
+
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& grad_out,
+                        Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal, const Tensor& bool_mask,
+                        const Tensor& float_mask, std::optional<float> scale) {
+  check_backward_args(q, k, v, out, grad_out, grad_q, grad_k, grad_v, bool_mask, float_mask, scale);
+  if (q.device().is_cuda()) no_cuda_kernel_yet("attention_backward");
+  cpu::attention_backward(q, k, v, out, grad_out, grad_q, grad_k, grad_v, causal, bool_mask, float_mask, scale);
 }
 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal, const Tensor& bool_mask,

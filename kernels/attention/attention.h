@@ -14,6 +14,19 @@
 //   A query row whose keys are all masked has no softmax: its output is NaN, as in PyTorch. (Mask2Former
 //   unmasks such rows before calling.)
 // The CPU reference never holds more than one tile of 64 queries x Lk scores.
+//
+// attention_backward: gradients given grad_out (f32 [B, H, Lq, D]) for the same q, k, v, causal, masks and
+// scale as the forward. Nothing but `out` may be saved: the probabilities are recomputed per query tile
+// (flash-style; at most two 64 x Lk buffers per thread, never an Lq x Lk matrix per head). `out` (the
+// forward's output) is optional: with it, each row's softmax correction is rowsum(grad_out * out) (D terms);
+// undefined, it is rowsum(P * dP) over the Lk keys instead (same value, no saved output needed). Outputs:
+//   grad_q f32 [B, H, Lq, D], grad_k and grad_v f32 [B, H, Lk, D], all required and OVERWRITTEN (never
+//   accumulated into).
+// The masks are constants: float_mask gets no gradient (the model passes none; its boolean masks come from
+// thresholded predictions). Masked keys get zero gradient through their probability; an all-masked query row
+// has NaN probabilities and makes its grad_q row and every grad_k / grad_v row NaN, as PyTorch does. The
+// CPU kernel runs one (batch, head) per task with its query tiles in order, so grad_k / grad_v are summed in a
+// fixed order (deterministic) without per-tile partial buffers.
 #pragma once
 
 #include <optional>
@@ -25,11 +38,19 @@ namespace mfuser::kernels {
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal = false,
                const Tensor& bool_mask = {}, const Tensor& float_mask = {},
                std::optional<float> scale = std::nullopt);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& grad_out,
+                        Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal = false,
+                        const Tensor& bool_mask = {}, const Tensor& float_mask = {},
+                        std::optional<float> scale = std::nullopt);
 
 namespace cpu {
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal = false,
                const Tensor& bool_mask = {}, const Tensor& float_mask = {},
                std::optional<float> scale = std::nullopt);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& grad_out,
+                        Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal = false,
+                        const Tensor& bool_mask = {}, const Tensor& float_mask = {},
+                        std::optional<float> scale = std::nullopt);
 }
 
 }  // namespace mfuser::kernels

@@ -1,7 +1,9 @@
-// CPU reference of batchnorm (inference), and the device dispatch.
+// CPU reference of batchnorm (inference and training, with their backwards), and the device dispatch.
 #include "kernels/batchnorm/batchnorm.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/common/checks.h"
 #include "runtime/parallel.h"
@@ -29,6 +31,127 @@ void check_args(const Tensor& x, const Tensor& running_mean, const Tensor& runni
   check_same_device("batchnorm", {&x, &running_mean, &running_var, &weight, &bias, &out});
 }
 
+// Optional [C] f32 arguments: each either undefined or of shape [C].
+void check_optional_channels(const char* op, const char* arg, const Tensor& t, int64_t c) {
+  if (!t.defined()) return;
+  check_f32(op, arg, t);
+  check_shape(op, arg, t, {c});
+}
+
+// The shared part of the backward checks: x, weight, grad_out, grad_x, the optional parameter gradients.
+void check_backward_common(const char* op, const Tensor& x, const Tensor& weight, const Tensor& grad_out,
+                           const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias, float eps) {
+  check_f32(op, "x", x);
+  check_f32(op, "weight", weight);
+  check_f32(op, "grad_out", grad_out);
+  check_f32(op, "grad_x", grad_x);
+  MFUSER_CHECK(x.ndim() >= 2, op, ": x must be [N, C, *spatial], got ", x.str());
+  const int64_t c = x.dim(1);
+  check_shape(op, "weight", weight, {c});
+  check_shape(op, "grad_out", grad_out, x.shape());
+  check_shape(op, "grad_x", grad_x, x.shape());
+  check_optional_channels(op, "grad_weight", grad_weight, c);
+  check_optional_channels(op, "grad_bias", grad_bias, c);
+  MFUSER_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  check_same_device(op, {&x, &weight, &grad_out, &grad_x, &grad_weight, &grad_bias});
+}
+
+// Both saved statistics or neither.
+void check_stat_pair(const char* op, const char* first, const Tensor& a, const char* second, const Tensor& b,
+                     const Tensor& x) {
+  MFUSER_CHECK(a.defined() == b.defined(), op, ": pass both ", first, " and ", second, " or neither");
+  check_optional_channels(op, first, a, x.dim(1));
+  check_optional_channels(op, second, b, x.dim(1));
+  check_same_device(op, {&x, &a, &b});
+}
+
+void check_train_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                      const Tensor& running_var, const Tensor& out, const Tensor& save_mean, const Tensor& save_rstd,
+                      float momentum, float eps) {
+  constexpr const char* op = "batchnorm_train";
+  check_f32(op, "x", x);
+  check_f32(op, "weight", weight);
+  check_f32(op, "bias", bias);
+  check_f32(op, "out", out);
+  check_f32(op, "save_mean", save_mean);
+  check_f32(op, "save_rstd", save_rstd);
+  MFUSER_CHECK(x.ndim() >= 2, op, ": x must be [N, C, *spatial], got ", x.str());
+  const int64_t c = x.dim(1);
+  MFUSER_CHECK(x.numel() / std::max<int64_t>(c, 1) >= 2, op, ": needs more than one value per channel, got ",
+               x.str());
+  check_shape(op, "weight", weight, {c});
+  check_shape(op, "bias", bias, {c});
+  check_shape(op, "out", out, x.shape());
+  check_shape(op, "save_mean", save_mean, {c});
+  check_shape(op, "save_rstd", save_rstd, {c});
+  check_stat_pair(op, "running_mean", running_mean, "running_var", running_var, x);
+  MFUSER_CHECK(momentum >= 0 && momentum <= 1, op, ": momentum must be in [0, 1], got ", momentum);
+  MFUSER_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+  check_same_device(op, {&x, &weight, &bias, &out, &save_mean, &save_rstd});
+}
+
+void check_train_backward_args(const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                               const Tensor& save_rstd, const Tensor& grad_out, const Tensor& grad_x,
+                               const Tensor& grad_weight, const Tensor& grad_bias, float eps) {
+  constexpr const char* op = "batchnorm_train_backward";
+  check_backward_common(op, x, weight, grad_out, grad_x, grad_weight, grad_bias, eps);
+  check_stat_pair(op, "save_mean", save_mean, "save_rstd", save_rstd, x);
+}
+
+// Element (n, c, i) of an [N, C, spatial] tensor lives at plane(n, c) + i.
+struct Planes {
+  int64_t images, channels, spatial;
+  explicit Planes(const Tensor& x)
+      : images(x.dim(0)), channels(x.dim(1)), spatial(x.numel() == 0 ? 0 : x.numel() / (x.dim(0) * x.dim(1))) {}
+  int64_t plane(int64_t n, int64_t c) const { return (n * channels + c) * spatial; }
+  int64_t count() const { return images * spatial; }  // values per channel
+};
+
+// Batch mean and biased variance of channel c, two passes in double (as kernels/common/moments.h).
+void channel_stats(const float* x, const Planes& p, int64_t c, double& mean, double& var) {
+  double sum = 0;
+  for (int64_t n = 0; n < p.images; ++n)
+    for (int64_t i = 0; i < p.spatial; ++i) sum += x[p.plane(n, c) + i];
+  mean = sum / double(p.count());
+  double sq = 0;
+  for (int64_t n = 0; n < p.images; ++n)
+    for (int64_t i = 0; i < p.spatial; ++i) sq += (x[p.plane(n, c) + i] - mean) * (x[p.plane(n, c) + i] - mean);
+  var = sq / double(p.count());
+}
+
+// The backwards share this: for channel c, with xhat = (x - mean) * rstd, writes
+// grad_x = grad_out * a + xhat * b + shift where (a, b, shift) come from `coefs(sum_dy, sum_dy_xhat)`, and
+// stores the two sums into the optional parameter gradients.
+template <class Coefs>
+void channel_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                      Tensor& grad_bias, const Coefs& coefs, const std::vector<double>& mean,
+                      const std::vector<double>& rstd) {
+  const Planes p(x);
+  const float* xs = x.data<float>();
+  const float* dy = grad_out.data<float>();
+  float* dx = grad_x.data<float>();
+  float* gw = grad_weight.defined() ? grad_weight.data<float>() : nullptr;
+  float* gb = grad_bias.defined() ? grad_bias.data<float>() : nullptr;
+  parallel_for(p.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const double m = mean[size_t(c)], r = rstd[size_t(c)];
+      double sum_dy = 0, sum_dy_xhat = 0;
+      for (int64_t n = 0; n < p.images; ++n)
+        for (int64_t i = p.plane(n, c); i < p.plane(n, c) + p.spatial; ++i) {
+          sum_dy += dy[i];
+          sum_dy_xhat += dy[i] * ((xs[i] - m) * r);
+        }
+      double a, b, shift;
+      coefs(c, sum_dy, sum_dy_xhat, a, b, shift);
+      for (int64_t n = 0; n < p.images; ++n)
+        for (int64_t i = p.plane(n, c); i < p.plane(n, c) + p.spatial; ++i)
+          dx[i] = float(dy[i] * a + (xs[i] - m) * r * b + shift);
+      if (gw) gw[c] = float(sum_dy_xhat);
+      if (gb) gb[c] = float(sum_dy);
+    }
+  });
+}
+
 }  // namespace
 
 void cpu::batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
@@ -53,6 +176,118 @@ void cpu::batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& r
       for (int64_t i = 0; i < spatial; ++i) yp[i] = (xp[i] - m) * scale + shift;
     }
   });
+}
+
+void cpu::batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                             const Tensor& weight, const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                             Tensor& grad_bias, float eps) {
+  check_args(x, running_mean, running_var, weight, weight, grad_x, eps);  // weight stands in for bias
+  check_backward_common("batchnorm_backward", x, weight, grad_out, grad_x, grad_weight, grad_bias, eps);
+  check_host("batchnorm_backward", x);
+  const int64_t c = x.dim(1);
+  std::vector<double> mean(static_cast<size_t>(c)), rstd(static_cast<size_t>(c));
+  for (int64_t ch = 0; ch < c; ++ch) {
+    mean[size_t(ch)] = running_mean.data<float>()[ch];
+    rstd[size_t(ch)] = 1.0 / std::sqrt(double(running_var.data<float>()[ch]) + eps);
+  }
+  const float* w = weight.data<float>();
+  // Constant statistics: grad_x = grad_out * weight * rstd.
+  channel_backward(x, grad_out, grad_x, grad_weight, grad_bias,
+                   [&](int64_t ch, double, double, double& a, double& b, double& shift) {
+                     a = w[ch] * rstd[size_t(ch)];
+                     b = shift = 0;
+                   },
+                   mean, rstd);
+}
+
+void cpu::batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                          Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
+                          float eps) {
+  check_train_args(x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps);
+  check_host("batchnorm_train", x);
+  const Planes p(x);
+  const float* xs = x.data<float>();
+  const float* w = weight.data<float>();
+  const float* b = bias.data<float>();
+  float* y = out.data<float>();
+  float* rm = running_mean.defined() ? running_mean.data<float>() : nullptr;
+  float* rv = running_var.defined() ? running_var.data<float>() : nullptr;
+  float* sm = save_mean.data<float>();
+  float* sr = save_rstd.data<float>();
+  parallel_for(p.channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double mean, var;
+      channel_stats(xs, p, c, mean, var);
+      const double rstd = 1.0 / std::sqrt(var + eps);
+      for (int64_t n = 0; n < p.images; ++n)
+        for (int64_t i = p.plane(n, c); i < p.plane(n, c) + p.spatial; ++i)
+          y[i] = float((xs[i] - mean) * rstd) * w[c] + b[c];
+      sm[c] = float(mean);
+      sr[c] = float(rstd);
+      if (rm) {
+        rm[c] = float((1.0 - momentum) * rm[c] + momentum * mean);
+        rv[c] = float((1.0 - momentum) * rv[c] + momentum * var * double(p.count()) / double(p.count() - 1));
+      }
+    }
+  });
+}
+
+void cpu::batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                                   const Tensor& save_rstd, const Tensor& grad_out, Tensor& grad_x,
+                                   Tensor& grad_weight, Tensor& grad_bias, float eps) {
+  check_train_backward_args(x, weight, save_mean, save_rstd, grad_out, grad_x, grad_weight, grad_bias, eps);
+  check_host("batchnorm_train_backward", x);
+  const Planes p(x);
+  std::vector<double> mean(static_cast<size_t>(p.channels)), rstd(static_cast<size_t>(p.channels));
+  if (save_mean.defined()) {
+    for (int64_t c = 0; c < p.channels; ++c) {
+      mean[size_t(c)] = save_mean.data<float>()[c];
+      rstd[size_t(c)] = save_rstd.data<float>()[c];
+    }
+  } else {
+    const float* xs = x.data<float>();
+    parallel_for(p.channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double var;
+        channel_stats(xs, p, c, mean[size_t(c)], var);
+        rstd[size_t(c)] = 1.0 / std::sqrt(var + eps);
+      }
+    });
+  }
+  const float* w = weight.data<float>();
+  const double count = double(p.count());
+  // Batch statistics: grad_x = weight * rstd * (grad_out - mean(grad_out) - xhat * mean(grad_out * xhat)).
+  channel_backward(x, grad_out, grad_x, grad_weight, grad_bias,
+                   [&](int64_t c, double sum_dy, double sum_dy_xhat, double& a, double& b, double& shift) {
+                     a = w[c] * rstd[size_t(c)];
+                     b = -a * sum_dy_xhat / count;
+                     shift = -a * sum_dy / count;
+                   },
+                   mean, rstd);
+}
+
+void batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps) {
+  check_args(x, running_mean, running_var, weight, weight, grad_x, eps);
+  check_backward_common("batchnorm_backward", x, weight, grad_out, grad_x, grad_weight, grad_bias, eps);
+  if (x.device().is_cuda()) no_cuda_kernel_yet("batchnorm_backward");
+  cpu::batchnorm_backward(x, running_mean, running_var, weight, grad_out, grad_x, grad_weight, grad_bias, eps);
+}
+
+void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                     Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
+                     float eps) {
+  check_train_args(x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps);
+  if (x.device().is_cuda()) no_cuda_kernel_yet("batchnorm_train");
+  cpu::batchnorm_train(x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps);
+}
+
+void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
+                              const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
+                              float eps) {
+  check_train_backward_args(x, weight, save_mean, save_rstd, grad_out, grad_x, grad_weight, grad_bias, eps);
+  if (x.device().is_cuda()) no_cuda_kernel_yet("batchnorm_train_backward");
+  cpu::batchnorm_train_backward(x, weight, save_mean, save_rstd, grad_out, grad_x, grad_weight, grad_bias, eps);
 }
 
 void batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,

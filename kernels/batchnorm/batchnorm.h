@@ -4,7 +4,30 @@
 // Contract: x and out are f32 [N, C, *spatial] of the same shape (NCHW for images; any number of trailing
 // dims, possibly none); running_mean, running_var, weight and bias are f32 [C]; all on one device.
 // out[n, c, ...] = (x[n, c, ...] - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c].
-// The statistics are never updated (training-mode batch statistics are a different op).
+// The statistics are never updated (training-mode batch statistics are batchnorm_train below).
+//
+// batchnorm_backward (of the inference op above): gradients given grad_out (f32, x's shape); the running
+// statistics are constants. With s = 1 / sqrt(running_var + eps):
+//   grad_x f32, x's shape, required: grad_out * weight * s
+//   grad_weight f32 [C], optional: sum over n and spatial of grad_out * (x - running_mean) * s
+//   grad_bias   f32 [C], optional: sum over n and spatial of grad_out
+//
+// batchnorm_train: training-mode forward, as F.batch_norm(x, running_mean, running_var, weight, bias,
+// training=True, momentum, eps). Per channel c over its M = N * spatial values (M >= 2): batch mean and biased
+// variance normalize x; save_mean[c] and save_rstd[c] = 1 / sqrt(var + eps) (f32 [C], outputs) keep them for
+// the backward. running_mean and running_var (f32 [C], both or neither; undefined = not tracked) are updated
+// in place as PyTorch does: r = (1 - momentum) * r + momentum * batch value, with the UNBIASED variance
+// (var * M / (M - 1)) for running_var. momentum in [0, 1]. Statistics are accumulated in double.
+//
+// batchnorm_train_backward: gradients of batchnorm_train through the batch statistics, given grad_out.
+// save_mean / save_rstd: the forward's (both), or both undefined to recompute them from x in double. With
+// xhat = (x - mean) * rstd, per channel:
+//   grad_x f32, x's shape, required: weight * rstd * (grad_out - mean(grad_out) - xhat * mean(grad_out * xhat))
+//   grad_weight f32 [C], optional: sum of grad_out * xhat;   grad_bias f32 [C], optional: sum of grad_out
+// (The running statistics do not enter the output, so they get no gradient.)
+//
+// For both backwards an undefined grad_weight / grad_bias is not computed, and every gradient output is
+// OVERWRITTEN, never accumulated into. Channel sums are in double, one channel per task (deterministic).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -13,10 +36,26 @@ namespace mfuser::kernels {
 
 void batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                const Tensor& bias, Tensor& out, float eps);
+void batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
+void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                     Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
+                     float eps);
+void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
+                              const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
+                              float eps);
 
 namespace cpu {
 void batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                const Tensor& bias, Tensor& out, float eps);
+void batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
+void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                     Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
+                     float eps);
+void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
+                              const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
+                              float eps);
 }
 
 }  // namespace mfuser::kernels

@@ -10,6 +10,17 @@
 //   with x = 0 outside the image.
 // The CPU reference is im2col + one cblas GEMM per band of output rows (columns buffer <= 16 MB); a 1x1
 // stride-1 unpadded conv multiplies x directly.
+//
+// conv2d_backward: gradients given grad_out (f32 [N, O, OH, OW]); nothing saved but x and weight.
+//   grad_x      [N, I, H, W]:    sum over o, ky, kx of weight[o, i, ky, kx] * grad_out at the outputs whose
+//                                window covers (y, x) (zero-padding positions receive nothing)
+//   grad_weight [O, I, KH, KW]:  sum over n and output pixels of grad_out[n, o, oy, ox] * x[n, i, oy*stride -
+//                                padding + ky, ox*stride - padding + kx] (0 in the padding)
+//   grad_bias   [O]:             sum of grad_out over n and the output pixels
+// Each of the three may be undefined (not computed: e.g. no grad_x for the patch embedding, whose input is the
+// image; no grad_weight for a frozen layer); the defined ones are OVERWRITTEN, never accumulated into. The CPU
+// reference reuses the forward's bands: grad_weight += grad_out_band im2col(x)^T, and
+// col2im(weight^T grad_out_band) adds into grad_x.
 #pragma once
 
 #include "runtime/tensor.h"
@@ -17,9 +28,13 @@
 namespace mfuser::kernels {
 
 void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int stride, int padding);
+void conv2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                     Tensor& grad_weight, Tensor& grad_bias, int stride, int padding);
 
 namespace cpu {
 void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int stride, int padding);
+void conv2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                     Tensor& grad_weight, Tensor& grad_bias, int stride, int padding);
 }
 
 }  // namespace mfuser::kernels

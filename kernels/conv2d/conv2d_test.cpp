@@ -2,6 +2,7 @@
 // 3x3 convs.
 #include "kernels/conv2d/conv2d.h"
 
+#include "tests/common/counter_random.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -10,10 +11,11 @@ namespace {
 struct Case {
   const char* name;
   int stride, padding;
+  uint32_t grad_salt;  // 0: grad_out is stored in the file; else counter_uniform(out shape, grad_salt)
 };
 // Same table as conv2d_golden.py (whether a case has a bias is read off the file).
-const Case kCases[] = {{"tiny", 1, 1},  {"tiny_strided", 2, 0}, {"tiny_pad", 3, 2}, {"tiny_1x1", 1, 0},
-                       {"patch", 16, 0}, {"pointwise", 1, 0},   {"conv3x3", 1, 1}};
+const Case kCases[] = {{"tiny", 1, 1, 0},   {"tiny_strided", 2, 0, 0}, {"tiny_pad", 3, 2, 0}, {"tiny_1x1", 1, 0, 0},
+                       {"patch", 16, 0, 1}, {"pointwise", 1, 0, 2},    {"conv3x3", 1, 1, 3}};
 
 class Conv2dTest : public ::testing::Test {
  protected:
@@ -33,6 +35,70 @@ TEST_F(Conv2dTest, CpuMatchesPyTorch) {
     // within a few times 1e-6 (measured 3e-6 at most).
     test::expect_close(out, g.view(name + ".out"), "conv2d " + name, 2e-5);
   }
+}
+
+TEST_F(Conv2dTest, BackwardMatchesPyTorch) {
+  SCOPED_TRACE(golden_.seed_trace);
+  for (const Case& c : kCases) {
+    const std::string name = c.name;
+    const auto& g = golden_.file;
+    const Tensor x = g.view(name + ".x"), weight = g.view(name + ".weight");
+    const Shape out_shape = g.view(name + ".out").shape();
+    const Tensor grad_out = c.grad_salt ? test::counter_uniform(out_shape, c.grad_salt) : g.view(name + ".grad_out");
+    Tensor gx = Tensor::empty(x.shape(), DType::f32), gw = Tensor::empty(weight.shape(), DType::f32),
+           gb = Tensor::empty({weight.dim(0)}, DType::f32);
+    test::poison(gx);
+    test::poison(gw);
+    test::poison(gb);
+    kernels::cpu::conv2d_backward(x, weight, grad_out, gx, gw, gb, c.stride, c.padding);
+    // grad_x sums up to O*KH*KW = 2304 products with weights scaled by 1/sqrt(fan-in): O(1..3); grad_weight and
+    // grad_bias sum up to N*OH*OW = 16384 products of O(1) values: O(10..100). Measured at the real shapes:
+    // rel_l2 <= 3.4e-7, max abs 1.7e-6 (grad_x) and 1.5e-4 (grad_weight of the 3x3 conv, values up to a few
+    // hundred: f32 GEMMs over 16384 pixels in three bands).
+    const Tensor ref_gx = g.view(name + ".grad_x");  // rows [N * I, H * W], possibly only the first ones
+    test::expect_close(gx.reshape({x.dim(0) * x.dim(1), x.dim(2) * x.dim(3)}).slice_rows(0, ref_gx.dim(0)), ref_gx,
+                       "conv2d_backward " + name + " grad_x", 2e-5);
+    test::expect_close(gw, g.view(name + ".grad_weight"), "conv2d_backward " + name + " grad_weight", 1e-3);
+    if (g.contains(name + ".grad_bias"))
+      test::expect_close(gb, g.view(name + ".grad_bias"), "conv2d_backward " + name + " grad_bias", 1e-3);
+  }
+}
+
+// Each gradient is optional; computing one alone gives the same values.
+TEST_F(Conv2dTest, BackwardSingleGradients) {
+  const auto& g = golden_.file;
+  const Tensor x = g.view("tiny.x"), weight = g.view("tiny.weight"), grad_out = g.view("tiny.grad_out");
+  Tensor gx = Tensor::empty(x.shape(), DType::f32), gw = Tensor::empty(weight.shape(), DType::f32),
+         gb = Tensor::empty({weight.dim(0)}, DType::f32), none;
+  test::poison(gx);
+  test::poison(gw);
+  test::poison(gb);
+  kernels::conv2d_backward(x, weight, grad_out, gx, none, none, 1, 1);
+  kernels::conv2d_backward(x, weight, grad_out, none, gw, none, 1, 1);
+  kernels::conv2d_backward(x, weight, grad_out, none, none, gb, 1, 1);
+  test::expect_close(gx.reshape({x.dim(0) * x.dim(1), x.dim(2) * x.dim(3)}), g.view("tiny.grad_x"),
+                     "conv2d_backward tiny grad_x alone", 2e-5);
+  test::expect_close(gw, g.view("tiny.grad_weight"), "conv2d_backward tiny grad_weight alone", 2e-4);
+  test::expect_close(gb, g.view("tiny.grad_bias"), "conv2d_backward tiny grad_bias alone", 2e-4);
+}
+
+TEST_F(Conv2dTest, BackwardRejectsBadArguments) {
+  const Tensor x = Tensor::zeros({1, 3, 8, 8}, DType::f32), w = Tensor::zeros({4, 3, 3, 3}, DType::f32);
+  const Tensor dy = Tensor::zeros({1, 4, 8, 8}, DType::f32);
+  Tensor gx = Tensor::empty({1, 3, 8, 8}, DType::f32), gw = Tensor::empty({4, 3, 3, 3}, DType::f32),
+         gb = Tensor::empty({4}, DType::f32), none;
+  EXPECT_NO_THROW(kernels::conv2d_backward(x, w, dy, gx, gw, gb, 1, 1));
+  EXPECT_THROW(kernels::conv2d_backward(x, w, dy, gx, gw, gb, 1, 0), Error);  // grad_out would be 6x6
+  EXPECT_THROW(kernels::conv2d_backward(x, w, dy, gx, gw, gb, 0, 1), Error);
+  Tensor wrong_gx = Tensor::empty({1, 3, 6, 6}, DType::f32), wrong_gw = Tensor::empty({3, 4, 3, 3}, DType::f32),
+         wrong_gb = Tensor::empty({3}, DType::f32);
+  EXPECT_THROW(kernels::conv2d_backward(x, w, dy, wrong_gx, gw, gb, 1, 1), Error);
+  EXPECT_THROW(kernels::conv2d_backward(x, w, dy, gx, wrong_gw, gb, 1, 1), Error);
+  EXPECT_THROW(kernels::conv2d_backward(x, w, dy, gx, gw, wrong_gb, 1, 1), Error);
+  const Tensor w_wrong_in = Tensor::zeros({4, 2, 3, 3}, DType::f32);
+  EXPECT_THROW(kernels::conv2d_backward(x, w_wrong_in, dy, none, none, gb, 1, 1), Error);
+  const Tensor bf16_dy = Tensor::zeros({1, 4, 8, 8}, DType::bf16);
+  EXPECT_THROW(kernels::conv2d_backward(x, w, bf16_dy, gx, gw, gb, 1, 1), Error);
 }
 
 TEST_F(Conv2dTest, RejectsBadArguments) {

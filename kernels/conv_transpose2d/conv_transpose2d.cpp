@@ -1,4 +1,5 @@
-// CPU reference of conv_transpose2d (stride = kernel: GEMM then scatter), and the device dispatch.
+// CPU reference of conv_transpose2d (stride = kernel: GEMM then scatter) and of its backward (gather then
+// GEMMs), and the device dispatch.
 #include "kernels/conv_transpose2d/conv_transpose2d.h"
 
 #include <cblas.h>
@@ -33,6 +34,26 @@ void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const
   }
   check_shape("conv_transpose2d", "out", out, {x.dim(0), o, x.dim(2) * k, x.dim(3) * k});
   check_same_device("conv_transpose2d", {&x, &weight, &bias, &out});
+}
+
+void check_backward_args(const Tensor& x, const Tensor& weight, const Tensor& grad_out, const Tensor& grad_x,
+                         const Tensor& grad_weight, const Tensor& grad_bias) {
+  constexpr const char* op = "conv_transpose2d_backward";
+  check_f32(op, "grad_out", grad_out);
+  check_args(x, weight, Tensor(), grad_out);  // grad_out has the forward output's shape
+  if (grad_x.defined()) {
+    check_f32(op, "grad_x", grad_x);
+    check_shape(op, "grad_x", grad_x, x.shape());
+  }
+  if (grad_weight.defined()) {
+    check_f32(op, "grad_weight", grad_weight);
+    check_shape(op, "grad_weight", grad_weight, weight.shape());
+  }
+  if (grad_bias.defined()) {
+    check_f32(op, "grad_bias", grad_bias);
+    check_shape(op, "grad_bias", grad_bias, {weight.dim(1)});
+  }
+  check_same_device(op, {&x, &grad_out, &grad_x, &grad_weight, &grad_bias});
 }
 
 }  // namespace
@@ -71,6 +92,68 @@ void cpu::conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& 
       });
     }
   }
+}
+
+void cpu::conv_transpose2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                                    Tensor& grad_weight, Tensor& grad_bias) {
+  check_backward_args(x, weight, grad_out, grad_x, grad_weight, grad_bias);
+  check_host("conv_transpose2d_backward", x);
+  const int64_t in_ch = x.dim(1), h = x.dim(2), w = x.dim(3), out_ch = weight.dim(1), k = weight.dim(2);
+  const int64_t taps = out_ch * k * k, out_w = w * k;
+  if (grad_weight.defined()) std::fill_n(grad_weight.data<float>(), grad_weight.numel(), 0.f);
+  if (grad_bias.defined()) {
+    // Per channel in double, images in order: deterministic.
+    float* gb = grad_bias.data<float>();
+    const int64_t plane = h * k * out_w;
+    parallel_for(out_ch, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        double sum = 0;
+        for (int64_t n = 0; n < x.dim(0); ++n) {
+          const float* src = grad_out.data<float>() + (n * out_ch + o) * plane;
+          for (int64_t i = 0; i < plane; ++i) sum += src[i];
+        }
+        gb[o] = float(sum);
+      }
+    });
+  }
+  if ((!grad_x.defined() && !grad_weight.defined()) || x.numel() == 0) return;
+  const int64_t band_rows = std::clamp<int64_t>(kTapBudget / (taps * w), 1, h);
+  // Same layout as the forward's buffer: taps_of_band[(o * K + dy) * K + dx][r * W + x].
+  std::vector<float> taps_of_band(size_t(taps * band_rows * w));
+  for (int64_t n = 0; n < x.dim(0); ++n) {
+    const float* image = x.data<float>() + n * in_ch * h * w;
+    const float* dy_image = grad_out.data<float>() + n * out_ch * h * k * out_w;
+    for (int64_t row0 = 0; row0 < h; row0 += band_rows) {
+      const int64_t rows = std::min(band_rows, h - row0), cols = rows * w;
+      parallel_for(out_ch, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t o = begin; o < end; ++o)
+          for (int64_t r = 0; r < rows; ++r)
+            for (int64_t dy = 0; dy < k; ++dy) {
+              const float* src = dy_image + (o * h * k + (row0 + r) * k + dy) * out_w;
+              for (int64_t dx = 0; dx < k; ++dx) {
+                float* dst = taps_of_band.data() + ((o * k + dy) * k + dx) * cols + r * w;
+                for (int64_t xx = 0; xx < w; ++xx) dst[xx] = src[xx * k + dx];
+              }
+            }
+      });
+      // grad_x band [I, cols] = weight [I, O*K*K] x taps [O*K*K, cols].
+      if (grad_x.defined())
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(in_ch), int(cols), int(taps), 1.f,
+                    weight.data<float>(), int(taps), taps_of_band.data(), int(cols), 0.f,
+                    grad_x.data<float>() + n * in_ch * h * w + row0 * w, int(h * w));
+      // grad_weight [I, O*K*K] += x band [I, cols] x taps^T [cols, O*K*K].
+      if (grad_weight.defined())
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(in_ch), int(taps), int(cols), 1.f, image + row0 * w,
+                    int(h * w), taps_of_band.data(), int(cols), 1.f, grad_weight.data<float>(), int(taps));
+    }
+  }
+}
+
+void conv_transpose2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                               Tensor& grad_weight, Tensor& grad_bias) {
+  check_backward_args(x, weight, grad_out, grad_x, grad_weight, grad_bias);
+  if (x.device().is_cuda()) no_cuda_kernel_yet("conv_transpose2d_backward");
+  cpu::conv_transpose2d_backward(x, weight, grad_out, grad_x, grad_weight, grad_bias);
 }
 
 void conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out) {

@@ -7,6 +7,14 @@
 //   out[n, o, y*K + dy, x*K + dx] = bias[o] + sum_i x[n, i, y, x] * weight[i, o, dy, dx].
 // The CPU reference is one cblas GEMM (weight^T x) per band of input rows (buffer <= 4 MB), then a scatter of
 // the K*K taps.
+//
+// conv_transpose2d_backward: gradients given grad_out (f32 [N, O, H*K, W*K]); nothing saved but x and weight.
+//   grad_x      [N, I, H, W]: sum over o, dy, dx of grad_out[n, o, y*K + dy, x*K + dx] * weight[i, o, dy, dx]
+//   grad_weight [I, O, K, K]: sum over n, y, x of x[n, i, y, x] * grad_out[n, o, y*K + dy, x*K + dx]
+//   grad_bias   [O]:          sum of grad_out over n and the output pixels
+// Each of the three may be undefined (not computed: e.g. no grad_x for a network input, no grad_weight for a
+// frozen layer); the defined ones are OVERWRITTEN, never accumulated into. The CPU reference gathers each band's
+// K*K taps of grad_out (the forward's scatter, inverted) and runs the two GEMMs on them.
 #pragma once
 
 #include "runtime/tensor.h"
@@ -14,9 +22,13 @@
 namespace mfuser::kernels {
 
 void conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out);
+void conv_transpose2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                               Tensor& grad_weight, Tensor& grad_bias);
 
 namespace cpu {
 void conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out);
+void conv_transpose2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                               Tensor& grad_weight, Tensor& grad_bias);
 }
 
 }  // namespace mfuser::kernels

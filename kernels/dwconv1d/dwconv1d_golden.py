@@ -14,17 +14,22 @@ CASES = [("tiny", 2, 9, 5, 3, True),
 
 def golden(gen: torch.Generator) -> dict:
     """Per case: x [B, L, C], weight [C, 1, K], bias when used, and F.conv1d(padding='same', groups=C) in
-    float64 on the channels-major transpose, transposed back (stored f32)."""
+    float64 on the channels-major transpose, transposed back (stored f32); for the backward a random grad_out
+    and autograd's grad_x, grad_weight, grad_bias (when used), also in float64."""
     out = {}
     for name, b, length, c, k, has_bias in CASES:
         x = torch.randn(b, length, c, generator=gen)
         weight = torch.randn(c, 1, k, generator=gen) / k ** 0.5
         bias = torch.randn(c, generator=gen) if has_bias else None
+        inputs = [t.double().requires_grad_() for t in ((x, weight, bias) if has_bias else (x, weight))]
         with warnings.catch_warnings():  # even K: PyTorch warns that it pads a copy
             warnings.simplefilter("ignore")
-            ref = F.conv1d(x.double().transpose(1, 2), weight.double(), bias.double() if has_bias else None,
-                           padding="same", groups=c).transpose(1, 2)
-        out.update({f"{name}.x": x, f"{name}.weight": weight, f"{name}.out": ref.float()})
+            ref = F.conv1d(inputs[0].transpose(1, 2), *inputs[1:], padding="same", groups=c).transpose(1, 2)
+        grad_out = torch.randn(ref.shape, generator=gen)
+        grads = torch.autograd.grad(ref, inputs, grad_out.double())
+        out.update({f"{name}.x": x, f"{name}.weight": weight, f"{name}.out": ref.detach().float(),
+                    f"{name}.grad_out": grad_out})
+        out.update({f"{name}.grad_{arg}": g.float() for arg, g in zip(("x", "weight", "bias"), grads)})
         if has_bias:
             out[f"{name}.bias"] = bias
     return out

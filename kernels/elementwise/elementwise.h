@@ -8,6 +8,17 @@
 //     it must not overlap `b` unless b has a's full shape.
 //   scale(x, out, factor, bias): out = x * factor + bias, bias a scalar (0 by default); out may be x.
 //
+// Backward (every wanted gradient is OVERWRITTEN; an undefined Tensor() means "not wanted"):
+//   add_backward(grad_out, grad_a, grad_b):        grad_a = grad_out; grad_b = grad_out summed over the dims b
+//                                                  was broadcast along (grad_b has b's shape). Saves nothing.
+//   mul_backward(a, b, grad_out, grad_a, grad_b):  grad_a = grad_out * b (broadcast);
+//                                                  grad_b = (grad_out * a) summed over b's broadcast dims.
+//                                                  Needs both forward inputs a and b.
+//   scale_backward(grad_out, grad_x, factor):      grad_x = grad_out * factor (the bias has no input).
+// grad_out has a's (resp. x's) shape. Sums over broadcast dims accumulate in f64, serially (one pass over
+// grad_out); when b has a's full shape there is nothing to sum and the gradient is element-wise (parallel).
+// grad_a may be grad_out itself; grad_b must not overlap the inputs unless b has a's full shape.
+//
 // The helpers in `detail` are shared by the other element-wise-shaped ops (activation, softmax, l2norm).
 #pragma once
 
@@ -18,11 +29,17 @@ namespace mfuser::kernels {
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void mul(const Tensor& a, const Tensor& b, Tensor& out);
 void scale(const Tensor& x, Tensor& out, float factor, float bias = 0.f);
+void add_backward(const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b);
+void mul_backward(const Tensor& a, const Tensor& b, const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b);
+void scale_backward(const Tensor& grad_out, Tensor& grad_x, float factor);
 
 namespace cpu {
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void mul(const Tensor& a, const Tensor& b, Tensor& out);
 void scale(const Tensor& x, Tensor& out, float factor, float bias = 0.f);
+void add_backward(const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b);
+void mul_backward(const Tensor& a, const Tensor& b, const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b);
+void scale_backward(const Tensor& grad_out, Tensor& grad_x, float factor);
 }  // namespace cpu
 
 namespace detail {

@@ -75,6 +75,82 @@ TEST_F(ElementwiseTest, ScaleMatchesPyTorch) {
   }
 }
 
+// add/mul backward against PyTorch's f64 autograd. grad_a (a copy, resp. one correctly rounded product) must
+// be bit exact; grad_b sums over the broadcast dims in f64 and rounds once: within an ulp or so.
+TEST_F(ElementwiseTest, AddMulBackwardMatchPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  for (const char* name : kBinaryCases) {
+    const std::string c = name;
+    const Tensor a = f32(c + ".a"), b = f32(c + ".b"), grad_out = f32(c + ".grad_out");
+    for (const std::string op : {"add", "mul"}) {
+      SCOPED_TRACE(c + " " + op + ": " + a.shape().str() + " with " + b.shape().str());
+      Tensor grad_a = Tensor::empty(a.shape(), DType::f32), grad_b = Tensor::empty(b.shape(), DType::f32);
+      test::poison(grad_a);
+      test::poison(grad_b);
+      if (op == "add")
+        kernels::cpu::add_backward(grad_out, grad_a, grad_b);
+      else
+        kernels::cpu::mul_backward(a, b, grad_out, grad_a, grad_b);
+      const test::ErrorStats ea = test::compare(grad_a, golden_->view(c + "." + op + ".grad_a"));
+      const test::ErrorStats eb = test::compare(grad_b, golden_->view(c + "." + op + ".grad_b"));
+      std::printf("%s %s grad_a: %s; grad_b: %s\n", c.c_str(), op.c_str(), test::describe(ea).c_str(),
+                  test::describe(eb).c_str());
+      EXPECT_EQ(ea.nonfinite + eb.nonfinite, 0);
+      EXPECT_EQ(ea.max_abs, 0.0);
+      EXPECT_LE(eb.rel_l2, 1e-6);
+      EXPECT_LE(eb.max_abs, 1e-5);  // sums of up to 2050 products of N(0, 1) values: |grad_b| < 300
+    }
+  }
+}
+
+// Unwanted gradients are skipped; grad_a may overwrite grad_out (mul reads grad_out for grad_b first).
+TEST_F(ElementwiseTest, BackwardSkipsUnwantedAndRunsInPlace) {
+  SCOPED_TRACE(seed_trace_);
+  const std::string c = "tiny.middle";
+  const Tensor a = f32(c + ".a"), b = f32(c + ".b");
+  Tensor grad = f32(c + ".grad_out"), grad_b = Tensor::empty(b.shape(), DType::f32), none;
+  test::poison(grad_b);
+  kernels::mul_backward(a, b, grad, grad, grad_b);
+  EXPECT_EQ(test::compare(grad, golden_->view(c + ".mul.grad_a")).max_abs, 0.0);
+  EXPECT_LE(test::compare(grad_b, golden_->view(c + ".mul.grad_b")).max_abs, 1e-5);
+  test::poison(grad_b);
+  kernels::add_backward(f32(c + ".grad_out"), none, grad_b);
+  EXPECT_LE(test::compare(grad_b, golden_->view(c + ".add.grad_b")).max_abs, 1e-5);
+}
+
+// grad_x = grad_out * factor: one rounding, but of the f32 factor (PyTorch's is the f64 one): an ulp apart.
+TEST_F(ElementwiseTest, ScaleBackwardMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor grad_out = golden_->view("scale.grad_out");
+  for (const char* name : {"plain", "affine"}) {
+    const std::string c = std::string("scale.") + name;
+    Tensor grad_x = Tensor::empty(grad_out.shape(), DType::f32);
+    test::poison(grad_x);
+    kernels::scale_backward(grad_out, grad_x, scalar(c + ".factor"));
+    const test::ErrorStats e = test::compare(grad_x, golden_->view(c + ".grad_x"));
+    std::printf("%s grad_x: %s\n", c.c_str(), test::describe(e).c_str());
+    EXPECT_EQ(e.nonfinite, 0);
+    EXPECT_LE(e.rel_l2, 1e-7) << c;
+    EXPECT_LE(e.max_abs, 1e-6) << c;  // |grad_x| < 10
+  }
+}
+
+TEST_F(ElementwiseTest, BackwardRejectsBadArguments) {
+  const Tensor a = Tensor::zeros({4, 5, 6}, DType::f32), b = Tensor::zeros({5, 1}, DType::f32);
+  const Tensor grad_out = Tensor::zeros({4, 5, 6}, DType::f32);
+  Tensor grad_a = Tensor::empty({4, 5, 6}, DType::f32), grad_b = Tensor::empty({5, 1}, DType::f32), none;
+  kernels::mul_backward(a, b, grad_out, grad_a, grad_b);  // the valid baseline
+  Tensor wrong_b = Tensor::empty({5, 2}, DType::f32), wrong_a = Tensor::empty({4, 5}, DType::f32);
+  EXPECT_THROW(kernels::add_backward(grad_out, none, wrong_b), Error);
+  EXPECT_THROW(kernels::add_backward(grad_out, wrong_a, none), Error);
+  Tensor other_b = Tensor::empty({1, 6}, DType::f32);  // broadcasts, but is not b's shape
+  EXPECT_THROW(kernels::mul_backward(a, b, grad_out, none, other_b), Error);
+  EXPECT_THROW(kernels::mul_backward(Tensor(), b, grad_out, grad_a, none), Error);
+  EXPECT_THROW(kernels::mul_backward(a, b, Tensor::zeros({4, 5, 7}, DType::f32), grad_a, none), Error);
+  Tensor int_grad = Tensor::empty({4, 5, 6}, DType::i32);
+  EXPECT_THROW(kernels::scale_backward(grad_out, int_grad, 2.f), Error);
+}
+
 TEST_F(ElementwiseTest, RejectsBadArguments) {
   const Tensor a = Tensor::zeros({4, 5, 6}, DType::f32);
   Tensor out = Tensor::empty({4, 5, 6}, DType::f32);

@@ -1,5 +1,5 @@
 // gemm: C = alpha * op(A) @ op(B) + beta * C over a batch of row-major f32 matrices (OpenBLAS sgemm), and
-// linear, the nn.Linear contract built on it.
+// linear, the nn.Linear contract built on it, with its backward.
 //
 // gemm(a, b, c, params): op(A) is m x k, op(B) is k x n, C is m x n. A is stored m x k, or k x m with
 // trans_a (op(A) = A^T); B is stored k x n, or n x k with trans_b. Matrices are dense row-major (no padded
@@ -11,6 +11,16 @@
 //
 // linear(x, weight, bias, y): y[..., N] = x[..., K] @ weight[N, K]^T + bias[N], F.linear. bias is an
 // undefined Tensor() for none; y has x's leading dims. y must not overlap x or weight.
+//
+// linear_backward(x, weight, grad_y, grad_x, grad_weight, grad_bias): the gradients of linear, from the
+// upstream grad_y [..., N] (y's shape):
+//   grad_x      [..., K] = grad_y @ weight                   needs weight
+//   grad_weight [N, K]   = grad_y^T @ x over all leading dims needs x (saved from the forward)
+//   grad_bias   [N]      = grad_y summed over all leading dims (f64 accumulation)
+// Each gradient is wanted when its tensor is defined and skipped when it is an undefined Tensor(); x may be
+// undefined when grad_weight is not wanted (a frozen weight need not keep its input alive). Every wanted
+// gradient is OVERWRITTEN, never accumulated into (callers that sum over uses add the results themselves).
+// Outputs must not overlap the inputs or each other.
 //
 // cpu::gemm_naive: the same contract as a plain triple loop accumulating in f64: the tests' second
 // reference, independent of OpenBLAS (slow: O(m n k) scalar work).
@@ -32,11 +42,15 @@ struct GemmParams {
 
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmParams& params);
 void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y);
+void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y, Tensor& grad_x,
+                     Tensor& grad_weight, Tensor& grad_bias);
 
 namespace cpu {
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmParams& params);
 void gemm_naive(const Tensor& a, const Tensor& b, Tensor& c, const GemmParams& params);
 void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y);
+void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y, Tensor& grad_x,
+                     Tensor& grad_weight, Tensor& grad_bias);
 }  // namespace cpu
 
 }  // namespace mfuser::kernels

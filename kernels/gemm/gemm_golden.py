@@ -2,8 +2,12 @@
 import torch
 import torch.nn.functional as F
 
+from counter_random import counter_uniform
+
 # Row blocks stored of the largest real output (all of it would be 44 MB): first, middle, last rows.
 BLOCK_ROWS = 512
+# Row blocks stored of the real-size grad_x (the file is near its size budget).
+GRAD_BLOCK_ROWS = 128
 
 
 def _gemm_case(out: dict, name: str, a, b, result, m, n, k, trans_a=False, trans_b=False, alpha=1.0, beta=0.0,
@@ -18,11 +22,38 @@ def _gemm_case(out: dict, name: str, a, b, result, m, n, k, trans_a=False, trans
     out[f"{name}.scalars"] = torch.tensor([alpha, beta], dtype=torch.float32)
 
 
-def _blocks(out: dict, name: str, result: torch.Tensor) -> None:
+def _blocks(out: dict, name: str, result: torch.Tensor, block: int = BLOCK_ROWS) -> None:
     rows = result.shape[0]
-    starts = [0, rows // 2 - BLOCK_ROWS // 2, rows - BLOCK_ROWS]
-    out[f"{name}.blocks"] = torch.tensor([[s, s + BLOCK_ROWS] for s in starts], dtype=torch.int64)
-    out[f"{name}.out"] = torch.cat([result[s:s + BLOCK_ROWS] for s in starts]).float()
+    starts = [0, rows // 2 - block // 2, rows - block]
+    out[f"{name}.blocks"] = torch.tensor([[s, s + block] for s in starts], dtype=torch.int64)
+    out[f"{name}.out"] = torch.cat([result[s:s + block] for s in starts]).float()
+
+
+def _linear_grads(x, w, grad_y):
+    """PyTorch autograd of F.linear(x, w, b) in f64: (grad_x, grad_weight, grad_bias)."""
+    x, w = x.double().requires_grad_(), w.double().requires_grad_()
+    b = torch.zeros(w.shape[0], dtype=torch.float64, requires_grad=True)
+    F.linear(x, w, b).backward(grad_y.double())
+    return x.grad, w.grad, b.grad
+
+
+def _backward_cases(out: dict, gen: torch.Generator) -> None:
+    """linear_backward: the tiny linear cases with a stored upstream gradient (`<case>.grad_y`, whole
+    `.grad_x`, `.grad_weight`, `.grad_bias`); at the real sizes 2050 x 1024 -> 1024 (x, weight =
+    real.tokens.a, real.tokens.b) and 5376 x 256 -> 2048 (linear.ffn's x and weight) the upstream gradient is
+    counter_uniform(y's shape, salt 1 resp. 2), recomputed by the test, and grad_x is stored in row blocks
+    (`<case>.grad_x.blocks` / `.grad_x.out`)."""
+    for name in ("linear.tiny_bias", "linear.tiny"):
+        x, w = out[f"{name}.x"], out[f"{name}.weight"]
+        grad_y = torch.randn(*x.shape[:-1], w.shape[0], generator=gen)
+        gx, gw, gb = _linear_grads(x, w, grad_y)
+        out.update({f"{name}.grad_y": grad_y, f"{name}.grad_x": gx.float(), f"{name}.grad_weight": gw.float(),
+                    f"{name}.grad_bias": gb.float()})
+    for name, x, w, salt in (("backward.tokens", out["real.tokens.a"], out["real.tokens.b"], 1),
+                             ("backward.ffn", out["linear.ffn.x"], out["linear.ffn.weight"], 2)):
+        gx, gw, gb = _linear_grads(x, w, counter_uniform((x.shape[0], w.shape[0]), salt))
+        _blocks(out, f"{name}.grad_x", gx, GRAD_BLOCK_ROWS)
+        out.update({f"{name}.grad_weight": gw.float(), f"{name}.grad_bias": gb.float()})
 
 
 def golden(gen: torch.Generator) -> dict:
@@ -70,4 +101,6 @@ def golden(gen: torch.Generator) -> dict:
     x, w, bias = r(5376, 256).half(), (r(2048, 256) / 16).half(), r(2048)
     out.update({"linear.ffn.x": x, "linear.ffn.weight": w, "linear.ffn.bias": bias})
     _blocks(out, "linear.ffn", F.linear(d(x), d(w), d(bias)))
+
+    _backward_cases(out, gen)
     return out

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "loaders/safetensors.h"
+#include "tests/common/counter_random.h"
 #include "tests/common/row_blocks.h"
 #include "tests/common/test_util.h"
 
@@ -187,6 +188,103 @@ TEST_F(LinearTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::linear(x, weight, Tensor::zeros({5}, DType::f32), y), Error);
   Tensor wrong_y = Tensor::empty({6, 4}, DType::f32);
   EXPECT_THROW(kernels::linear(x, weight, Tensor(), wrong_y), Error);
+}
+
+// linear_backward: grad_x, grad_weight, grad_bias against PyTorch's f64 autograd of F.linear.
+class LinearBackwardTest : public GemmTest {
+ protected:
+  struct Grads {
+    Tensor x, weight, bias;
+  };
+  // All three gradients of `x` @ `weight`^T + b for upstream `grad_y`, each output poisoned first.
+  static Grads run(const Tensor& x, const Tensor& weight, const Tensor& grad_y) {
+    Grads g{Tensor::empty(x.shape(), DType::f32), Tensor::empty(weight.shape(), DType::f32),
+            Tensor::empty({weight.dim(0)}, DType::f32)};
+    for (Tensor* t : {&g.x, &g.weight, &g.bias}) test::poison(*t);
+    kernels::cpu::linear_backward(x, weight, grad_y, g.x, g.weight, g.bias);
+    return g;
+  }
+  static void expect_close(const Tensor& out, const Tensor& ref, const std::string& what, double max_abs) {
+    const test::ErrorStats e = test::compare(out, ref);
+    std::printf("%s: %s\n", what.c_str(), test::describe(e).c_str());
+    EXPECT_EQ(e.nonfinite, 0) << what;
+    EXPECT_LE(e.rel_l2, kRelL2) << what;
+    EXPECT_LE(e.max_abs, max_abs) << what;
+  }
+};
+
+TEST_F(LinearBackwardTest, TinyMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  for (const std::string name : {"linear.tiny_bias", "linear.tiny"}) {
+    SCOPED_TRACE(name);
+    const Grads g = run(f32(name + ".x"), f32(name + ".weight"), golden_->view(name + ".grad_y"));
+    // |grad| < 20 after at most 6 products of N(0, 1) values: an f32 ulp or two.
+    expect_close(g.x, golden_->view(name + ".grad_x"), name + " grad_x", 1e-5);
+    expect_close(g.weight, golden_->view(name + ".grad_weight"), name + " grad_weight", 1e-5);
+    expect_close(g.bias, golden_->view(name + ".grad_bias"), name + " grad_bias", 1e-5);
+  }
+}
+
+// The real sizes: upstream gradients recomputed from the counter formula the golden generator used.
+TEST_F(LinearBackwardTest, RealSizesMatchPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const std::pair<std::string, std::pair<std::string, std::string>> cases[] = {
+      {"backward.tokens", {"real.tokens.a", "real.tokens.b"}}, {"backward.ffn", {"linear.ffn.x", "linear.ffn.weight"}}};
+  uint32_t salt = 1;
+  for (const auto& [name, inputs] : cases) {
+    SCOPED_TRACE(name);
+    const Tensor x = f32(inputs.first), weight = f32(inputs.second);
+    const Grads g = run(x, weight, test::counter_uniform({x.dim(0), weight.dim(0)}, salt++));
+    const test::RowBlockErrors e = test::compare_row_blocks(g.x, *golden_, name + ".grad_x");
+    EXPECT_EQ(e.nonfinite, 0);
+    for (const auto& b : e.blocks) {
+      std::printf("%s grad_x rows [%lld, %lld): %s\n", name.c_str(), static_cast<long long>(b.begin),
+                  static_cast<long long>(b.end), test::describe(b.error).c_str());
+      EXPECT_LE(b.error.rel_l2, kRelL2);
+      EXPECT_LE(b.error.max_abs, 2e-5);  // |grad_x| < 10 after up to 2048 products
+    }
+    // Sums over all 2050 resp. 5376 rows: |grad_weight| < 300, |grad_bias| < 100.
+    expect_close(g.weight, golden_->view(name + ".grad_weight"), name + " grad_weight", 2e-4);
+    expect_close(g.bias, golden_->view(name + ".grad_bias"), name + " grad_bias", 1e-5);
+  }
+}
+
+// Unwanted gradients (undefined tensors) are skipped; x is not needed without grad_weight.
+TEST_F(LinearBackwardTest, SkipsUnwantedGradients) {
+  SCOPED_TRACE(seed_trace_);
+  const std::string name = "linear.tiny_bias";
+  const Tensor x = f32(name + ".x"), weight = f32(name + ".weight"), grad_y = golden_->view(name + ".grad_y");
+  Tensor grad_x = Tensor::empty(x.shape(), DType::f32), none;
+  test::poison(grad_x);
+  kernels::linear_backward(Tensor(), weight, grad_y, grad_x, none, none);
+  EXPECT_LE(test::compare(grad_x, golden_->view(name + ".grad_x")).max_abs, 1e-5);
+  Tensor grad_bias = Tensor::empty({weight.dim(0)}, DType::f32);
+  test::poison(grad_bias);
+  kernels::linear_backward(Tensor(), weight, grad_y, none, none, grad_bias);
+  EXPECT_LE(test::compare(grad_bias, golden_->view(name + ".grad_bias")).max_abs, 1e-5);
+  Tensor grad_weight = Tensor::empty(weight.shape(), DType::f32);
+  test::poison(grad_weight);
+  kernels::linear_backward(x, weight, grad_y, none, grad_weight, none);
+  EXPECT_LE(test::compare(grad_weight, golden_->view(name + ".grad_weight")).max_abs, 1e-5);
+}
+
+TEST_F(LinearBackwardTest, RejectsBadArguments) {
+  const Tensor x = Tensor::zeros({2, 3, 5}, DType::f32), weight = Tensor::zeros({4, 5}, DType::f32);
+  const Tensor grad_y = Tensor::zeros({2, 3, 4}, DType::f32);
+  Tensor grad_x = Tensor::empty({2, 3, 5}, DType::f32), grad_w = Tensor::empty({4, 5}, DType::f32);
+  Tensor grad_b = Tensor::empty({4}, DType::f32), none;
+  kernels::linear_backward(x, weight, grad_y, grad_x, grad_w, grad_b);  // the valid baseline
+  EXPECT_THROW(kernels::linear_backward(Tensor(), weight, grad_y, grad_x, grad_w, grad_b), Error);  // no x
+  EXPECT_THROW(kernels::linear_backward(x, weight, Tensor::zeros({2, 3, 5}, DType::f32), grad_x, grad_w, grad_b),
+               Error);
+  EXPECT_THROW(kernels::linear_backward(x, Tensor::zeros({4, 6}, DType::f32), grad_y, grad_x, none, none), Error);
+  Tensor wrong_x_grad = Tensor::empty({6, 5}, DType::f32), wrong_b = Tensor::empty({5}, DType::f32);
+  EXPECT_THROW(kernels::linear_backward(x, weight, grad_y, wrong_x_grad, none, none), Error);
+  EXPECT_THROW(kernels::linear_backward(x, weight, grad_y, none, none, wrong_b), Error);
+  Tensor int_w = Tensor::empty({4, 5}, DType::i32);
+  EXPECT_THROW(kernels::linear_backward(x, weight, grad_y, none, int_w, none), Error);
+  EXPECT_THROW(kernels::linear_backward(Tensor::zeros({3, 2, 5}, DType::f32), weight, grad_y, none, grad_w, none),
+               Error);  // x's leading dims differ from grad_y's
 }
 
 }  // namespace

@@ -6,6 +6,15 @@
 // split into num_groups consecutive groups; each (n, group) block of C/num_groups * spatial elements is
 // normalized by its own mean and biased variance, then channel c is scaled by weight[c] and shifted by
 // bias[c]. Statistics are accumulated in double on the CPU.
+//
+// groupnorm_backward: gradients given grad_out (f32, x's shape). Nothing is saved from the forward: each
+// block's mean and rstd are recomputed from x in double (one pass; cheap on the CPU). Per (n, group) block,
+// with xhat = (x - mean) * rstd and g = grad_out * weight[channel]:
+//   grad_x      f32, x's shape, required:  rstd * (g - mean(g) - xhat * mean(g * xhat)), means over the block
+//   grad_weight f32 [C], optional:         sum over n and spatial of grad_out * xhat
+//   grad_bias   f32 [C], optional:         sum over n and spatial of grad_out
+// An undefined grad_weight / grad_bias is not computed. Every gradient output is OVERWRITTEN, never
+// accumulated into; the sums are in double in a fixed order (deterministic results).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -13,9 +22,13 @@
 namespace mfuser::kernels {
 
 void groupnorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int num_groups, float eps);
+void groupnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                        Tensor& grad_weight, Tensor& grad_bias, int num_groups, float eps);
 
 namespace cpu {
 void groupnorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int num_groups, float eps);
+void groupnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                        Tensor& grad_weight, Tensor& grad_bias, int num_groups, float eps);
 }
 
 }  // namespace mfuser::kernels

@@ -2,6 +2,8 @@
 // eps) and at the score map's real sizes.
 #include "kernels/l2norm/l2norm.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "loaders/safetensors.h"
@@ -55,6 +57,51 @@ TEST_F(L2normTest, InPlace) {
   Tensor x = golden_->view("tiny.dim1.x").to(Device::cpu());
   kernels::l2norm(x, x, 1);
   EXPECT_LE(test::compare(x, golden_->view("tiny.dim1.out")).max_abs, 1e-6);
+}
+
+// Gradient against PyTorch's f64 autograd of F.normalize, including the zero vector (grad / eps), a vector
+// with norm below eps (grad / eps: the clamp passes nothing through the norm) and one just above it.
+TEST_F(L2normTest, BackwardMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  for (const std::string c : kCases) {
+    SCOPED_TRACE(c);
+    const Tensor x = golden_->view(c + ".x"), ref = golden_->view(c + ".grad_x");
+    const int dim = int(golden_->view(c + ".dim").data<int64_t>()[0]);
+    const float eps = golden_->view(c + ".eps").data<float>()[0];
+    Tensor grad_in = Tensor::empty(x.shape(), DType::f32);
+    test::poison(grad_in);
+    kernels::cpu::l2norm_backward(x, golden_->view(c + ".grad_out"), grad_in, dim, eps);
+    // The sub-eps vectors' gradients are grad_out / eps ~ 1e12: compared relative to each element.
+    const test::ErrorStats e = test::compare(grad_in, ref);
+    double max_rel = 0;
+    for (int64_t i = 0; i < ref.numel(); ++i) {
+      const double r = ref.data<float>()[i], o = grad_in.data<float>()[i];
+      max_rel = std::max(max_rel, std::fabs(o - r) / std::max(1.0, std::fabs(r)));
+    }
+    std::printf("%s grad_x: %s, max error relative to max(1, |ref|) %g\n", c.c_str(), test::describe(e).c_str(),
+                max_rel);
+    EXPECT_EQ(e.nonfinite, 0);
+    EXPECT_LE(e.rel_l2, 1e-5);
+    EXPECT_LE(max_rel, 1e-5);
+  }
+}
+
+TEST_F(L2normTest, BackwardInPlace) {
+  SCOPED_TRACE(seed_trace_);
+  Tensor g = golden_->view("real.text.grad_out").to(Device::cpu());
+  kernels::l2norm_backward(golden_->view("real.text.x"), g, g, -1);
+  EXPECT_LE(test::compare(g, golden_->view("real.text.grad_x")).rel_l2, 1e-6);
+}
+
+TEST_F(L2normTest, BackwardRejectsBadArguments) {
+  const Tensor x = Tensor::zeros({2, 3}, DType::f32), g = Tensor::zeros({2, 3}, DType::f32);
+  Tensor grad_in = Tensor::empty({2, 3}, DType::f32);
+  kernels::l2norm_backward(x, g, grad_in, 1);  // the valid baseline
+  EXPECT_THROW(kernels::l2norm_backward(x, g, grad_in, 2), Error);
+  EXPECT_THROW(kernels::l2norm_backward(x, g, grad_in, -1, -1.f), Error);
+  EXPECT_THROW(kernels::l2norm_backward(x, Tensor::zeros({3, 2}, DType::f32), grad_in), Error);
+  Tensor wrong = Tensor::empty({6}, DType::f32);
+  EXPECT_THROW(kernels::l2norm_backward(x, g, wrong), Error);
 }
 
 TEST_F(L2normTest, RejectsBadArguments) {

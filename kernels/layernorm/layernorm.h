@@ -4,6 +4,19 @@
 // Contract: x and out are f32 [..., D] of the same shape (any leading dims, D >= 1); weight and bias are f32
 // [D]; all on one device. Per row: out = (x - mean) / sqrt(var + eps) * weight + bias, var biased (divided by
 // D). Statistics are accumulated in double on the CPU.
+//
+// The overload with `mean` and `rstd` also writes each row's statistics (f32 [rows], rows = x.numel() / D,
+// rstd = 1 / sqrt(var + eps)) for the backward to reuse.
+//
+// layernorm_backward: gradients of the forward above given grad_out (f32, x's shape). Saved statistics are
+// optional: pass the forward's `mean` and `rstd` (both, f32 [rows]) or two undefined tensors to recompute them
+// from x in double (one extra pass over x; cheap on the CPU and exact, whereas the saved f32 mean loses digits
+// when |mean| >> std). Recomputing is the intended use on the CPU; the saved path is for device kernels.
+//   grad_x      f32, x's shape, required:   rstd * (g - mean(g) - xhat * mean(g * xhat)), g = grad_out * weight
+//   grad_weight f32 [D], optional:          sum over rows of grad_out * xhat
+//   grad_bias   f32 [D], optional:          sum over rows of grad_out
+// An undefined grad_weight / grad_bias is not computed (a frozen norm). Every gradient output is
+// OVERWRITTEN, never accumulated into. Row sums are in double, in a fixed order (deterministic results).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -11,9 +24,17 @@
 namespace mfuser::kernels {
 
 void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps);
+void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps, Tensor& mean,
+               Tensor& rstd);
+void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
 
 namespace cpu {
 void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps);
+void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps, Tensor& mean,
+               Tensor& rstd);
+void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
 }
 
 }  // namespace mfuser::kernels

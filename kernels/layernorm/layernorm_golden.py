@@ -10,7 +10,8 @@ CASES = [("tiny", (2, 3, 7), 1e-5),
 
 
 def golden(gen: torch.Generator) -> dict:
-    """Per case: x, weight, bias and F.layer_norm's output computed in float64 (stored f32)."""
+    """Per case: x, weight, bias and F.layer_norm's output computed in float64 (stored f32); for the backward a
+    random grad_out and autograd's grad_x, grad_weight, grad_bias, also in float64."""
     out = {}
     for name, shape, eps in CASES:
         d = shape[-1]
@@ -18,6 +19,11 @@ def golden(gen: torch.Generator) -> dict:
         x = torch.randn(shape, generator=gen) * 2 + offset * torch.randn(shape[:-1] + (1,), generator=gen)
         weight = 1 + 0.5 * torch.randn(d, generator=gen)
         bias = 0.5 * torch.randn(d, generator=gen)
-        ref = F.layer_norm(x.double(), (d,), weight.double(), bias.double(), eps)
-        out.update({f"{name}.x": x, f"{name}.weight": weight, f"{name}.bias": bias, f"{name}.out": ref.float()})
+        grad_out = torch.randn(shape, generator=gen)
+        inputs = [t.double().requires_grad_() for t in (x, weight, bias)]
+        ref = F.layer_norm(inputs[0], (d,), inputs[1], inputs[2], eps)
+        grads = torch.autograd.grad(ref, inputs, grad_out.double())
+        out.update({f"{name}.x": x, f"{name}.weight": weight, f"{name}.bias": bias,
+                    f"{name}.out": ref.detach().float(), f"{name}.grad_out": grad_out})
+        out.update({f"{name}.grad_{arg}": g.float() for arg, g in zip(("x", "weight", "bias"), grads)})
     return out

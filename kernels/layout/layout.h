@@ -8,6 +8,13 @@
 //                          each piece made contiguous: the piece sizes are read from the preallocated dsts.
 // Negative dims count from the back. All tensors share one dtype and one device; outputs must not overlap the
 // inputs.
+//
+// Backward: no separate kernels, because each op's gradient is another layout op (exact, nothing saved from
+// the forward but the perm / dim / piece shapes; the gradient output is OVERWRITTEN, as by any call here):
+//   permute(src, dst, perm)  grad_src = permute(grad_dst, inv) with inv[perm[i]] = i
+//   concat(srcs, dst, dim)   grad_srcs = split(grad_dst, dim), pieces shaped as the srcs
+//   split(src, dsts, dim)    grad_src = concat(grad_dsts, dim)
+// layout_test checks these against PyTorch's autograd.
 #pragma once
 
 #include <span>

@@ -2,7 +2,11 @@
 
 Permute cases store `<case>.x`, `<case>.perm` and `<case>.out` = x.permute(perm).contiguous(). Concat/split
 cases store `<case>.whole`, `<case>.dim` and `<case>.piece<i>` = torch.split(whole, sizes, dim)[i]; the test
-checks both directions (split whole -> pieces, concat pieces -> whole)."""
+checks both directions (split whole -> pieces, concat pieces -> whole).
+
+Backward (the cases in BACKWARD: every tiny one and the two smaller real ones), PyTorch's autograd for random
+upstream gradients: permute `<case>.grad_out` -> `<case>.grad_x`; split `<case>.grad_piece<i>` ->
+`<case>.grad_whole`; concat `<case>.grad_cat` -> `<case>.grad_cat_piece<i>`."""
 import torch
 
 PERMUTES = {
@@ -29,6 +33,34 @@ SPLITS = {
 }
 
 
+# Cases that also get gradients (the larger real ones would push the file past its size budget).
+BACKWARD = {name for name in [*PERMUTES, *SPLITS] if name.startswith("tiny.")} | {"real.value_heads", "real.x_dbl"}
+
+
+def _backward(out: dict, gen: torch.Generator, name: str) -> None:
+    """Autograd through permute, split and cat for random upstream gradients (a move has exact gradients)."""
+    r = lambda t: torch.randn(t.shape, generator=gen)  # noqa: E731
+    if f"{name}.perm" in out:
+        x = out[f"{name}.x"].clone().requires_grad_()
+        grad_out = out[f"{name}.grad_out"] = r(out[f"{name}.out"])
+        x.permute(out[f"{name}.perm"].tolist()).contiguous().backward(grad_out)
+        out[f"{name}.grad_x"] = x.grad
+        return
+    dim = int(out[f"{name}.dim"])
+    whole = out[f"{name}.whole"].clone().requires_grad_()
+    pieces = [out[f"{name}.piece{i}"] for i in range(len(SPLITS[name][2]))]
+    grads = [r(p) for p in pieces]
+    torch.autograd.backward(torch.split(whole, SPLITS[name][2], dim), grads)
+    out[f"{name}.grad_whole"] = whole.grad
+    for i, g in enumerate(grads):
+        out[f"{name}.grad_piece{i}"] = g
+    leaves = [p.clone().requires_grad_() for p in pieces]
+    grad_cat = out[f"{name}.grad_cat"] = r(whole)
+    torch.cat(leaves, dim).backward(grad_cat)
+    for i, leaf in enumerate(leaves):
+        out[f"{name}.grad_cat_piece{i}"] = leaf.grad
+
+
 def golden(gen: torch.Generator) -> dict:
     out = {}
     for name, (shape, perm) in PERMUTES.items():
@@ -42,4 +74,6 @@ def golden(gen: torch.Generator) -> dict:
         out[f"{name}.dim"] = torch.tensor([dim], dtype=torch.int64)
         for i, piece in enumerate(torch.split(whole, sizes, dim)):
             out[f"{name}.piece{i}"] = piece.contiguous()
+    for name in sorted(BACKWARD):
+        _backward(out, gen, name)
     return out

@@ -98,6 +98,53 @@ TEST_F(LayoutTest, MovesOtherDtypes) {
   for (int i = 0; i < 6; ++i) EXPECT_EQ(back.data<uint8_t>()[i], i + 1);
 }
 
+// The backward contract of layout.h: each op's gradient is another layout op, bit-exact against autograd.
+TEST_F(LayoutTest, BackwardIsTheInverseOpLikeAutograd) {
+  SCOPED_TRACE(golden_.seed_trace);
+  int checked = 0;
+  for (const std::string name : kPermuteCases) {
+    if (!g_.contains(name + ".grad_x")) continue;
+    SCOPED_TRACE(name + " permute backward");
+    const std::vector<int> perm = read_ints(g_.view(name + ".perm"));
+    std::vector<int> inverse(perm.size());
+    for (size_t i = 0; i < perm.size(); ++i) inverse[size_t(perm[i])] = int(i);
+    const Tensor ref = g_.view(name + ".grad_x");
+    Tensor grad_x = Tensor::empty(ref.shape(), DType::f32);
+    test::poison(grad_x);
+    kernels::permute(g_.view(name + ".grad_out"), grad_x, inverse);
+    expect_bit_exact(grad_x, ref);
+    ++checked;
+  }
+  for (const std::string name : kSplitCases) {
+    if (!g_.contains(name + ".grad_whole")) continue;
+    const int dim = read_ints(g_.view(name + ".dim"))[0];
+    {
+      SCOPED_TRACE(name + " split backward = concat");
+      std::vector<Tensor> grads;
+      while (g_.contains(name + ".grad_piece" + std::to_string(grads.size())))
+        grads.push_back(g_.view(name + ".grad_piece" + std::to_string(grads.size())));
+      const Tensor ref = g_.view(name + ".grad_whole");
+      Tensor grad_whole = Tensor::empty(ref.shape(), DType::f32);
+      test::poison(grad_whole);
+      kernels::concat(grads, grad_whole, dim);
+      expect_bit_exact(grad_whole, ref);
+    }
+    {
+      SCOPED_TRACE(name + " concat backward = split");
+      std::vector<Tensor> grads, refs;
+      while (g_.contains(name + ".grad_cat_piece" + std::to_string(refs.size()))) {
+        refs.push_back(g_.view(name + ".grad_cat_piece" + std::to_string(refs.size())));
+        grads.push_back(Tensor::empty(refs.back().shape(), DType::f32));
+        test::poison(grads.back());
+      }
+      kernels::split(g_.view(name + ".grad_cat"), grads, dim);
+      for (size_t i = 0; i < refs.size(); ++i) expect_bit_exact(grads[i], refs[i]);
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 11);  // BACKWARD of layout_golden.py: 5 tiny + 1 real permutes, 4 tiny + 1 real splits
+}
+
 TEST_F(LayoutTest, RejectsBadArguments) {
   const Tensor x = Tensor::zeros({2, 3, 4}, DType::f32);
   Tensor y = Tensor::empty({4, 2, 3}, DType::f32);

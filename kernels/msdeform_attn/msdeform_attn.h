@@ -21,6 +21,19 @@
 
 namespace mfuser::kernels {
 
+// Backward of msdeform_attn: from the forward's inputs (nothing else saved) and grad_out [Bt, Q, H * Dh],
+// OVERWRITES grad_value (value's shape), grad_sampling_locations and grad_attention_weights (their inputs' shapes).
+// The level tables are integers (no gradient). Each sample's pixel coordinates are recomputed in double (exactly
+// loc * n - 0.5 for f32 loc), so a sample exactly on a pixel centre or edge picks the same corners as
+// F.grid_sample's float64 autograd: corners floor(x), floor(x) + 1; the location gradient is the slope of the
+// bilinear patch between them (one-sided at integer x), and corners outside the map contribute nothing (a sample
+// at x = -1 still has a location gradient through pixel 0; one at x = n has none). Parallel over (batch, head,
+// level), whose value gradients are disjoint, so the result does not depend on the thread count.
+void msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                            const Tensor& sampling_locations, const Tensor& attention_weights,
+                            const Tensor& grad_out, Tensor& grad_value, Tensor& grad_sampling_locations,
+                            Tensor& grad_attention_weights);  // dispatches on the device
+
 void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
                    const Tensor& sampling_locations, const Tensor& attention_weights,
                    Tensor& out);  // dispatches on the device
@@ -28,6 +41,10 @@ void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tens
 namespace cpu {
 void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
                    const Tensor& sampling_locations, const Tensor& attention_weights, Tensor& out);
+void msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                            const Tensor& sampling_locations, const Tensor& attention_weights,
+                            const Tensor& grad_out, Tensor& grad_value, Tensor& grad_sampling_locations,
+                            Tensor& grad_attention_weights);
 }
 
 }  // namespace mfuser::kernels

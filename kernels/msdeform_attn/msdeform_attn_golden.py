@@ -3,7 +3,11 @@
 The reference samples each level with F.grid_sample (bilinear, zeros padding, align_corners=False) on the grid
 2 * loc - 1, in float64, and sums the samples weighted by the attention weights. Locations include points on
 pixel centres and map edges, just outside the map, and far outside it. The case table is mirrored in
-msdeform_attn_test.cpp (which reads everything it needs from the file)."""
+msdeform_attn_test.cpp (which reads everything it needs from the file).
+
+Backward: "<case>.grad_out" is a random upstream gradient, "<case>.grad_value", ".grad_sampling_locations" and
+".grad_attention_weights" the float64 autograd gradients of sum(grad_out * out) through the same grid_sample
+reference (so samples exactly on pixel centres and edges get grid_sample's own one-sided gradients)."""
 import torch
 import torch.nn.functional as F
 
@@ -81,5 +85,12 @@ def golden(gen: torch.Generator) -> dict:
         out[f"{name}.level_start_index"] = torch.cumsum(sizes, 0) - sizes
         out[f"{name}.sampling_locations"] = locations
         out[f"{name}.attention_weights"] = weights
-        out[f"{name}.out"] = deform_attn_reference(value.double(), shapes, locations.double(), weights.double()).float()
+        leaves = [t.double().requires_grad_(True) for t in (value, locations, weights)]
+        result = deform_attn_reference(leaves[0], shapes, leaves[1], leaves[2])
+        out[f"{name}.out"] = result.detach().float()
+        grad_out = torch.randn(result.shape, generator=gen, dtype=torch.float64).float()
+        result.backward(grad_out.double())
+        out[f"{name}.grad_out"] = grad_out
+        for key, leaf in zip(("value", "sampling_locations", "attention_weights"), leaves):
+            out[f"{name}.grad_{key}"] = leaf.grad.float()
     return out

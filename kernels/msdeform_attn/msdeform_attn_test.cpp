@@ -1,6 +1,9 @@
 // msdeform_attn: CPU reference vs F.grid_sample-based sampling in float64 PyTorch (tiny and the pixel decoder).
 #include "kernels/msdeform_attn/msdeform_attn.h"
 
+#include <cmath>
+#include <vector>
+
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -28,6 +31,146 @@ TEST_F(MsdeformAttnTest, CpuMatchesPyTorch) {
     // within ~1e-6 of the exact value.
     test::expect_close(out, ref, "msdeform_attn " + n, 1e-5);
   }
+}
+
+double largest(const Tensor& t) { return test::compare(t, Tensor::zeros(t.shape(), t.dtype())).max_abs; }
+
+// Gradients of one case from the CPU backward, outputs poisoned first: value, sampling_locations, attention_weights.
+struct Grads {
+  Tensor value, locations, weights;
+};
+Grads run_backward(const Tensor& value, const Tensor& shapes, const Tensor& starts, const Tensor& locations,
+                   const Tensor& weights, const Tensor& grad_out) {
+  Grads g{Tensor::empty(value.shape(), DType::f32), Tensor::empty(locations.shape(), DType::f32),
+          Tensor::empty(weights.shape(), DType::f32)};
+  for (Tensor* t : {&g.value, &g.locations, &g.weights}) test::poison(*t);
+  kernels::cpu::msdeform_attn_backward(value, shapes, starts, locations, weights, grad_out, g.value, g.locations,
+                                       g.weights);
+  return g;
+}
+
+TEST_F(MsdeformAttnTest, BackwardMatchesPyTorch) {
+  SCOPED_TRACE(golden_.seed_trace);
+  const auto& g = golden_.file;
+  for (const std::string n : kCases) {
+    const Grads grads = run_backward(g.view(n + ".value"), g.view(n + ".spatial_shapes"),
+                                     g.view(n + ".level_start_index"), g.view(n + ".sampling_locations"),
+                                     g.view(n + ".attention_weights"), g.view(n + ".grad_out"));
+    // Largest magnitudes: ~1 for value, ~10 for the weights, ~100 for the locations (x 64 pixels per unit);
+    // max abs error <= 1e-5 of the largest (seen: ~1e-7 of it).
+    for (auto [name, grad] : {std::pair{"value", &grads.value}, std::pair{"sampling_locations", &grads.locations},
+                              std::pair{"attention_weights", &grads.weights}}) {
+      const Tensor ref = g.view(n + ".grad_" + name);
+      test::expect_close(*grad, ref, "msdeform_attn_backward " + n + " grad_" + name, 1e-5 * largest(ref));
+    }
+  }
+}
+
+// The forward in double, written again from the header's formula (test-only): sum(grad_out * out).
+struct DoubleDeformAttn {
+  std::vector<std::pair<int64_t, int64_t>> shapes;  // (h, w) per level
+  int64_t queries, heads, head_dim, points;
+  std::vector<double> value, locations, weights, grad_out;
+
+  double loss() const {
+    const int64_t levels = int64_t(shapes.size());
+    double total = 0;
+    for (int64_t q = 0; q < queries; ++q)
+      for (int64_t h = 0; h < heads; ++h) {
+        int64_t start = 0;
+        for (int64_t l = 0; l < levels; ++l) {
+          const auto [map_h, map_w] = shapes[size_t(l)];
+          for (int64_t p = 0; p < points; ++p) {
+            const size_t s = size_t(((q * heads + h) * levels + l) * points + p);
+            const double x = locations[2 * s] * double(map_w) - 0.5, y = locations[2 * s + 1] * double(map_h) - 0.5;
+            const double x0 = std::floor(x), y0 = std::floor(y);
+            for (int64_t i = int64_t(y0); i <= int64_t(y0) + 1; ++i)
+              for (int64_t j = int64_t(x0); j <= int64_t(x0) + 1; ++j) {
+                if (i < 0 || i >= map_h || j < 0 || j >= map_w) continue;
+                const double w = (1 - std::abs(double(i) - y)) * (1 - std::abs(double(j) - x)) * weights[s];
+                for (int64_t c = 0; c < head_dim; ++c)
+                  total += w * value[size_t(((start + i * map_w + j) * heads + h) * head_dim + c)] *
+                           grad_out[size_t((q * heads + h) * head_dim + c)];
+              }
+          }
+          start += map_h * map_w;
+        }
+      }
+    return total;
+  }
+};
+
+std::vector<double> to_doubles(const Tensor& t) {
+  std::vector<double> v(size_t(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[size_t(i)] = test::value_at(t, i);
+  return v;
+}
+
+// Independent of PyTorch: central differences (step 1e-6) of the double forward on random inputs, batch 1, two
+// levels, samples in and around the maps but never within 1e-3 pixel of a pixel line (where the bilinear patch
+// has a kink and differences are meaningless). The kernel runs in f32: rel L2 <= 1e-4.
+TEST_F(MsdeformAttnTest, BackwardMatchesFiniteDifferences) {
+  MFUSER_SEED_TRACE();
+  const int64_t q = 6, h = 2, dh = 3, l = 2, p = 3;
+  const Tensor shapes = Tensor::from_vector(std::vector<int64_t>{3, 4, 2, 2}, {l, 2});
+  const Tensor starts = Tensor::from_vector(std::vector<int64_t>{0, 12}, {l});
+  Tensor value = Tensor::empty({1, 16, h, dh}, DType::f32), locations = Tensor::empty({1, q, h, l, p, 2}, DType::f32);
+  Tensor weights = Tensor::empty({1, q, h, l, p}, DType::f32), grad_out = Tensor::empty({1, q, h * dh}, DType::f32);
+  test::fill_uniform(value);
+  test::fill_uniform(locations, -0.4f, 1.4f);
+  test::fill_uniform(weights, 0.f, 1.f);
+  test::fill_uniform(grad_out);
+  float* loc = locations.data<float>();
+  for (int64_t i = 0; i < locations.numel(); ++i) {
+    const int64_t size = (i / (2 * p)) % l == 0 ? (i % 2 == 0 ? 4 : 3) : 2;  // level's w for x, h for y
+    const double pixel = double(loc[i]) * double(size) - 0.5;
+    if (std::abs(pixel - std::round(pixel)) < 1e-3) loc[i] += 0.01f / float(size);
+  }
+  DoubleDeformAttn ref{{{3, 4}, {2, 2}}, q, h, dh, p, to_doubles(value), to_doubles(locations), to_doubles(weights),
+                       to_doubles(grad_out)};
+  const Grads grads = run_backward(value, shapes, starts, locations, weights, grad_out);
+  for (auto [name, x, grad] : {std::tuple{"value", &ref.value, &grads.value},
+                               std::tuple{"sampling_locations", &ref.locations, &grads.locations},
+                               std::tuple{"attention_weights", &ref.weights, &grads.weights}}) {
+    Tensor numeric = Tensor::empty(grad->shape(), DType::f32);
+    for (size_t i = 0; i < x->size(); ++i) {
+      const double keep = (*x)[i], step = 1e-6;
+      (*x)[i] = keep + step;
+      const double up = ref.loss();
+      (*x)[i] = keep - step;
+      const double down = ref.loss();
+      (*x)[i] = keep;
+      numeric.data<float>()[i] = float((up - down) / (2 * step));
+    }
+    test::expect_close(*grad, numeric, std::string("msdeform_attn_backward grad_") + name + " vs differences",
+                       1e-4 * largest(numeric), 1e-4);
+  }
+}
+
+TEST_F(MsdeformAttnTest, BackwardRejectsBadArguments) {
+  const int64_t b = 1, q = 3, h = 2, dh = 4, l = 2, p = 2;
+  const Tensor value = Tensor::zeros({b, 4 * 4 + 2 * 2, h, dh}, DType::f32);
+  const Tensor shapes = Tensor::from_vector(std::vector<int64_t>{4, 4, 2, 2}, {l, 2});
+  const Tensor starts = Tensor::from_vector(std::vector<int64_t>{0, 16}, {l});
+  const Tensor locs = Tensor::zeros({b, q, h, l, p, 2}, DType::f32);
+  const Tensor weights = Tensor::zeros({b, q, h, l, p}, DType::f32);
+  const Tensor grad_out = Tensor::zeros({b, q, h * dh}, DType::f32);
+  Tensor gv = Tensor::empty(value.shape(), DType::f32), gl = Tensor::empty(locs.shape(), DType::f32);
+  Tensor gw = Tensor::empty(weights.shape(), DType::f32);
+  EXPECT_NO_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, grad_out, gv, gl, gw));
+  const Tensor bad_starts = Tensor::from_vector(std::vector<int64_t>{0, 15}, {l});
+  EXPECT_THROW(kernels::msdeform_attn_backward(value, shapes, bad_starts, locs, weights, grad_out, gv, gl, gw), Error);
+  const Tensor wrong_grad_out = Tensor::zeros({b, q, h, dh}, DType::f32);
+  EXPECT_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, wrong_grad_out, gv, gl, gw),
+               Error);
+  Tensor wrong_gv = Tensor::empty({b, 20, h, dh + 1}, DType::f32);
+  EXPECT_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, grad_out, wrong_gv, gl, gw),
+               Error);
+  Tensor wrong_gl = Tensor::empty({b, q, h, l, p}, DType::f32);
+  EXPECT_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, grad_out, gv, wrong_gl, gw),
+               Error);
+  Tensor bf16_gw = Tensor::empty(weights.shape(), DType::bf16);
+  EXPECT_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, grad_out, gv, gl, bf16_gw), Error);
 }
 
 TEST_F(MsdeformAttnTest, RejectsBadArguments) {

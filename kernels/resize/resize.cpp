@@ -3,7 +3,9 @@
 // per-axis taps.
 #include "kernels/resize/resize.h"
 
+#include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "kernels/common/checks.h"
@@ -17,10 +19,12 @@ enum class Mode { bilinear, bicubic };
 
 const char* op_name(Mode mode) { return mode == Mode::bilinear ? "resize_bilinear" : "resize_bicubic"; }
 
-void check_args(Mode mode, const Tensor& src, const Tensor& dst, double scale_h, double scale_w) {
-  const char* op = op_name(mode);
-  check_f32(op, "src", src);
-  check_f32(op, "dst", dst);
+// `grads`: the backward's check (argument names grad_src, grad_dst).
+void check_args(Mode mode, const Tensor& src, const Tensor& dst, double scale_h, double scale_w, bool grads = false) {
+  const std::string name = str_cat(op_name(mode), grads ? "_backward" : "");
+  const char* op = name.c_str();
+  check_f32(op, grads ? "grad_src" : "src", src);
+  check_f32(op, grads ? "grad_dst" : "dst", dst);
   MFUSER_CHECK(src.ndim() == 4 && dst.ndim() == 4 && src.dim(0) == dst.dim(0) && src.dim(1) == dst.dim(1), op,
                ": src and dst must be [N, C, H, W] with the same N and C, got ", src.str(), " -> ", dst.str());
   MFUSER_CHECK(src.numel() > 0 && dst.numel() > 0, op, ": empty maps ", src.str(), " -> ", dst.str());
@@ -104,6 +108,38 @@ void resample(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double 
   });
 }
 
+// The adjoint of resample: every output gradient spread back over its taps, columns first, then rows.
+void resample_backward(Mode mode, const Tensor& grad_dst, Tensor& grad_src, double scale_h, double scale_w) {
+  const int64_t planes = grad_src.dim(0) * grad_src.dim(1), in_h = grad_src.dim(2), in_w = grad_src.dim(3);
+  const int64_t out_h = grad_dst.dim(2), out_w = grad_dst.dim(3);
+  const AxisTaps rows = axis_taps(mode, in_h, out_h, scale_h), cols = axis_taps(mode, in_w, out_w, scale_w);
+  const float* g_all = grad_dst.data<float>();
+  float* gs_all = grad_src.data<float>();
+  parallel_for(planes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(static_cast<size_t>(in_h * in_w)), row_grad(static_cast<size_t>(in_w));
+    for (int64_t plane = begin; plane < end; ++plane) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t y = 0; y < out_h; ++y) {
+        // This output row's gradient on the source columns (the blended row of the forward) ...
+        const float* g = g_all + (plane * out_h + y) * out_w;
+        std::fill(row_grad.begin(), row_grad.end(), 0.0);
+        for (int64_t x = 0; x < out_w; ++x)
+          for (int k = 0; k < cols.taps; ++k)
+            row_grad[size_t(cols.index[size_t(x * cols.taps + k)])] +=
+                double(cols.weight[size_t(x * cols.taps + k)]) * g[x];
+        // ... then on the source rows that were blended into it.
+        for (int k = 0; k < rows.taps; ++k) {
+          const double w = rows.weight[size_t(y * rows.taps + k)];
+          double* row = &acc[size_t(rows.index[size_t(y * rows.taps + k)] * in_w)];
+          for (int64_t x = 0; x < in_w; ++x) row[x] += w * row_grad[size_t(x)];
+        }
+      }
+      float* out = gs_all + plane * in_h * in_w;
+      for (int64_t i = 0; i < in_h * in_w; ++i) out[i] = float(acc[size_t(i)]);
+    }
+  });
+}
+
 void run_cpu(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
   check_args(mode, src, dst, scale_h, scale_w);
   check_host(op_name(mode), src);
@@ -117,6 +153,18 @@ void dispatch(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double 
 }
 
 }  // namespace
+
+void cpu::resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, double scale_h, double scale_w) {
+  check_args(Mode::bilinear, grad_src, grad_dst, scale_h, scale_w, true);
+  check_host("resize_bilinear_backward", grad_dst);
+  resample_backward(Mode::bilinear, grad_dst, grad_src, scale_h, scale_w);
+}
+
+void resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, double scale_h, double scale_w) {
+  check_args(Mode::bilinear, grad_src, grad_dst, scale_h, scale_w, true);
+  if (grad_dst.device().is_cuda()) no_cuda_kernel_yet("resize_bilinear_backward");
+  cpu::resize_bilinear_backward(grad_dst, grad_src, scale_h, scale_w);
+}
 
 void cpu::resize_bilinear(const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
   run_cpu(Mode::bilinear, src, dst, scale_h, scale_w);

@@ -23,7 +23,15 @@ namespace mfuser::kernels {
 void resize_bilinear(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
 void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
 
+// Backward of resize_bilinear (F.interpolate's autograd, align_corners=False): from grad_dst [N, C, H', W'],
+// OVERWRITES grad_src [N, C, H, W] (the forward's input shape), given the forward's scale arguments. Each source
+// pixel receives weight * grad_dst from every output pixel whose taps include it (a tap clamped onto the border
+// pixel adds there); sums run in double, one plane per task. Nothing from the forward is needed but the shapes.
+// resize_bicubic has no backward: MFuser uses it only on frozen positional embeddings.
+void resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, double scale_h = 0, double scale_w = 0);
+
 namespace cpu {
+void resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, double scale_h = 0, double scale_w = 0);
 void resize_bilinear(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
 void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
 }  // namespace cpu

@@ -2,7 +2,12 @@
 
 Each case `<case>.out` = F.interpolate(<input>, size or scale_factor, mode, align_corners=False) computed in
 float64; inputs are stored once under their own names (several cases share one). The table below is mirrored
-in resize_test.cpp."""
+in resize_test.cpp.
+
+Backward (bilinear only, BACKWARD below): "<case>.grad_src" is the float64 autograd gradient of
+sum(grad_out * out) with respect to the input, for a random upstream gradient "<case>.grad_out". To keep the file
+near 60 MB, real.fpn_upsample's upstream gradient is its own stored output (16 MB fewer; a bilinear upsample of
+N(0, 1) noise), and real.logits_to_crop (inference only, 20 MB of gradient) has no backward case."""
 import torch
 import torch.nn.functional as F
 
@@ -39,16 +44,39 @@ CASES = {
     "real.dino_pos_runtime": ("real.dino_pos", "bicubic", None, (32.1 / 37, 32.1 / 37)),  # DINOv2's own rule
 }
 
+# bilinear case -> where its upstream gradient comes from: None for a fresh random one, else a stored tensor
+BACKWARD = {
+    "tiny.bilinear_up": None,
+    "tiny.bilinear_down": None,
+    "tiny.bilinear_same": None,
+    "tiny.bilinear_mixed": None,
+    "tiny.bilinear_scale": None,
+    "tiny.bilinear_one_pixel": None,
+    "tiny.bilinear_clip_pos": None,
+    "real.fpn_upsample": "real.fpn_upsample.out",
+    "real.attn_mask_16": None,
+}
+
+
+def interpolate(x, mode, size, scale):
+    if scale is not None:
+        return F.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
 
 def golden(gen: torch.Generator) -> dict:
     out = {}
     for name, shape in INPUTS.items():
         out[name] = torch.randn(shape, generator=gen)
     for name, (src, mode, size, scale) in CASES.items():
-        x = out[src].double()
-        if scale is not None:
-            y = F.interpolate(x, scale_factor=scale, mode=mode, align_corners=False)
-        else:
-            y = F.interpolate(x, size=size, mode=mode, align_corners=False)
-        out[f"{name}.out"] = y.float()
+        out[f"{name}.out"] = interpolate(out[src].double(), mode, size, scale).float()
+    for name, grad_from in BACKWARD.items():
+        src, mode, size, scale = CASES[name]
+        x = out[src].double().requires_grad_(True)
+        y = interpolate(x, mode, size, scale)
+        if grad_from is None:
+            out[f"{name}.grad_out"] = torch.randn(y.shape, generator=gen)
+        grad_out = out[grad_from or f"{name}.grad_out"]
+        y.backward(grad_out.double())
+        out[f"{name}.grad_src"] = x.grad.float()
     return out

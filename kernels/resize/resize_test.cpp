@@ -1,6 +1,9 @@
 // resize: CPU reference vs PyTorch's F.interpolate (float64), bilinear and bicubic, size and scale-factor forms.
 #include "kernels/resize/resize.h"
 
+#include <cstring>
+#include <stdexcept>
+
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -36,6 +39,25 @@ const Case kCases[] = {
     {"real.dino_pos_runtime", "real.dino_pos", Mode::bicubic, 32.1 / 37, 32.1 / 37},
 };
 
+// Bilinear cases with a backward check and the name of their upstream gradient (BACKWARD in resize_golden.py).
+const std::pair<const char*, const char*> kBackwardCases[] = {
+    {"tiny.bilinear_up", "tiny.bilinear_up.grad_out"},
+    {"tiny.bilinear_down", "tiny.bilinear_down.grad_out"},
+    {"tiny.bilinear_same", "tiny.bilinear_same.grad_out"},
+    {"tiny.bilinear_mixed", "tiny.bilinear_mixed.grad_out"},
+    {"tiny.bilinear_scale", "tiny.bilinear_scale.grad_out"},
+    {"tiny.bilinear_one_pixel", "tiny.bilinear_one_pixel.grad_out"},
+    {"tiny.bilinear_clip_pos", "tiny.bilinear_clip_pos.grad_out"},
+    {"real.fpn_upsample", "real.fpn_upsample.out"},  // its own output: keeps the golden file near 60 MB
+    {"real.attn_mask_16", "real.attn_mask_16.grad_out"},
+};
+
+const Case& find_case(const char* name) {
+  for (const Case& c : kCases)
+    if (std::strcmp(c.name, name) == 0) return c;
+  throw std::runtime_error(std::string("no resize case ") + name);
+}
+
 class ResizeTest : public ::testing::Test {
  protected:
   test::Golden golden_{"resize"};
@@ -56,6 +78,63 @@ TEST_F(ResizeTest, CpuMatchesPyTorch) {
     // Inputs are N(0, 1) (|x| < 6): a sum of at most 16 products is within a few 1e-6 of the exact value.
     test::expect_close(out, ref, "resize " + name, 2e-5);
   }
+}
+
+TEST_F(ResizeTest, BilinearBackwardMatchesPyTorch) {
+  SCOPED_TRACE(golden_.seed_trace);
+  const auto& g = golden_.file;
+  for (const auto& [name, grad_out] : kBackwardCases) {
+    const Case& c = find_case(name);
+    const Tensor ref = g.view(std::string(name) + ".grad_src");
+    Tensor grad_src = Tensor::empty(ref.shape(), DType::f32);
+    test::poison(grad_src);
+    kernels::cpu::resize_bilinear_backward(g.view(grad_out), grad_src, c.scale_h, c.scale_w);
+    // Upstream gradients are O(1) (N(0, 1), or fpn's own output); a source pixel sums at most 16 weighted terms
+    // here, in double, with the weights rounded to f32 as in the forward (seen: max abs <= ~3e-7).
+    test::expect_close(grad_src, ref, std::string("resize_bilinear_backward ") + name, 1e-5);
+  }
+}
+
+// Independent of PyTorch: the backward is the forward's adjoint, <resize(x), g> = <x, resize_backward(g)>, for
+// random maps, up, down, both at once, and the scale form. Both sides in double from f32 kernels: 1e-6 relative.
+TEST_F(ResizeTest, BilinearBackwardIsTheAdjoint) {
+  MFUSER_SEED_TRACE();
+  struct Shape2 {
+    int64_t in_h, in_w, out_h, out_w;
+    double scale_h, scale_w;
+  };
+  for (const Shape2& s : {Shape2{5, 7, 11, 3, 0, 0}, Shape2{16, 9, 4, 20, 0, 0}, Shape2{6, 5, 10, 3, 1.7, 0.6},
+                          Shape2{1, 1, 3, 2, 0, 0}}) {
+    Tensor x = Tensor::empty({2, 3, s.in_h, s.in_w}, DType::f32);
+    Tensor grad_dst = Tensor::empty({2, 3, s.out_h, s.out_w}, DType::f32);
+    test::fill_uniform(x);
+    test::fill_uniform(grad_dst);
+    Tensor y = Tensor::empty(grad_dst.shape(), DType::f32), grad_src = Tensor::empty(x.shape(), DType::f32);
+    kernels::resize_bilinear(x, y, s.scale_h, s.scale_w);
+    kernels::resize_bilinear_backward(grad_dst, grad_src, s.scale_h, s.scale_w);
+    double forward = 0, backward = 0, scale = 0;
+    for (int64_t i = 0; i < y.numel(); ++i) {
+      forward += test::value_at(y, i) * test::value_at(grad_dst, i);
+      scale += std::abs(test::value_at(y, i) * test::value_at(grad_dst, i));
+    }
+    for (int64_t i = 0; i < x.numel(); ++i) backward += test::value_at(x, i) * test::value_at(grad_src, i);
+    EXPECT_NEAR(forward, backward, 1e-6 * scale) << grad_dst.str() << " -> " << x.str();
+  }
+}
+
+TEST_F(ResizeTest, BilinearBackwardRejectsBadArguments) {
+  const Tensor grad_dst = Tensor::zeros({1, 2, 8, 4}, DType::f32);
+  Tensor grad_src = Tensor::empty({1, 2, 5, 7}, DType::f32);
+  EXPECT_NO_THROW(kernels::resize_bilinear_backward(grad_dst, grad_src, 1.7, 0.6));
+  EXPECT_THROW(kernels::resize_bilinear_backward(grad_dst, grad_src, 2.0, 0.6), Error);  // floor(5 * 2) != 8
+  Tensor other_channels = Tensor::empty({1, 3, 5, 7}, DType::f32);
+  EXPECT_THROW(kernels::resize_bilinear_backward(grad_dst, other_channels), Error);
+  Tensor three_dims = Tensor::empty({2, 5, 7}, DType::f32);
+  EXPECT_THROW(kernels::resize_bilinear_backward(grad_dst, three_dims), Error);
+  Tensor empty = Tensor::empty({1, 2, 0, 7}, DType::f32);
+  EXPECT_THROW(kernels::resize_bilinear_backward(grad_dst, empty), Error);
+  Tensor bf16_src = Tensor::empty({1, 2, 5, 7}, DType::bf16);
+  EXPECT_THROW(kernels::resize_bilinear_backward(grad_dst, bf16_src), Error);
 }
 
 TEST_F(ResizeTest, RejectsBadArguments) {

@@ -5,6 +5,16 @@
 // Contract: x, z and out are f32 [..., D] of the same shape (any leading dims, D >= 1); weight is f32 [D]; all
 // on one device. The mean of squares is over the D elements of a row (no mean subtraction, no bias) and is
 // accumulated in double on the CPU.
+//
+// rmsnorm_gated_backward: gradients given grad_out (f32, x's shape). Nothing is saved from the forward: the
+// row's rstd = rsqrt(mean(x^2) + eps) is recomputed from x in double (one pass; cheap on the CPU). With
+// g = grad_out * weight * silu(z):
+//   grad_x      f32, x's shape, required:  rstd * g - x * rstd^3 * mean(g * x)
+//   grad_z      f32, x's shape, required:  grad_out * x * rstd * weight * silu'(z),
+//                                           silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))
+//   grad_weight f32 [D], optional:         sum over rows of grad_out * x * rstd * silu(z)
+// An undefined grad_weight is not computed. Every gradient output is OVERWRITTEN, never accumulated into; the
+// row sums are in double in a fixed order (deterministic results).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -12,9 +22,13 @@
 namespace mfuser::kernels {
 
 void rmsnorm_gated(const Tensor& x, const Tensor& z, const Tensor& weight, Tensor& out, float eps);
+void rmsnorm_gated_backward(const Tensor& x, const Tensor& z, const Tensor& weight, const Tensor& grad_out,
+                            Tensor& grad_x, Tensor& grad_z, Tensor& grad_weight, float eps);
 
 namespace cpu {
 void rmsnorm_gated(const Tensor& x, const Tensor& z, const Tensor& weight, Tensor& out, float eps);
+void rmsnorm_gated_backward(const Tensor& x, const Tensor& z, const Tensor& weight, const Tensor& grad_out,
+                            Tensor& grad_x, Tensor& grad_z, Tensor& grad_weight, float eps);
 }
 
 }  // namespace mfuser::kernels

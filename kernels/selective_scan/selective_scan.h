@@ -18,6 +18,21 @@
 
 namespace mfuser::kernels {
 
+// Backward of selective_scan with respect to y only (MFuser never uses last_state, so it has no gradient input).
+// Takes the forward's inputs (nothing else is saved: each sequence's states are recomputed into a per-thread
+// [L, N] f32 buffer, then one reverse sweep carries the f32 adjoint of h), and grad_y [Bt, D, L]. OVERWRITES:
+//   grad_u, grad_delta [Bt, D, L]; grad_A [D, N]; grad_B, grad_C [Bt, N, L];
+//   grad_D, grad_delta_bias [D]: defined exactly when D, delta_bias are (undefined otherwise).
+// grad_delta is the gradient through the softplus (F.softplus's: 1 above 20, sigmoid below). grad_delta_bias is
+// only the gradient of this op's own use of delta_bias (the sum of grad_delta over batch and time): MVFuser's
+// dt_proj bias also entered `delta` through the dt_proj Linear, and the caller adds that Linear's bias gradient
+// itself. Sums over time, channels and batch (grad_A, grad_B, grad_C, grad_D, grad_delta_bias) run in double;
+// the result is deterministic for any thread count.
+void selective_scan_backward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                             const Tensor& C, const Tensor& D, const Tensor& delta_bias, const Tensor& grad_y,
+                             Tensor& grad_u, Tensor& grad_delta, Tensor& grad_A, Tensor& grad_B, Tensor& grad_C,
+                             Tensor& grad_D, Tensor& grad_delta_bias, bool delta_softplus);  // dispatches
+
 void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                     const Tensor& D, const Tensor& delta_bias, Tensor& y, Tensor* last_state,
                     bool delta_softplus);  // dispatches on the device
@@ -25,6 +40,10 @@ void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const
 namespace cpu {
 void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                     const Tensor& D, const Tensor& delta_bias, Tensor& y, Tensor* last_state, bool delta_softplus);
+void selective_scan_backward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                             const Tensor& C, const Tensor& D, const Tensor& delta_bias, const Tensor& grad_y,
+                             Tensor& grad_u, Tensor& grad_delta, Tensor& grad_A, Tensor& grad_B, Tensor& grad_C,
+                             Tensor& grad_D, Tensor& grad_delta_bias, bool delta_softplus);
 }
 
 }  // namespace mfuser::kernels

@@ -4,7 +4,10 @@ The reference is a float64 loop over time written from the scan's definition (ma
 semantics, no z gate): dt = softplus(delta + delta_bias), h_t = exp(dt * A) * h_{t-1} + dt * B_t * u_t,
 y_t = <h_t, C_t> + D * u_t. Inputs look like MVFuser's: u is a SiLU output, delta already holds dt_proj's bias
 (which comes again as delta_bias), A = -exp(A_log) near -(1..N). The case table is mirrored in
-selective_scan_test.cpp."""
+selective_scan_test.cpp.
+
+Backward: "<case>.grad_out" is a random upstream gradient of y, and "<case>.grad_<input>" the float64 autograd
+gradients of sum(grad_out * y) through the same loop (y only: the backward takes no last-state gradient)."""
 import math
 
 import torch
@@ -25,13 +28,17 @@ def scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus):
     dt = delta if delta_bias is None else delta + delta_bias[:, None]
     if delta_softplus:
         dt = F.softplus(dt)
-    batch, channels, length = u.shape
+    batch, channels, _ = u.shape
     h = torch.zeros(batch, channels, A.shape[1], dtype=torch.float64)
-    y = torch.empty_like(u)
-    for t in range(length):
-        step = dt[:, :, t, None]
-        h = torch.exp(step * A) * h + (step * u[:, :, t, None]) * B[:, None, :, t]
-        y[:, :, t] = (h * C[:, None, :, t]).sum(-1)
+    # Per-step slices from unbind and outputs stacked at the end: autograd of per-step indexing or of in-place
+    # writes into y would cost a full-size tensor per step (O(L^2)).
+    steps = zip(dt.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1))
+    ys = []
+    for step, u_t, b_t, c_t in steps:
+        step = step[:, :, None]
+        h = torch.exp(step * A) * h + (step * u_t[:, :, None]) * b_t[:, None, :]
+        ys.append((h * c_t[:, None, :]).sum(-1))
+    y = torch.stack(ys, -1)
     if D is not None:
         y = y + D[:, None] * u
     return y, h
@@ -61,6 +68,18 @@ def mvfuser_like_inputs(gen, batch, channels, length, state, delta_softplus, out
     return u, delta, A, B, C, D, dt_bias
 
 
+def scan_gradients(gen, wide, delta_softplus, name):
+    """float64 autograd of the reference loop for a random N(0, 1) upstream gradient of y."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in wide.items()}
+    y, _ = scan_reference(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves.get("D"),
+                          leaves.get("delta_bias"), delta_softplus)
+    grad_out = torch.randn(y.shape, generator=gen, dtype=torch.float64).float()
+    y.backward(grad_out.double())
+    out = {f"{name}.grad_out": grad_out}
+    out.update({f"{name}.grad_{k}": v.grad.float() for k, v in leaves.items()})
+    return out
+
+
 def golden(gen: torch.Generator) -> dict:
     out = {}
     for name, (batch, channels, length, state, with_d, with_bias, softplus, outliers) in CASES.items():
@@ -76,4 +95,5 @@ def golden(gen: torch.Generator) -> dict:
         out.update({f"{name}.{k}": v for k, v in inputs.items()})
         out[f"{name}.y"] = y.float()
         out[f"{name}.last_state"] = last.float()
+        out.update(scan_gradients(gen, wide, softplus, name))
     return out

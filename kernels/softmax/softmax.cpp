@@ -63,6 +63,43 @@ void cpu::softmax(const Tensor& x, const Tensor& mask, Tensor& out) {
   });
 }
 
+namespace {
+
+void check_backward(const Tensor& y, const Tensor& grad_out, const Tensor& grad_in) {
+  detail::check_same_f32("softmax_backward", y, grad_in);
+  detail::check_same_f32("softmax_backward", grad_out, grad_in);
+  MFUSER_CHECK(y.ndim() >= 1, "softmax_backward: ", y.str(), ": needs at least one dim");
+}
+
+}  // namespace
+
+void cpu::softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad_in) {
+  check_backward(y, grad_out, grad_in);
+  detail::check_host("softmax_backward", y);
+  const int64_t cols = y.dim(-1);
+  if (y.numel() == 0) return;
+  const int64_t rows = y.numel() / cols;
+  const float* py = y.data<float>();
+  const float* pg = grad_out.data<float>();
+  float* po = grad_in.data<float>();
+  parallel_for(rows, std::max<int64_t>(1, (1 << 14) / cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float *yr = py + r * cols, *gr = pg + r * cols;
+      double dot = 0;
+      for (int64_t j = 0; j < cols; ++j) dot += double(gr[j]) * yr[j];
+      // Element j reads y_j and g_j before writing grad_in_j, so grad_in may alias either.
+      float* out = po + r * cols;
+      for (int64_t j = 0; j < cols; ++j) out[j] = float(yr[j] * (gr[j] - dot));
+    }
+  });
+}
+
+void softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad_in) {
+  check_backward(y, grad_out, grad_in);
+  MFUSER_CHECK(!y.device().is_cuda(), "softmax_backward: no CUDA kernel yet");
+  cpu::softmax_backward(y, grad_out, grad_in);
+}
+
 void softmax(const Tensor& x, const Tensor& mask, Tensor& out) {
   check_args(x, mask, out);
   MFUSER_CHECK(!x.device().is_cuda(), "softmax: no CUDA kernel yet");

@@ -2,11 +2,13 @@
 // PyTorch), the ViT self-attention size and the Mask2Former decoder's masked cross-attention size.
 #include "kernels/softmax/softmax.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
 #include "loaders/safetensors.h"
+#include "tests/common/counter_random.h"
 #include "tests/common/row_blocks.h"
 #include "tests/common/test_util.h"
 
@@ -114,6 +116,92 @@ TEST_F(SoftmaxTest, InPlace) {
   Tensor x = golden_->view("tiny.causal.x").to(Device::cpu());
   kernels::softmax(x, golden_->view("tiny.causal.mask"), x);
   EXPECT_LE(test::compare(x, golden_->view("tiny.causal.out")).max_abs, kMaxAbs);
+}
+
+Tensor run_backward(const Tensor& y, const Tensor& grad_out) {
+  Tensor grad_in = Tensor::empty(y.shape(), DType::f32);
+  test::poison(grad_in);
+  kernels::cpu::softmax_backward(y, grad_out, grad_in);
+  return grad_in;
+}
+
+// Compares out with ref except in the rows where y is NaN (the forward's fully masked rows, out of the
+// backward's contract: PyTorch's boolean masked_fill gives them zeros, its additive mask NaN, we NaN).
+RowErrors compare_rows_in_contract(const Tensor& out, const Tensor& ref, const Tensor& y) {
+  Tensor o = out.to(Device::cpu()), r = ref.to(Device::cpu());
+  const int64_t cols = y.dim(-1);
+  RowErrors e;
+  for (int64_t row = 0; row < y.numel() / cols; ++row) {
+    if (!std::isnan(y.data<float>()[row * cols])) continue;
+    ++e.nan_rows;
+    std::fill_n(o.data<float>() + row * cols, cols, 0.f);
+    std::fill_n(r.data<float>() + row * cols, cols, 0.f);
+  }
+  e.finite = test::compare(o, r);
+  return e;
+}
+
+// From PyTorch's saved output y (`<case>.out`) and upstream gradient, against its f64 autograd.
+TEST_F(SoftmaxTest, BackwardMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  for (const std::string name : kCases) {
+    SCOPED_TRACE(name);
+    const Tensor y = golden_->view(name + ".out");
+    const Tensor grad_out = golden_->contains(name + ".grad_out") ? golden_->view(name + ".grad_out")
+                                                                  : test::counter_uniform(y.shape(), 1);
+    const RowErrors e = compare_rows_in_contract(run_backward(y, grad_out), golden_->view(name + ".grad_x"), y);
+    std::printf("%s grad_x: %s, NaN rows %lld (out of contract)\n", name.c_str(), test::describe(e.finite).c_str(),
+                static_cast<long long>(e.nan_rows));
+    EXPECT_EQ(e.finite.nonfinite, 0);
+    EXPECT_LE(e.finite.rel_l2, 1e-5);
+    EXPECT_LE(e.finite.max_abs, 1e-6);  // y <= 1 times |grad_out - dot| < 10, y rounded to f32
+  }
+}
+
+// Masked entries (y = 0) get exactly zero gradient.
+TEST_F(SoftmaxTest, BackwardZeroAtMaskedEntries) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor y = golden_->view("real.decoder.out"), mask = golden_->view("real.decoder.mask");
+  const Tensor grad_in = run_backward(y, test::counter_uniform(y.shape(), 1));
+  int64_t masked = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    if (!mask.data<bool>()[i]) continue;
+    ++masked;
+    ASSERT_EQ(grad_in.data<float>()[i], 0.f) << "element " << i;
+  }
+  EXPECT_GT(masked, 0);
+}
+
+// ViT self-attention size: y from the forward (checked against PyTorch above), gradient in row blocks.
+TEST_F(SoftmaxTest, BackwardVitAttentionSizeMatchesPyTorch) {
+  SCOPED_TRACE(seed_trace_);
+  const Tensor y = run("real.vit");
+  const Tensor grad_in = run_backward(y, test::counter_uniform(y.shape(), 2));
+  const test::RowBlockErrors e = test::compare_row_blocks(grad_in, *golden_, "real.vit.grad_x");
+  EXPECT_EQ(e.nonfinite, 0);
+  for (const auto& b : e.blocks) {
+    std::printf("real.vit grad_x rows [%lld, %lld): %s\n", static_cast<long long>(b.begin),
+                static_cast<long long>(b.end), test::describe(b.error).c_str());
+    EXPECT_LE(b.error.rel_l2, 1e-5);
+    EXPECT_LE(b.error.max_abs, 1e-6);
+  }
+}
+
+TEST_F(SoftmaxTest, BackwardInPlace) {
+  SCOPED_TRACE(seed_trace_);
+  Tensor g = golden_->view("tiny.causal.grad_out").to(Device::cpu());
+  kernels::softmax_backward(golden_->view("tiny.causal.out"), g, g);
+  EXPECT_LE(test::compare(g, golden_->view("tiny.causal.grad_x")).max_abs, 1e-6);
+}
+
+TEST_F(SoftmaxTest, BackwardRejectsBadArguments) {
+  const Tensor y = Tensor::zeros({2, 3, 5}, DType::f32), g = Tensor::zeros({2, 3, 5}, DType::f32);
+  Tensor grad_in = Tensor::empty({2, 3, 5}, DType::f32);
+  kernels::softmax_backward(y, g, grad_in);  // the valid baseline
+  EXPECT_THROW(kernels::softmax_backward(Tensor::zeros({2, 15}, DType::f32), g, grad_in), Error);
+  EXPECT_THROW(kernels::softmax_backward(y, Tensor::zeros({2, 3, 4}, DType::f32), grad_in), Error);
+  Tensor int_grad = Tensor::empty({2, 3, 5}, DType::i32);
+  EXPECT_THROW(kernels::softmax_backward(y, g, int_grad), Error);
 }
 
 TEST_F(SoftmaxTest, RejectsBadArguments) {
