@@ -20,6 +20,13 @@ inline void check_shape(std::string_view op, std::string_view arg, const Tensor&
   MFUSER_CHECK(t.shape() == expected, op, ": ", arg, " must have shape ", expected.str(), ", got ", t.str());
 }
 
+// An optional output (a gradient nobody may want): undefined, or f32 of the expected shape.
+inline void check_optional_f32(std::string_view op, std::string_view arg, const Tensor& t, const Shape& expected) {
+  if (!t.defined()) return;
+  check_f32(op, arg, t);
+  check_shape(op, arg, t, expected);
+}
+
 // All defined tensors live on the device of the first one (optional arguments may be undefined).
 inline void check_same_device(std::string_view op, std::initializer_list<const Tensor*> tensors) {
   const Tensor& first = **tensors.begin();

@@ -41,18 +41,9 @@ void check_backward_args(const Tensor& x, const Tensor& weight, const Tensor& gr
   constexpr const char* op = "conv_transpose2d_backward";
   check_f32(op, "grad_out", grad_out);
   check_args(x, weight, Tensor(), grad_out);  // grad_out has the forward output's shape
-  if (grad_x.defined()) {
-    check_f32(op, "grad_x", grad_x);
-    check_shape(op, "grad_x", grad_x, x.shape());
-  }
-  if (grad_weight.defined()) {
-    check_f32(op, "grad_weight", grad_weight);
-    check_shape(op, "grad_weight", grad_weight, weight.shape());
-  }
-  if (grad_bias.defined()) {
-    check_f32(op, "grad_bias", grad_bias);
-    check_shape(op, "grad_bias", grad_bias, {weight.dim(1)});
-  }
+  check_optional_f32(op, "grad_x", grad_x, x.shape());
+  check_optional_f32(op, "grad_weight", grad_weight, weight.shape());
+  check_optional_f32(op, "grad_bias", grad_bias, {weight.dim(1)});
   check_same_device(op, {&x, &grad_out, &grad_x, &grad_weight, &grad_bias});
 }
 

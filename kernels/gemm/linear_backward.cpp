@@ -20,10 +20,7 @@ void check_linear_backward(const Tensor& x, const Tensor& weight, const Tensor& 
                grad_y.str(), " and weight ", weight.str(), ": need grad_y [..., N] and weight [N, K]");
   Shape x_shape = grad_y.shape();
   x_shape[-1] = weight.dim(1);
-  if (grad_x.defined()) {
-    check_f32(kOp, "grad_x", grad_x);
-    check_shape(kOp, "grad_x", grad_x, x_shape);
-  }
+  check_optional_f32(kOp, "grad_x", grad_x, x_shape);
   if (grad_weight.defined()) {
     MFUSER_CHECK(x.defined(), kOp, ": grad_weight is wanted, so x (saved from the forward) is needed");
     check_f32(kOp, "grad_weight", grad_weight);
@@ -33,10 +30,7 @@ void check_linear_backward(const Tensor& x, const Tensor& weight, const Tensor& 
     check_f32(kOp, "x", x);
     check_shape(kOp, "x", x, x_shape);
   }
-  if (grad_bias.defined()) {
-    check_f32(kOp, "grad_bias", grad_bias);
-    check_shape(kOp, "grad_bias", grad_bias, Shape{weight.dim(0)});
-  }
+  check_optional_f32(kOp, "grad_bias", grad_bias, Shape{weight.dim(0)});
   check_same_device(kOp, {&grad_y, &weight, &x, &grad_x, &grad_weight, &grad_bias});
 }
 

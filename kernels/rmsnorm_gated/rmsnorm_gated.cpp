@@ -39,10 +39,7 @@ void check_backward_args(const Tensor& x, const Tensor& z, const Tensor& weight,
   check_shape(op, "grad_out", grad_out, x.shape());
   check_shape(op, "grad_x", grad_x, x.shape());
   check_shape(op, "grad_z", grad_z, x.shape());
-  if (grad_weight.defined()) {
-    check_f32(op, "grad_weight", grad_weight);
-    check_shape(op, "grad_weight", grad_weight, {x.dim(-1)});
-  }
+  check_optional_f32(op, "grad_weight", grad_weight, {x.dim(-1)});
   MFUSER_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
   check_same_device(op, {&x, &z, &weight, &grad_out, &grad_x, &grad_z, &grad_weight});
 }
