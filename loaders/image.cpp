@@ -95,6 +95,102 @@ Format detect_format(const std::string& path, const std::vector<uint8_t>& b) {
   fail(path, str_cat("not a PNG or JPEG file (", b.size(), " bytes, starting ", head, ")"));
 }
 
+// ---- EXIF orientation ------------------------------------------------------------------------------------
+
+// The IFD0 Orientation tag (0x0112) of an Exif TIFF block (starting at its byte-order mark), read exactly as
+// OpenCV 4.6's ExifReader reads it, or 1 when there is none. ExifReader walks IFD0 entry by entry and stops
+// at the first read past the end of the block (then keeping what it parsed so far): the orientation found
+// before that counts, and so does a damaged block's. Its quirks are kept, since they decide which files rotate:
+//  - byte order: "II" is little-endian; anything else ("MM", but also "IM", garbage) is read big-endian;
+//  - the value is the SHORT at entry + 8, whatever the entry's type and count say (a big-endian LONG 6 reads 0);
+//  - a duplicate Orientation entry does not replace the first;
+//  - the entries OpenCV decodes before the orientation (strings, rationals) can stop the walk when their data
+//    lies outside the block: a string of > 4 bytes at its offset, one of <= 4 bytes at absolute offset 8
+//    (OpenCV's bug), rationals at their offset.
+// Values other than 1..8 leave the image as it is.
+int parse_exif_orientation(const uint8_t* data, size_t size) {
+  if (size == 0) return 1;
+  const bool little = size > 1 ? (data[0] == 'I' && data[1] == 'I') : data[0] == 'I';
+  struct OutOfRange {};
+  const auto u16 = [&](uint64_t at) -> uint32_t {
+    if (at + 1 >= size) throw OutOfRange{};
+    return little ? data[at] | uint32_t(data[at + 1]) << 8 : uint32_t(data[at]) << 8 | data[at + 1];
+  };
+  const auto u32 = [&](uint64_t at) -> uint32_t {
+    if (at + 3 >= size) throw OutOfRange{};
+    const uint32_t b0 = data[at], b1 = data[at + 1], b2 = data[at + 2], b3 = data[at + 3];
+    return little ? b0 | b1 << 8 | b2 << 16 | b3 << 24 : b0 << 24 | b1 << 16 | b2 << 8 | b3;
+  };
+  // Rationals (two u32 each) from the offset stored in the entry: out of range iff the last byte is.
+  const auto rationals = [&](uint64_t entry, uint64_t count) {
+    const uint64_t at = u32(entry + 8);
+    if (at + 8 * count > size) throw OutOfRange{};
+  };
+  try {
+    if (u16(2) != 0x2a) return 1;
+    uint64_t entry = u32(4);
+    const uint32_t entries = u16(entry);
+    entry += 2;
+    for (uint32_t i = 0; i < entries; ++i, entry += 12) {
+      switch (u16(entry)) {
+        case 0x0112: {  // Orientation
+          const uint32_t v = u16(entry + 8);
+          return v >= 1 && v <= 8 ? int(v) : 1;
+        }
+        case 0x010e: case 0x010f: case 0x0110: case 0x0131: case 0x0132: case 0x8298: {  // ASCII strings
+          const uint64_t n = u32(entry + 4);
+          const uint64_t at = n > 4 ? u32(entry + 8) : 8;
+          if (at > size || at + n > size) throw OutOfRange{};
+          break;
+        }
+        case 0x011a: case 0x011b: rationals(entry, 1); break;  // X/YResolution
+        case 0x013e: rationals(entry, 2); break;               // WhitePoint
+        case 0x013f: rationals(entry, 6); break;               // PrimaryChromaticities
+        case 0x0211: rationals(entry, 3); break;               // YCbCrCoefficients
+        case 0x0214: rationals(entry, 6); break;               // ReferenceBlackWhite
+        case 0x0128: case 0x0213: (void)u16(entry + 8); break;  // ResolutionUnit, YCbCrPositioning
+        default: break;
+      }
+    }
+  } catch (const OutOfRange&) {
+  }
+  return 1;
+}
+
+// Applies EXIF orientation 2..8 to u8 [H, W, 3] as OpenCV's ExifTransform does (1 and anything else: as is):
+// 2 flip left-right, 3 rotate 180, 4 flip top-bottom, 5 transpose, 6 transpose + flip left-right (rotate 90
+// clockwise), 7 transpose + rotate 180, 8 transpose + flip top-bottom (rotate 90 counter-clockwise).
+Tensor apply_exif_orientation(Tensor image, int orientation) {
+  if (orientation < 2 || orientation > 8) return image;
+  const int64_t h = image.dim(0), w = image.dim(1);
+  // Output pixel (y, x) is input pixel base + y * dy + x * dx (in pixels, row-major input).
+  int64_t base = 0, dy = 0, dx = 0;
+  switch (orientation) {
+    case 2: base = w - 1, dy = w, dx = -1; break;
+    case 3: base = (h - 1) * w + w - 1, dy = -w, dx = -1; break;
+    case 4: base = (h - 1) * w, dy = -w, dx = 1; break;
+    case 5: base = 0, dy = 1, dx = w; break;
+    case 6: base = (h - 1) * w, dy = 1, dx = -w; break;
+    case 7: base = (h - 1) * w + w - 1, dy = -1, dx = -w; break;
+    case 8: base = w - 1, dy = -1, dx = w; break;
+  }
+  const bool swap = orientation >= 5;
+  const int64_t oh = swap ? w : h, ow = swap ? h : w;
+  Tensor out = Tensor::empty({oh, ow, 3}, DType::u8);
+  const uint8_t* src = image.data<uint8_t>();
+  uint8_t* dst = out.data<uint8_t>();
+  for (int64_t y = 0; y < oh; ++y) {
+    int64_t p = base + y * dy;
+    for (int64_t x = 0; x < ow; ++x, p += dx, dst += 3) {
+      const uint8_t* s = src + 3 * p;
+      dst[0] = s[0];
+      dst[1] = s[1];
+      dst[2] = s[2];
+    }
+  }
+  return out;
+}
+
 // ---- PNG decoding -----------------------------------------------------------------------------------------
 
 // State shared with libpng's callbacks: the in-memory file and the first error message.
@@ -140,7 +236,8 @@ bool png_protected_read_info(png_structp png, png_infop info, PngHeader* h) {
 }
 
 // Protected: sets the transforms, decodes every row (all seven Adam7 passes when interlaced) and reads on to
-// IEND, so a file cut anywhere, even after its last IDAT, is an error (cv2 calls png_read_end too).
+// IEND, so a file cut anywhere, even after its last IDAT, is an error (cv2 calls png_read_end too). Chunks
+// after the image data go to end_info, as with cv2 (an eXIf chunk there counts too).
 //
 // to_rgb reproduces OpenCV's PngDecoder::readData for a 3-channel 8-bit destination (IMREAD_COLOR):
 // png_set_strip_16 (16-bit samples keep their high byte, i.e. v >> 8, not a rounded rescale),
@@ -148,8 +245,8 @@ bool png_protected_read_info(png_structp png, png_infop info, PngHeader* h) {
 // png_set_expand_gray_1_2_4_to_8 for low-depth gray, png_set_gray_to_rgb, interlace handling; no gamma.
 // OpenCV's extra png_set_bgr is its BGR order, which the reference undoes with BGR->RGB.
 // Otherwise (labels) samples stay as stored: 8-bit values or palette indices, low-depth indices unpacked.
-bool png_protected_decode(png_structp png, png_infop info, const PngHeader* h, bool to_rgb, size_t row_bytes,
-                          png_bytepp rows) {
+bool png_protected_decode(png_structp png, png_infop info, png_infop end_info, const PngHeader* h, bool to_rgb,
+                          size_t row_bytes, png_bytepp rows) {
   if (setjmp(png_jmpbuf(png))) return false;
   if (to_rgb) {
     if (h->bit_depth == 16) png_set_strip_16(png);
@@ -166,7 +263,7 @@ bool png_protected_decode(png_structp png, png_infop info, const PngHeader* h, b
   png_read_update_info(png, info);
   if (png_get_rowbytes(png, info) != row_bytes) png_error(png, "unexpected row size after conversion");
   png_read_image(png, rows);
-  png_read_end(png, nullptr);
+  png_read_end(png, end_info);
   return true;
 }
 
@@ -186,11 +283,12 @@ std::string png_color_type_name(int color_type) {
 struct PngReadHandles {
   png_structp png = nullptr;
   png_infop info = nullptr;
+  png_infop end_info = nullptr;
   PngReadHandles() = default;
   PngReadHandles(const PngReadHandles&) = delete;
   PngReadHandles& operator=(const PngReadHandles&) = delete;
   ~PngReadHandles() {
-    if (png) png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
+    if (png) png_destroy_read_struct(&png, info ? &info : nullptr, end_info ? &end_info : nullptr);
   }
 };
 
@@ -201,7 +299,8 @@ class PngDecoder {
     in_.size = bytes.size();
     h_.png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &in_, png_on_error, png_on_warning);
     if (h_.png) h_.info = png_create_info_struct(h_.png);
-    if (!h_.png || !h_.info) fail(path_, "libpng could not allocate its decoder");
+    if (h_.info) h_.end_info = png_create_info_struct(h_.png);
+    if (!h_.png || !h_.info || !h_.end_info) fail(path_, "libpng could not allocate its decoder");
     png_set_read_fn(h_.png, &in_, png_read_from_memory);
     if (!png_protected_read_info(h_.png, h_.info, &header_)) fail_decode();
     check_size(path_, header_.width, header_.height);
@@ -217,8 +316,21 @@ class PngDecoder {
     Tensor out = Tensor::empty(c == 3 ? Shape{h, w, 3} : Shape{h, w}, DType::u8);
     std::vector<png_bytep> rows(static_cast<size_t>(h));
     for (int64_t y = 0; y < h; ++y) rows[size_t(y)] = out.data<uint8_t>() + y * w * c;
-    if (!png_protected_decode(h_.png, h_.info, &header_, to_rgb, size_t(w * c), rows.data())) fail_decode();
+    if (!png_protected_decode(h_.png, h_.info, h_.end_info, &header_, to_rgb, size_t(w * c), rows.data()))
+      fail_decode();
     return out;
+  }
+
+  // The EXIF orientation of a decoded file's eXIf chunk (libpng has checked its byte-order mark), taken as
+  // cv2 takes it: the one before the image data, else the one after; 1 without one.
+  int exif_orientation() const {
+    png_uint_32 size = 0;
+    png_bytep data = nullptr;
+    if (png_get_valid(h_.png, h_.info, PNG_INFO_eXIf))
+      png_get_eXIf_1(h_.png, h_.info, &size, &data);
+    else if (png_get_valid(h_.png, h_.end_info, PNG_INFO_eXIf))
+      png_get_eXIf_1(h_.png, h_.end_info, &size, &data);
+    return data && size > 0 ? parse_exif_orientation(data, size) : 1;
   }
 
  private:
@@ -279,6 +391,7 @@ bool jpeg_protected_read_header(jpeg_decompress_struct* cinfo, JpegErrors* error
                                 size_t size) {
   if (setjmp(errors->jump)) return false;
   jpeg_mem_src(cinfo, data, static_cast<unsigned long>(size));
+  jpeg_save_markers(cinfo, JPEG_APP0 + 1, 0xffff);  // APP1 (Exif), kept whole as OpenCV keeps it
   jpeg_read_header(cinfo, TRUE);
   return true;
 }
@@ -345,6 +458,13 @@ class JpegDecoder {
     h_.created = true;
     if (!jpeg_protected_read_header(&h_.cinfo, &h_.errors, bytes.data(), bytes.size())) fail_decode();
     check_size(path_, h_.cinfo.image_width, h_.cinfo.image_height);
+    // As OpenCV's JpegDecoder: the first APP1 marker, whatever its identifier, minus the 6 bytes that are
+    // "Exif\0\0" in an Exif block. Read now: libjpeg frees saved markers when decompression finishes.
+    for (jpeg_saved_marker_ptr m = h_.cinfo.marker_list; m; m = m->next) {
+      if (m->marker != JPEG_APP0 + 1) continue;
+      if (m->data_length > 6) orientation_ = parse_exif_orientation(m->data + 6, m->data_length - 6);
+      break;
+    }
   }
   JpegDecoder(const JpegDecoder&) = delete;
   JpegDecoder& operator=(const JpegDecoder&) = delete;
@@ -367,6 +487,8 @@ class JpegDecoder {
     return out;
   }
 
+  int exif_orientation() const { return orientation_; }
+
  private:
   [[noreturn]] void fail_decode() const {
     if (h_.errors.mgr.msg_code == JWRN_JPEG_EOF)
@@ -378,6 +500,7 @@ class JpegDecoder {
   std::string path_;
   size_t size_;
   JpegHandle h_;
+  int orientation_ = 1;
 };
 
 // ---- PNG encoding -----------------------------------------------------------------------------------------
@@ -430,8 +553,15 @@ std::atomic<uint64_t> g_temp_counter{0};
 
 Tensor read_rgb(const std::string& path) {
   const std::vector<uint8_t> bytes = read_whole_file(path);
-  if (detect_format(path, bytes) == Format::png) return PngDecoder(path, bytes).decode(/*to_rgb=*/true);
-  return JpegDecoder(path, bytes).decode_rgb();
+  // cv2.imdecode(IMREAD_COLOR) applies the EXIF orientation after decoding, for both formats.
+  if (detect_format(path, bytes) == Format::png) {
+    PngDecoder decoder(path, bytes);
+    Tensor rgb = decoder.decode(/*to_rgb=*/true);
+    return apply_exif_orientation(std::move(rgb), decoder.exif_orientation());
+  }
+  JpegDecoder decoder(path, bytes);
+  Tensor rgb = decoder.decode_rgb();
+  return apply_exif_orientation(std::move(rgb), decoder.exif_orientation());
 }
 
 Tensor read_label(const std::string& path) {

@@ -1,8 +1,12 @@
 // Image files: PNG (libpng) and JPEG (libjpeg-turbo) in, PNG out.
 //
 // Decoded images are host u8 tensors in HWC layout, as the reference pipeline loads them (mmcv imread with
-// RGB order): read_rgb -> [H, W, 3]. EXIF orientation is ignored, as the reference ignores it. Label maps are
-// read without any colour conversion: a palette PNG gives its indices, a gray PNG its values (Cityscapes
+// RGB order): read_rgb -> [H, W, 3]. read_rgb applies the EXIF orientation as the reference's
+// cv2.imdecode(IMREAD_COLOR) does (OpenCV 4.6): the IFD0 Orientation tag of a JPEG's first APP1 marker or of
+// a PNG's eXIf chunk (before or after the image data) flips / transposes / rotates the decoded image, so
+// orientations 5..8 swap H and W; a missing, damaged or out-of-range tag leaves it as stored, and never fails
+// the decode. Label maps are read without any colour conversion and without EXIF orientation (as cv2's
+// IMREAD_UNCHANGED and PIL's plain open): a palette PNG gives its indices, a gray PNG its values (Cityscapes
 // *_labelTrainIds.png, BDD100K masks, GTA5's palette labels), read_label -> [H, W].
 // Every failure (missing, unreadable, corrupt or truncated file, unsupported format) throws ImageError naming
 // the file; nothing is returned half-decoded.

@@ -5,7 +5,8 @@
 // it): PNG variants are written with libpng directly (or with write_png), JPEGs with libjpeg's encoder.
 // PNG decodes must be exact against an independent model of cv2's conversions; JPEG decodes must equal a
 // plain libjpeg decode of the same bytes (libjpeg defaults, the settings OpenCV uses) and stay close to the
-// source pixels. When Debian's /usr/bin/python3 has PIL, decodes are also compared against PIL.
+// source pixels. When Debian's /usr/bin/python3 has PIL, decodes are also compared against PIL. EXIF
+// orientation (JPEG APP1, PNG eXIf) is checked against the stored grid transformed as OpenCV 4.6 does it.
 #include "loaders/image.h"
 
 #include <sys/stat.h>
@@ -304,6 +305,7 @@ struct JpegSpec {
   bool ycck = false;
   int width = 0, height = 0;
   Bytes pixels;
+  std::vector<Bytes> app1;  // APP1 marker payloads, written in order after the encoder's own APP0
   // Bounds against the source pixels (after the same colour conversion as the decoder's).
   double max_mean_abs = 0;
 };
@@ -340,6 +342,7 @@ bool jpeg_encode_protected(jpeg_compress_struct* c, JpegErrorCtx* err, const Jpe
   c->restart_in_rows = s->restart_rows;
   c->arith_code = s->arithmetic ? TRUE : FALSE;
   jpeg_start_compress(c, TRUE);
+  for (const Bytes& m : s->app1) jpeg_write_marker(c, JPEG_APP0 + 1, m.data(), unsigned(m.size()));
   while (c->next_scanline < c->image_height) {
     JSAMPROW row = const_cast<JSAMPROW>(s->pixels.data() + size_t(c->next_scanline) * s->width * s->components);
     jpeg_write_scanlines(c, &row, 1);
@@ -645,29 +648,232 @@ TEST_F(ImageTest, FormatComesFromContentNotExtension) {
   EXPECT_EQ(first_difference(tensor_bytes(read_rgb(path("no_extension"))), reference_jpeg_decode(file)), "equal");
 }
 
-// EXIF orientation is not applied: a JPEG carrying an APP1 Exif block with orientation 6 (rotate 90) decodes
-// to the stored pixel grid.
-TEST_F(ImageTest, JpegExifOrientationIsIgnored) {
-  MFUSER_SEED_TRACE();
-  JpegSpec j;
-  j.width = 24;
-  j.height = 10;
-  j.pixels = smooth_image(10, 24, 3);
-  const Bytes plain = encode_jpeg(j);
-  // APP1 "Exif\0\0", little-endian TIFF header, IFD0 with one entry: tag 0x0112 (orientation), SHORT, 1, 6.
-  const Bytes exif = {0xff, 0xe1, 0x00, 0x22, 'E',  'x',  'i',  'f',  0,    0,    'I',  'I',  0x2a, 0x00,
-                      0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x12, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00,
-                      0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
-  Bytes with_exif(plain.begin(), plain.begin() + 2);
-  with_exif.insert(with_exif.end(), exif.begin(), exif.end());
-  with_exif.insert(with_exif.end(), plain.begin() + 2, plain.end());
-  write_bytes(path("exif.jpg"), with_exif);
-  const Tensor rgb = read_rgb(path("exif.jpg"));
-  EXPECT_EQ(rgb.shape(), (Shape{10, 24, 3}));
-  EXPECT_EQ(first_difference(tensor_bytes(rgb), reference_jpeg_decode(plain)), "equal");
+
+// ---- EXIF orientation ---------------------------------------------------------------------------------------
+
+// An image as rows of RGB pixels, and OpenCV's primitives: the expected result of an orientation is built the
+// way OpenCV's ExifTransform composes cv::transpose and cv::flip, independently of the decoder's own
+// single-pass remapping.
+struct Rgb {
+  int64_t h = 0, w = 0;
+  Bytes px;
+  const uint8_t* at(int64_t y, int64_t x) const { return px.data() + 3 * (y * w + x); }
+};
+
+Rgb transpose(const Rgb& a) {
+  Rgb out{a.w, a.h, {}};
+  for (int64_t y = 0; y < out.h; ++y)
+    for (int64_t x = 0; x < out.w; ++x) out.px.insert(out.px.end(), a.at(x, y), a.at(x, y) + 3);
+  return out;
 }
 
-// ---- failures -----------------------------------------------------------------------------------------------
+// cv::flip codes: 1 around the vertical axis (left-right), 0 around the horizontal axis (top-bottom), -1 both.
+Rgb flip(const Rgb& a, int code) {
+  Rgb out{a.h, a.w, {}};
+  for (int64_t y = 0; y < a.h; ++y)
+    for (int64_t x = 0; x < a.w; ++x) {
+      const uint8_t* p = a.at(code <= 0 ? a.h - 1 - y : y, code != 0 ? a.w - 1 - x : x);
+      out.px.insert(out.px.end(), p, p + 3);
+    }
+  return out;
+}
+
+// OpenCV 4.6 ExifTransform; values outside 2..8 leave the image alone.
+Rgb oriented(const Rgb& a, int orientation) {
+  switch (orientation) {
+    case 2: return flip(a, 1);
+    case 3: return flip(a, -1);
+    case 4: return flip(a, 0);
+    case 5: return transpose(a);
+    case 6: return flip(transpose(a), 1);
+    case 7: return flip(transpose(a), -1);
+    case 8: return flip(transpose(a), 0);
+  }
+  return a;
+}
+
+// The orientation (1..8) whose transform of `stored` is `t`, or 0.
+int orientation_of(const Tensor& t, const Rgb& stored) {
+  for (int o = 1; o <= 8; ++o) {
+    const Rgb e = oriented(stored, o);
+    if (t.shape() == Shape{e.h, e.w, 3} && tensor_bytes(t) == e.px) return o;
+  }
+  return 0;
+}
+
+// A TIFF block as Exif carries it: byte-order mark, 42, IFD0 at offset 8 with the given entries, next IFD 0.
+// SHORT values (type 3) sit in the first two bytes of the value field, other types fill it.
+struct IfdEntry {
+  uint16_t tag, type;
+  uint32_t count, value;
+};
+
+Bytes exif_tiff(const std::string& order, const std::vector<IfdEntry>& entries, int declared_entries = -1) {
+  const bool little = order == "II";
+  Bytes b(order.begin(), order.end());
+  const auto put16 = [&](uint32_t v) {
+    b.insert(b.end(), little ? std::initializer_list<uint8_t>{uint8_t(v), uint8_t(v >> 8)}
+                             : std::initializer_list<uint8_t>{uint8_t(v >> 8), uint8_t(v)});
+  };
+  const auto put32 = [&](uint32_t v) {
+    if (little) {
+      put16(v & 0xffff);
+      put16(v >> 16);
+    } else {
+      put16(v >> 16);
+      put16(v & 0xffff);
+    }
+  };
+  put16(42);
+  put32(8);
+  put16(declared_entries >= 0 ? uint32_t(declared_entries) : uint32_t(entries.size()));
+  for (const IfdEntry& e : entries) {
+    put16(e.tag);
+    put16(e.type);
+    put32(e.count);
+    if (e.type == 3) {
+      put16(e.value);
+      put16(0);
+    } else {
+      put32(e.value);
+    }
+  }
+  put32(0);
+  return b;
+}
+
+Bytes orientation_tiff(const std::string& order, uint32_t orientation) {
+  return exif_tiff(order, {{0x0112, 3, 1, orientation}});
+}
+
+Bytes exif_app1(const Bytes& tiff) {
+  static const char kIdentifier[6] = {'E', 'x', 'i', 'f', 0, 0};
+  Bytes b(tiff.size() + 6);
+  std::memcpy(b.data(), kIdentifier, 6);
+  if (!tiff.empty()) std::memcpy(b.data() + 6, tiff.data(), tiff.size());
+  return b;
+}
+
+// A JPEG with the given APP1 payloads and its stored pixel grid (a plain libjpeg decode, which ignores Exif).
+struct OrientedJpeg {
+  Bytes file;
+  Rgb stored;
+};
+
+OrientedJpeg jpeg_with_app1(const JpegSpec& base, std::vector<Bytes> app1) {
+  JpegSpec s = base;
+  s.app1 = std::move(app1);
+  OrientedJpeg j;
+  j.file = encode_jpeg(s);
+  j.stored = {s.height, s.width, reference_jpeg_decode(j.file)};
+  return j;
+}
+
+JpegSpec non_square_jpeg_spec() {
+  JpegSpec j;
+  j.width = rand_int(9, 40);
+  j.height = rand_int(9, 40);
+  if (j.height == j.width) ++j.width;
+  j.pixels = smooth_image(j.height, j.width, 3);
+  return j;
+}
+
+// Every orientation value in both byte orders, written by libjpeg's encoder as an APP1 marker
+// (jpeg_write_marker): read_rgb gives the stored grid transformed as OpenCV 4.6's ExifTransform does, H and W
+// swapped for 5..8; 0 and 9 (out of range) leave it alone. (Checked by hand against cv2 4.6.0's imdecode with
+// IMREAD_COLOR on the same kind of files: orientations 1..8 come out as transforms 1..8, 0 and 9 as 1.)
+TEST_F(ImageTest, JpegExifOrientationIsApplied) {
+  MFUSER_SEED_TRACE();
+  JpegSpec base = non_square_jpeg_spec();
+  for (bool progressive : {false, true}) {
+    base.progressive = progressive;
+    for (const std::string order : {"II", "MM"}) {
+      for (int o = 0; o <= 9; ++o) {
+        SCOPED_TRACE(str_cat(progressive ? "progressive " : "baseline ", order, " orientation ", o));
+        const OrientedJpeg j = jpeg_with_app1(base, {exif_app1(orientation_tiff(order, uint32_t(o)))});
+        const Bytes app1_marker = {0xff, 0xe1};
+        ASSERT_NE(std::search(j.file.begin(), j.file.end(), app1_marker.begin(), app1_marker.end()), j.file.end());
+        const std::string p = path(str_cat("orientation_", order, "_", o, ".jpg"));
+        write_bytes(p, j.file);
+        const Tensor rgb = read_rgb(p);
+        const Rgb want = oriented(j.stored, o);
+        ASSERT_EQ(rgb.shape(), (Shape{want.h, want.w, 3}));
+        EXPECT_EQ(first_difference(tensor_bytes(rgb), want.px), "equal");
+        EXPECT_EQ(orientation_of(rgb, j.stored), o >= 1 && o <= 8 ? o : 1);
+      }
+    }
+  }
+}
+
+// OpenCV's reading of odd and damaged Exif, each case checked by hand against cv2 4.6.0 (imdecode,
+// IMREAD_COLOR) on files built the same way: which orientation comes out, and never a failed decode.
+TEST_F(ImageTest, JpegExifQuirksFollowOpenCv) {
+  MFUSER_SEED_TRACE();
+  const JpegSpec base = non_square_jpeg_spec();
+  struct Case {
+    std::string name;
+    std::vector<Bytes> app1;
+    int want;
+  };
+  const Bytes good = orientation_tiff("II", 6);
+  std::vector<Case> cases = {
+      // Only the first APP1 counts, and its 6-byte identifier is skipped unread.
+      {"xmp_then_exif", {Bytes{'h', 't', 't', 'p', ':', '/', '/', 'n', 's', 0, '<', 'x', '/', '>'}, exif_app1(good)},
+       1},
+      {"exif_then_exif", {exif_app1(good), exif_app1(orientation_tiff("II", 3))}, 6},
+      {"other_identifier", {[&] { Bytes b = exif_app1(good); b[0] = 'X'; b[1] = 'Y'; return b; }()}, 6},
+      // Byte order: only "II" is little-endian.
+      {"order_IM_read_big_endian", {exif_app1([] { Bytes t = orientation_tiff("MM", 6); t[0] = 'I'; return t; }())}, 6},
+      {"order_garbage_read_big_endian",
+       {exif_app1([] { Bytes t = orientation_tiff("MM", 8); t[0] = t[1] = 'X'; return t; }())}, 8},
+      {"order_II_but_big_endian_data",
+       {exif_app1([] { Bytes t = orientation_tiff("MM", 6); t[0] = t[1] = 'I'; return t; }())}, 1},
+      // The value is the SHORT at entry + 8, whatever the type.
+      {"long_little_endian", {exif_app1(exif_tiff("II", {{0x0112, 4, 1, 6}}))}, 6},
+      {"long_big_endian_reads_0", {exif_app1(exif_tiff("MM", {{0x0112, 4, 1, 6}}))}, 1},
+      // The first Orientation entry wins; an entry that OpenCV cannot read stops the walk.
+      {"duplicate_orientation", {exif_app1(exif_tiff("II", {{0x0112, 3, 1, 6}, {0x0112, 3, 1, 3}}))}, 6},
+      {"bad_make_string_before", {exif_app1(exif_tiff("II", {{0x010f, 2, 100, 5000}, {0x0112, 3, 1, 6}}))}, 1},
+      {"bad_make_string_after", {exif_app1(exif_tiff("II", {{0x0112, 3, 1, 6}, {0x010f, 2, 100, 5000}}))}, 6},
+      {"short_make_string_before", {exif_app1(exif_tiff("II", {{0x010f, 2, 4, 0}, {0x0112, 3, 1, 5}}))}, 5},
+      {"bad_resolution_before", {exif_app1(exif_tiff("II", {{0x011a, 5, 1, 4000}, {0x0112, 3, 1, 6}}))}, 1},
+      {"unknown_tags_before",
+       {exif_app1(exif_tiff("MM", {{0x0100, 4, 1, 99}, {0x8769, 4, 1, 9999}, {0x0112, 3, 1, 7}}))}, 7},
+      {"entry_count_too_large", {exif_app1(exif_tiff("II", {{0x0112, 3, 1, 2}}, 40))}, 2},
+      {"ifd_offset_out_of_range", {exif_app1([] { Bytes t = orientation_tiff("II", 6); t[4] = 0xf0; return t; }())}, 1},
+      {"bad_tag_mark", {exif_app1([] { Bytes t = orientation_tiff("II", 6); t[2] = 43; return t; }())}, 1},
+      {"identifier_only", {Bytes{'E', 'x', 'i', 'f', 0, 0}}, 1},
+      {"empty_app1", {Bytes{}}, 1},
+  };
+  // Cut anywhere: the orientation counts once its two value bytes are there (20 bytes of TIFF).
+  for (size_t cut = 0; cut < good.size(); ++cut)
+    cases.push_back(
+        {str_cat("cut_", cut), {exif_app1(Bytes(good.begin(), good.begin() + long(cut)))}, cut >= 20 ? 6 : 1});
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const OrientedJpeg j = jpeg_with_app1(base, c.app1);
+    const std::string p = path(c.name + ".jpg");
+    write_bytes(p, j.file);
+    Tensor rgb;
+    ASSERT_NO_THROW(rgb = read_rgb(p));
+    EXPECT_EQ(orientation_of(rgb, j.stored), c.want);
+  }
+  // Random Exif bytes (after a valid header, or not): always decodes, to one of the eight orientations.
+  for (int i = 0; i < 200; ++i) {
+    Bytes tiff = random_samples(size_t(rand_int(0, 80)), 255);
+    if (i % 2 == 0) {
+      const Bytes head = orientation_tiff(i % 4 == 0 ? "II" : "MM", 6);
+      std::copy(head.begin(), head.begin() + long(std::min<size_t>(10, tiff.size())), tiff.begin());
+    }
+    const OrientedJpeg j = jpeg_with_app1(base, {exif_app1(tiff)});
+    const std::string p = path(str_cat("random_exif_", i, ".jpg"));
+    write_bytes(p, j.file);
+    Tensor rgb;
+    ASSERT_NO_THROW(rgb = read_rgb(p)) << p;
+    EXPECT_NE(orientation_of(rgb, j.stored), 0) << p;
+    fs::remove(p);
+  }
+}
 
 uint32_t be32(const Bytes& b, size_t at) {
   return uint32_t(b[at]) << 24 | uint32_t(b[at + 1]) << 16 | uint32_t(b[at + 2]) << 8 | b[at + 3];
@@ -683,6 +889,65 @@ size_t png_chunk(const Bytes& b, const char* type) {
   ADD_FAILURE() << "no " << type << " chunk";
   return 8;
 }
+
+// `png` with a chunk inserted at byte offset `at` (a chunk boundary), CRC computed.
+Bytes insert_png_chunk(const Bytes& png, size_t at, const char* type, const Bytes& data) {
+  Bytes chunk;
+  const uint32_t n = uint32_t(data.size());
+  chunk.insert(chunk.end(), {uint8_t(n >> 24), uint8_t(n >> 16), uint8_t(n >> 8), uint8_t(n)});
+  chunk.insert(chunk.end(), type, type + 4);
+  chunk.insert(chunk.end(), data.begin(), data.end());
+  const uint32_t crc = uint32_t(crc32(0, chunk.data() + 4, uInt(chunk.size() - 4)));
+  chunk.insert(chunk.end(), {uint8_t(crc >> 24), uint8_t(crc >> 16), uint8_t(crc >> 8), uint8_t(crc)});
+  Bytes out(png.begin(), png.begin() + long(at));
+  out.insert(out.end(), chunk.begin(), chunk.end());
+  out.insert(out.end(), png.begin() + long(at), png.end());
+  return out;
+}
+
+// cv2 4.6 (libpng's eXIf support) applies a PNG eXIf chunk's orientation too, before or after the image data
+// (checked by hand: orientations 1..8, "II" and "MM", both places). libpng itself drops an eXIf whose byte-order
+// mark is wrong (an "Exif\0\0"-prefixed block), and cv2 then leaves the image alone. Label maps never rotate
+// (cv2's IMREAD_UNCHANGED does not apply the orientation either; its IMREAD_GRAYSCALE would).
+TEST_F(ImageTest, PngExifOrientationIsApplied) {
+  MFUSER_SEED_TRACE();
+  int64_t h = rand_int(2, 30), w = rand_int(2, 30);
+  if (h == w) ++w;
+  const Tensor rgb = random_u8({h, w, 3}), gray = random_u8({h, w});
+  write_png(path("rgb.png"), rgb);
+  write_png(path("gray.png"), gray);
+  const Bytes rgb_png = read_bytes(path("rgb.png")), gray_png = read_bytes(path("gray.png"));
+  const Rgb stored{h, w, tensor_bytes(rgb)};
+  Rgb stored_gray{h, w, {}};
+  for (uint8_t v : tensor_bytes(gray)) stored_gray.px.insert(stored_gray.px.end(), 3, v);
+  for (const bool after : {false, true}) {
+    for (const std::string order : {"II", "MM"}) {
+      for (int o = 0; o <= 9; ++o) {
+        SCOPED_TRACE(str_cat(after ? "eXIf after IDAT, " : "eXIf before IDAT, ", order, " orientation ", o));
+        const int want = o >= 1 && o <= 8 ? o : 1;
+        const auto at = [&](const Bytes& png) { return after ? png_chunk(png, "IEND") : png_chunk(png, "IDAT"); };
+        const std::string p = path(str_cat("rgb_", after, order, o, ".png"));
+        write_bytes(p, insert_png_chunk(rgb_png, at(rgb_png), "eXIf", orientation_tiff(order, uint32_t(o))));
+        const Tensor t = read_rgb(p);
+        const Rgb e = oriented(stored, want);
+        ASSERT_EQ(t.shape(), (Shape{e.h, e.w, 3}));
+        EXPECT_EQ(first_difference(tensor_bytes(t), e.px), "equal");
+
+        const std::string g = path(str_cat("gray_", after, order, o, ".png"));
+        write_bytes(g, insert_png_chunk(gray_png, at(gray_png), "eXIf", orientation_tiff(order, uint32_t(o))));
+        EXPECT_EQ(orientation_of(read_rgb(g), stored_gray), want);
+        const Tensor label = read_label(g);
+        EXPECT_EQ(label.shape(), (Shape{h, w}));
+        EXPECT_EQ(first_difference(tensor_bytes(label), tensor_bytes(gray)), "equal");
+      }
+    }
+  }
+  const std::string p = path("exif_prefixed.png");
+  write_bytes(p, insert_png_chunk(rgb_png, png_chunk(rgb_png, "IDAT"), "eXIf", exif_app1(orientation_tiff("II", 6))));
+  EXPECT_EQ(orientation_of(read_rgb(p), stored), 1);
+}
+
+// ---- failures -----------------------------------------------------------------------------------------------
 
 void fix_crc(Bytes& b, size_t chunk) {
   const uint32_t len = be32(b, chunk);
