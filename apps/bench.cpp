@@ -1,5 +1,9 @@
-// mfuser bench: times the crop forward of our graph and, in the same run, the PyTorch oracle's on the same
-// weights and thread count; prints a table with memory and a per-operator breakdown.
+// mfuser bench: times the crop forward of our graph and, in the same run on the same device, the PyTorch
+// oracle's on the same weights; prints one table (times, achieved TFLOP/s and MFU, peak memory, speed-up)
+// and a per-operator breakdown of ours.
+//
+// On CUDA it first measures the card's ceilings (a bf16 8192^3 GEMM through our cuBLASLt path, a large
+// device-to-device copy): MFU is achieved model FLOP/s over that measured GEMM rate, not the datasheet's.
 #include "apps/commands.h"
 
 #include <algorithm>
@@ -10,9 +14,14 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "graph/executor.h"
 #include "graph/model/mfuser.h"
+#include "kernels/cast/cast.h"
+#include "kernels/gemm/gemm.h"
 #include "runtime/log.h"
 #include "runtime/parallel.h"
 
@@ -22,15 +31,26 @@ namespace {
 
 struct BenchArgs {
   std::string weights, config, device = "cpu";
-  int batch = 1, size = 0, threads = 0, runs = 3, top = 12;
+  std::vector<int> batches;             // default: 1 on the CPU; 1 and 18 (one Cityscapes image) on CUDA
+  std::vector<std::string> precisions;  // default: fp32 on the CPU; fp32 and bf16 on CUDA
+  int size = 0, threads = 0, runs = 0, oracle_runs = 3, top = 12;
   bool oracle = true;
 };
 
 constexpr const char* kBenchUsage =
     "usage: mfuser bench --weights FILE.safetensors [--config CONFIG.json] [--device cpu|cuda]\n"
-    "                    [--batch N] [--size PIXELS] [--threads N] [--runs N] [--top N] [--no-oracle]\n"
-    "Times one forward of N crops (default: 1 crop at the config's size) and the PyTorch oracle beside it.\n"
-    "--config defaults to config.json next to the weights. `make bench-cpu` makes random real-size weights.\n";
+    "                    [--batch N[,N..]] [--precision fp32|bf16|fp32,bf16] [--size PIXELS] [--threads N]\n"
+    "                    [--runs N] [--oracle-runs N] [--top N] [--no-oracle]\n"
+    "Times the forward of N crops (default: 1 crop on the CPU; 1 and 18 crops, fp32 and bf16, on CUDA) and the\n"
+    "PyTorch oracle beside it (fp32 eager; bf16 = autocast). --config defaults to config.json next to the\n"
+    "weights; `mfuser init --config tools/configs/mfuser_clip_vitl_512.json` makes random real-size weights.\n";
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> parts;
+  std::stringstream in(text);
+  for (std::string part; std::getline(in, part, ',');) parts.push_back(part);
+  return parts;
+}
 
 BenchArgs parse(const std::vector<std::string>& args) {
   BenchArgs a;
@@ -43,16 +63,26 @@ BenchArgs parse(const std::vector<std::string>& args) {
     if (k == "--weights") a.weights = value();
     else if (k == "--config") a.config = value();
     else if (k == "--device") a.device = value();
-    else if (k == "--batch") a.batch = parse_int(k, value(), 1);
+    else if (k == "--batch") for (const std::string& b : split_commas(value())) a.batches.push_back(parse_int(k, b, 1));
+    else if (k == "--precision") a.precisions = split_commas(value());
     else if (k == "--size") a.size = parse_int(k, value(), 16);
     else if (k == "--threads") a.threads = parse_int(k, value(), 1);
     else if (k == "--runs") a.runs = parse_int(k, value(), 1);
+    else if (k == "--oracle-runs") a.oracle_runs = parse_int(k, value(), 1);
     else if (k == "--top") a.top = parse_int(k, value(), 0);
     else if (k == "--no-oracle") a.oracle = false;
     else MFUSER_CHECK(false, "bench: unknown option '", k, "'\n", kBenchUsage);
   }
   MFUSER_CHECK(!a.weights.empty(), "bench: --weights is required\n", kBenchUsage);
   MFUSER_CHECK(a.device == "cpu" || a.device == "cuda", "bench: --device must be cpu or cuda");
+  const bool cuda = a.device == "cuda";
+  if (a.batches.empty()) a.batches = cuda ? std::vector<int>{1, 18} : std::vector<int>{1};
+  if (a.precisions.empty()) a.precisions = cuda ? std::vector<std::string>{"fp32", "bf16"} : std::vector<std::string>{"fp32"};
+  for (const std::string& p : a.precisions) {
+    MFUSER_CHECK(p == "fp32" || p == "bf16", "bench: --precision takes fp32 and/or bf16, got '", p, "'");
+    MFUSER_CHECK(p == "fp32" || cuda, "bench: bf16 runs on CUDA only (add --device cuda)");
+  }
+  if (a.runs == 0) a.runs = cuda ? 10 : 3;
   if (a.config.empty()) a.config = (std::filesystem::path(a.weights).parent_path() / "config.json").string();
   return a;
 }
@@ -62,30 +92,192 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-// Runs tools/reference/bench_oracle.py and returns its JSON line (empty on failure, with a warning).
-std::string run_oracle(const BenchArgs& a, int size, int threads) {
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Multiply-add FLOPs of the matrix work of one node (linear, matmul, attention, convolutions); the
+// element-wise ops are bandwidth, not FLOPs, and are left out as MFU conventions do.
+double node_flops(const graph::Graph& g, const graph::Node& n) {
+  const auto shape = [&](size_t i) { return g.value(n.inputs[i]).shape; };
+  const Shape out = g.value(n.outputs[0]).shape;
+  if (n.op == "linear") return 2.0 * double(out.numel()) * double(shape(1)[1]);
+  if (n.op == "matmul") return 2.0 * double(out.numel()) * double(shape(0)[-1]);
+  if (n.op == "attention") return 4.0 * double(shape(0).numel()) * double(shape(1)[-2]);  // q k^T and p v
+  if (n.op == "conv2d") {
+    const Shape w = shape(1);
+    return 2.0 * double(out.numel()) * double(w[1] * w[2] * w[3]);
+  }
+  if (n.op == "conv_transpose2d") {
+    const Shape w = shape(1);
+    return 2.0 * double(shape(0).numel()) * double(w[1] * w[2] * w[3]);
+  }
+  return 0;
+}
+
+double graph_flops(const graph::Graph& g) {
+  double total = 0;
+  for (const graph::Node& n : g.nodes()) total += node_flops(g, n);
+  return total;
+}
+
+// A device tensor of uniform values in [-1, 1) in `dtype` (drawn on the host: never time on zeros).
+Tensor random_device(const Shape& shape, DType dtype, Device device, uint64_t seed) {
+  Tensor host = Tensor::empty(shape, DType::f32);
+  float* p = host.data<float>();
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    p[i] = float(s >> 40) / float(1 << 23) - 1.f;
+  }
+  return kernels::cast_to(host.to(device), dtype);
+}
+
+struct Ceilings {
+  double gemm_tflops = 0;  // bf16 8192^3 through kernels::gemm (cuBLASLt)
+  double copy_tbps = 0;    // device-to-device copy, bytes read + written
+};
+
+Ceilings measure_ceilings(Device device) {
+  Ceilings c;
+  const int64_t n = 8192;
+  const Tensor a = random_device({n, n}, DType::bf16, device, 1), b = random_device({n, n}, DType::bf16, device, 2);
+  Tensor out = Tensor::empty({n, n}, DType::bf16, device);
+  kernels::GemmParams p;
+  p.m = p.n = p.k = n;
+  std::vector<double> s;
+  for (int r = 0; r < 13; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    kernels::gemm(a, b, out, p);
+    cuda::synchronize(device.index);
+    if (r >= 3) s.push_back(seconds_since(start));
+  }
+  c.gemm_tflops = 2.0 * double(n * n * n) / median(s) / 1e12;
+
+  const int64_t bytes = int64_t(2) << 30;
+  const Tensor src = Tensor::empty({bytes}, DType::u8, device);
+  Tensor dst = Tensor::empty({bytes}, DType::u8, device);
+  s.clear();
+  for (int r = 0; r < 8; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    dst.copy_from(src);
+    cuda::synchronize(device.index);
+    if (r >= 2) s.push_back(seconds_since(start));
+  }
+  c.copy_tbps = 2.0 * double(bytes) / median(s) / 1e12;
+  return c;
+}
+
+struct Measured {
+  int batch = 0;
+  std::string precision;
+  double median_ms = 0, flops = 0;
+  size_t peak_bytes = 0;  // CUDA: allocator high-water mark (weights + arena + workspaces)
+  size_t arena_bytes = 0, naive_bytes = 0;
+};
+
+// A normalized-image-like input: standard normal values, the same for every run.
+Tensor random_image(int batch, int size) {
+  Tensor image = Tensor::empty({batch, 3, size, size}, DType::f32);
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal;
+  for (int64_t i = 0; i < image.numel(); ++i) image.data<float>()[i] = normal(rng);
+  return image;
+}
+
+Measured time_ours(model::MfuserModel& model, const BenchArgs& a, Device device, int batch, int size,
+                   const std::string& precision) {
+  if (device.is_cuda()) cuda::reset_peak(device.index);
+  auto graph = model.build(batch, size, size, precision == "bf16" ? DType::bf16 : DType::f32);
+  graph::Executor executor(*graph, device);
+  executor.set_input("image", random_image(batch, size));
+  executor.run();  // warm-up: library handles, workspaces; on CUDA the second run is captured as a graph
+  executor.run();
+  std::vector<double> ms;
+  for (int r = 0; r < a.runs; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    executor.run();
+    ms.push_back(seconds_since(start) * 1e3);
+  }
+  Measured m;
+  m.batch = batch;
+  m.precision = precision;
+  m.median_ms = median(ms);
+  m.flops = graph_flops(*graph);
+  m.peak_bytes = device.is_cuda() ? cuda::memory_stats(device.index).peak : 0;
+  m.arena_bytes = executor.plan().arena_bytes;
+  m.naive_bytes = executor.plan().naive_bytes;
+  return m;
+}
+
+// Runs tools/reference/bench_oracle.py for every batch and precision in one process; its JSON (null on
+// failure, with a warning).
+nlohmann::json run_oracle(const BenchArgs& a, int size, int threads) {
+  const char* env_python = std::getenv("MFUSER_TORCH_PYTHON");
+  const std::string python = env_python ? env_python : MFUSER_TORCH_PYTHON;
+  if (python.empty()) {
+    log::warn("bench: no Python with PyTorch known to this build (set MFUSER_TORCH_PYTHON): oracle skipped");
+    return nullptr;
+  }
+  std::string batches, precisions;
+  for (int b : a.batches) batches += (batches.empty() ? "" : ",") + std::to_string(b);
+  for (const std::string& p : a.precisions) precisions += (precisions.empty() ? "" : ",") + p;
   const std::string script = std::string(MFUSER_SOURCE_DIR) + "/tools/reference/bench_oracle.py";
-  const std::string cmd = str_cat("/usr/bin/python3 '", script, "' --weights '", a.weights, "' --config '", a.config,
-                                  "' --batch ", a.batch, " --size ", size, " --threads ", threads, " --runs ", a.runs,
-                                  " --device ", a.device, " 2>&1");
+  const std::string cmd = str_cat("'", python, "' '", script, "' --weights '", a.weights, "' --config '", a.config,
+                                  "' --batches ", batches, " --precisions ", precisions, " --size ", size,
+                                  " --threads ", threads, " --runs ", a.oracle_runs, " --device ", a.device, " 2>&1");
+  std::printf("  running the PyTorch oracle: %s\n", cmd.c_str());
+  std::fflush(stdout);
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd.c_str(), "r"), pclose);
-  if (!pipe) return {};
+  if (!pipe) return nullptr;
   std::string out, last;
-  std::array<char, 4096> buf;
+  std::array<char, 1 << 14> buf;
   while (fgets(buf.data(), int(buf.size()), pipe.get())) {
     out += buf.data();
     last = buf.data();
   }
-  if (last.rfind("{", 0) != 0) {
+  try {
+    return nlohmann::json::parse(last);
+  } catch (const std::exception&) {
     log::warn("bench: the PyTorch oracle failed:\n", out);
-    return {};
+    return nullptr;
   }
-  return last;
 }
 
-double json_number(const std::string& json, const std::string& key) {
-  const size_t at = json.find("\"" + key + "\":");
-  return at == std::string::npos ? 0.0 : std::atof(json.c_str() + at + key.size() + 3);
+const nlohmann::json* oracle_result(const nlohmann::json& oracle, int batch, const std::string& precision) {
+  if (oracle.is_null()) return nullptr;
+  for (const auto& r : oracle["results"])
+    if (r["batch"] == batch && r["precision"] == precision) return &r;
+  return nullptr;
+}
+
+void print_breakdown(model::MfuserModel& model, Device device, int batch, int size, const std::string& precision,
+                     int top) {
+  auto graph = model.build(batch, size, size, precision == "bf16" ? DType::bf16 : DType::f32);
+  graph::Executor profiled(*graph, device, {.profile = true});
+  profiled.set_input("image", random_image(batch, size));
+  profiled.run();  // warm-up (library workspaces)
+  profiled.run();
+  std::map<std::string, std::array<double, 3>> by_op;  // seconds, nodes, flops
+  double total = 0;
+  for (size_t i = 0; i < graph->nodes().size(); ++i) {
+    auto& [seconds, count, flops] = by_op[graph->nodes()[i].op];
+    seconds += profiled.node_seconds()[i];
+    count += 1;
+    flops += node_flops(*graph, graph->nodes()[i]);
+    total += profiled.node_seconds()[i];
+  }
+  std::vector<std::pair<std::string, std::array<double, 3>>> rows(by_op.begin(), by_op.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& x, const auto& y) { return x.second[0] > y.second[0]; });
+  std::printf("\n  per-op time of ours, %d crop(s) %s (one run synchronized after every node: %.1f ms in all)\n",
+              batch, precision.c_str(), total * 1e3);
+  std::printf("  %-20s %10s %7s %7s %9s\n", "op", "ms", "share", "nodes", "TFLOP/s");
+  for (size_t i = 0; i < rows.size() && int(i) < top; ++i) {
+    const auto& [seconds, count, flops] = rows[i].second;
+    std::printf("  %-20s %10.2f %6.1f%% %7d", rows[i].first.c_str(), seconds * 1e3, 100 * seconds / total, int(count));
+    if (flops > 0) std::printf(" %9.1f", flops / seconds / 1e12);
+    std::printf("\n");
+  }
 }
 
 }  // namespace
@@ -97,63 +289,66 @@ int bench(const std::vector<std::string>& args) {
   const int threads = a.threads ? a.threads : num_threads();
   set_num_threads(threads);
   const Device device = a.device == "cuda" ? Device::cuda() : Device::cpu();
+  MFUSER_CHECK(device.is_cpu() || cuda::available(), "bench --device cuda: ", cuda::unavailable_reason());
 
-  std::printf("mfuser bench: %s\n  %d x 3 x %d x %d crops on %s, %d CPU threads\n", config.description.c_str(), a.batch,
-              size, size, device.str().c_str(), threads);
+  std::printf("mfuser bench: %s\n  crops of 3 x %d x %d on %s%s, %d CPU threads, median of %d runs (oracle: %d)\n",
+              config.description.c_str(), size, size, device.str().c_str(),
+              device.is_cuda() ? (" (" + cuda::device_info(device.index).name + ")").c_str() : "", threads, a.runs,
+              a.oracle_runs);
   const auto load_start = std::chrono::steady_clock::now();
   model::MfuserModel model(a.weights, config);
-  auto graph = model.build(a.batch, size, size);
-  graph::Executor executor(*graph, device);
-  std::printf("  loaded and planned in %.1f s: %zu nodes\n",
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count(), graph->nodes().size());
-
-  Tensor image = Tensor::empty({a.batch, 3, size, size}, DType::f32);
-  std::mt19937 rng(0);
-  std::normal_distribution<float> normal;
-  for (int64_t i = 0; i < image.numel(); ++i) image.data<float>()[i] = normal(rng);
-  executor.set_input("image", image);
-  executor.run();  // warm-up (and CUDA-graph capture on the second run)
-  std::vector<double> ms;
-  for (int r = 0; r < a.runs; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    executor.run();
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  std::printf("  weights loaded in %.1f s\n", seconds_since(load_start));
+  Ceilings ceilings;
+  if (device.is_cuda()) {
+    ceilings = measure_ceilings(device);
+    std::printf("  measured ceilings: bf16 GEMM 8192^3 %.0f TFLOP/s, device copy %.2f TB/s (read + write)\n",
+                ceilings.gemm_tflops, ceilings.copy_tbps);
   }
+  std::fflush(stdout);
 
-  const std::string oracle = a.oracle ? run_oracle(a, size, threads) : std::string();
-  const double ours = median(ms);
-  std::printf("\n  %-28s %12s %6s\n", "forward", "median ms", "runs");
-  std::printf("  %-28s %12.1f %6d\n", "mfuser graph (fp32)", ours, a.runs);
-  if (!oracle.empty()) {
-    const double theirs = json_number(oracle, "median_ms");
-    std::printf("  %-28s %12.1f %6d\n", "PyTorch oracle (fp32, eager)", theirs, a.runs);
-    std::printf("  %-28s %11.2fx\n", "speed-up over PyTorch", theirs / ours);
-  }
-  const double gib = 1024.0 * 1024 * 1024;
-  std::printf("\n  memory: arena %.2f GiB planned by liveness (one buffer per tensor would take %.2f GiB)\n",
-              double(executor.plan().arena_bytes) / gib, double(executor.plan().naive_bytes) / gib);
-  if (!oracle.empty())
-    std::printf("          PyTorch peak RSS %.2f GiB (weights included)\n", json_number(oracle, "peak_rss_bytes") / gib);
-
-  if (a.top > 0) {
-    graph::Executor profiled(*graph, device, {.profile = true});
-    profiled.set_input("image", image);
-    profiled.run();
-    std::map<std::string, std::pair<double, int>> by_op;
-    double total = 0;
-    for (size_t i = 0; i < graph->nodes().size(); ++i) {
-      auto& [seconds, count] = by_op[graph->nodes()[i].op];
-      seconds += profiled.node_seconds()[i];
-      ++count;
-      total += profiled.node_seconds()[i];
+  std::vector<Measured> ours;
+  for (int batch : a.batches)
+    for (const std::string& precision : a.precisions) {
+      ours.push_back(time_ours(model, a, device, batch, size, precision));
+      std::printf("  ours: %d crop(s) %s: %.2f ms\n", batch, precision.c_str(), ours.back().median_ms);
+      std::fflush(stdout);
     }
-    std::vector<std::pair<std::string, std::pair<double, int>>> rows(by_op.begin(), by_op.end());
-    std::sort(rows.begin(), rows.end(), [](const auto& x, const auto& y) { return x.second.first > y.second.first; });
-    std::printf("\n  %-20s %10s %7s %7s   (one profiled run, %.1f ms)\n", "op", "ms", "share", "nodes", total * 1e3);
-    for (size_t i = 0; i < rows.size() && int(i) < a.top; ++i)
-      std::printf("  %-20s %10.1f %6.1f%% %7d\n", rows[i].first.c_str(), rows[i].second.first * 1e3,
-                  100 * rows[i].second.first / total, rows[i].second.second);
+  const nlohmann::json oracle = a.oracle ? run_oracle(a, size, threads) : nlohmann::json();
+
+  const double gib = 1024.0 * 1024 * 1024;
+  std::printf("\n  %5s %-5s | %9s %8s %6s %8s | %11s %8s | %8s\n", "crops", "prec", "ours ms", "TFLOP/s", "MFU",
+              "peak GiB", "PyTorch ms", "peak GiB", "speed-up");
+  for (const Measured& m : ours) {
+    const double tflops = m.flops / (m.median_ms * 1e-3) / 1e12;
+    std::printf("  %5d %-5s | %9.2f %8.1f ", m.batch, m.precision.c_str(), m.median_ms, tflops);
+    if (ceilings.gemm_tflops > 0) std::printf("%5.1f%% %8.2f", 100 * tflops / ceilings.gemm_tflops, double(m.peak_bytes) / gib);
+    else std::printf("%6s %8s", "-", "-");
+    if (const nlohmann::json* r = oracle_result(oracle, m.batch, m.precision)) {
+      const double theirs = (*r)["median_ms"].get<double>();
+      std::printf(" | %11.2f %8.2f | %7.2fx\n", theirs, (*r)["peak_cuda_bytes"].get<double>() / gib, theirs / m.median_ms);
+    } else {
+      std::printf(" | %11s %8s | %8s\n", "-", "-", "-");
+    }
   }
+  std::printf("  model FLOPs per crop (matrix work): %.1f GFLOP\n", ours.front().flops / ours.front().batch / 1e9);
+  for (const Measured& m : ours) {
+    if (m.precision != "bf16") continue;
+    const nlohmann::json* fp32 = oracle_result(oracle, m.batch, "fp32");
+    const nlohmann::json* bf16 = oracle_result(oracle, m.batch, "bf16");
+    if (fp32 && bf16)
+      std::printf("  ours bf16, %d crop(s): %.2fx PyTorch fp32 eager, %.2fx PyTorch bf16 autocast\n", m.batch,
+                  (*fp32)["median_ms"].get<double>() / m.median_ms, (*bf16)["median_ms"].get<double>() / m.median_ms);
+  }
+  if (!oracle.is_null())
+    std::printf("  PyTorch %s: fp32 = eager, bf16 = autocast; attention %s; scan: %s\n",
+                oracle["torch"].get<std::string>().c_str(), oracle["attention"].get<std::string>().c_str(),
+                oracle["scan"].get<std::string>().c_str());
+  std::printf("  activation arena of %d crop(s): %.2f GiB planned by liveness (one buffer per tensor: %.2f GiB)\n",
+              ours.front().batch, double(ours.front().arena_bytes) / gib, double(ours.front().naive_bytes) / gib);
+  if (!oracle.is_null() && device.is_cpu())
+    std::printf("  PyTorch peak RSS %.2f GiB (weights included)\n", oracle["peak_rss_bytes"].get<double>() / gib);
+
+  if (a.top > 0) print_breakdown(model, device, a.batches.front(), size, a.precisions.back(), a.top);
   return 0;
 }
 

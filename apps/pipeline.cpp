@@ -1,9 +1,12 @@
 #include "apps/pipeline.h"
 
+#include "kernels/cast/cast.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cast/cast.h"
 #include "kernels/resize/resize.h"
 #include "runtime/cuda.h"
 #include "runtime/parallel.h"
@@ -250,8 +253,8 @@ Segmenter::Segmenter(const std::string& weights_path, model::ModelConfig config,
     : options_(std::move(options)) {
   MFUSER_CHECK(options_.precision == "fp32" || options_.precision == "bf16", "unknown precision '", options_.precision,
                "' (fp32 or bf16)");
-  MFUSER_CHECK(options_.precision != "bf16",
-               "--precision bf16: not yet; bf16 inference comes with the CUDA backend's issue, use fp32 for now");
+  MFUSER_CHECK(options_.precision != "bf16" || options_.device.is_cuda(),
+               "--precision bf16 runs on CUDA only (the CPU backend is the f32 reference): add --device cuda");
   MFUSER_CHECK(options_.batch >= 0, "crop batch must be >= 0 (0 = all windows of an image), got ", options_.batch);
   MFUSER_CHECK(options_.max_cached_shapes >= 1, "the executor cache needs room for one shape");
   if (options_.device.is_cuda())
@@ -273,7 +276,7 @@ graph::Executor& Segmenter::executor_for(int64_t n, int64_t h, int64_t w) {
   while (cache_.size() >= options_.max_cached_shapes) cache_.pop_back();  // frees that arena first
   Cached entry;
   entry.shape = shape;
-  entry.graph = model_->build(n, h, w);
+  entry.graph = model_->build(n, h, w, options_.precision == "bf16" ? DType::bf16 : DType::f32);
   entry.executor = std::make_unique<graph::Executor>(*entry.graph, options_.device);
   cache_.push_front(std::move(entry));
   ++graphs_built_;
@@ -286,7 +289,8 @@ Tensor Segmenter::forward(const Tensor& crops) {
   ex.run();
   const Tensor logits = ex.get("logits");
   // on the CPU a view into the arena: valid until the next run of this executor, which the callers respect
-  return logits.device().is_cpu() ? logits : logits.to(Device::cpu());
+  if (logits.device().is_cpu()) return logits;
+  return (logits.dtype() == DType::f32 ? logits : kernels::cast_to(logits, DType::f32)).to(Device::cpu());
 }
 
 Tensor Segmenter::slide_logits(const Tensor& image) {

@@ -94,7 +94,7 @@ enum class InferenceMode { slide, whole };
 
 struct SegmenterOptions {
   Device device = Device::cpu();
-  std::string precision = "fp32";  // fp32 only for now; bf16 is refused until the CUDA backend has it
+  std::string precision = "fp32";  // fp32, or bf16 (weights and activations in bf16; CUDA only)
   InferenceMode mode = InferenceMode::slide;
   int batch = 0;                   // crops per forward; 0 = all windows of an image in one batch
   Scale scale;                     // the dataset's keep-ratio test scale

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/cast/cast.h"
 #include "runtime/log.h"
 #include "runtime/op_context.h"
 
@@ -65,9 +66,12 @@ void Executor::set_input(std::string_view name, const Tensor& data) {
   const ValueId id = graph_.at(name);
   const Value& v = graph_.value(id);
   MFUSER_CHECK(v.kind == ValueKind::input && v.alias_of == kNoValue, "executor: '", name, "' is not a graph input");
-  MFUSER_CHECK(data.shape() == v.shape && data.dtype() == v.dtype, "executor: input '", name, "' expects ",
-               dtype_name(v.dtype), v.shape.str(), ", got ", data.str());
-  roots_[size_t(id)].copy_from(data);
+  const bool converts = data.dtype() != v.dtype && is_floating(data.dtype()) && is_floating(v.dtype);
+  MFUSER_CHECK(data.shape() == v.shape && (data.dtype() == v.dtype || converts), "executor: input '", name,
+               "' expects ", dtype_name(v.dtype), v.shape.str(), ", got ", data.str());
+  if (!converts) return roots_[size_t(id)].copy_from(data);
+  // Another float type (an f32 image into a bf16 graph): convert on the executor's device.
+  kernels::cast(data.device() == device_ ? data : data.to(device_), roots_[size_t(id)]);
 }
 
 void Executor::run_nodes() {

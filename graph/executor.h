@@ -28,7 +28,8 @@ class Executor {
  public:
   Executor(const Graph& graph, Device device, ExecutorOptions options = {});
 
-  // Copies `data` (any device) into the graph input `name`; shape and dtype must match.
+  // Copies `data` (any device) into the graph input `name`; shapes must match, and a float input of another
+  // float type is converted (an f32 image into a bf16 graph).
   void set_input(std::string_view name, const Tensor& data);
   void run();
   // A graph output, input, weight or constant, on the executor's device (a view: copy it to keep it).

@@ -2,6 +2,7 @@
 #include "runtime/cuda_context.h"
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "runtime/cuda_check.h"
@@ -89,14 +90,20 @@ CachingAllocator::~CachingAllocator() {
   empty_cache();
 }
 
+void* CachingAllocator::take(Blocks& pool, size_t size) {
+  const auto it = pool.find(size);
+  if (it == pool.end()) return nullptr;
+  void* ptr = it->second;
+  pool.erase(it);
+  return ptr;
+}
+
 void* CachingAllocator::allocate(size_t bytes) {
   const size_t size = round_up(bytes ? bytes : 1);
   std::lock_guard lock(mutex_);
-  void* ptr = nullptr;
-  if (auto it = free_blocks_.find(size); it != free_blocks_.end()) {
-    ptr = it->second;
-    free_blocks_.erase(it);
-  } else {
+  void* ptr = capturing_ ? take(capture_blocks_, size) : nullptr;
+  if (!ptr) ptr = take(free_blocks_, size);
+  if (!ptr) {
     cudaError_t err = cudaMalloc(&ptr, size);
     if (err == cudaErrorMemoryAllocation) {
       cudaGetLastError();
@@ -130,8 +137,24 @@ void CachingAllocator::release(void* ptr) {
     return;
   }
   stats_.in_use -= it->second;
-  free_blocks_.emplace(it->second, ptr);
+  (capturing_ ? capture_blocks_ : free_blocks_).emplace(it->second, ptr);
   live_blocks_.erase(it);
+}
+
+void CachingAllocator::begin_capture() {
+  std::lock_guard lock(mutex_);
+  capturing_ = true;
+}
+
+CachingAllocator::Blocks CachingAllocator::end_capture() {
+  std::lock_guard lock(mutex_);
+  capturing_ = false;
+  return std::exchange(capture_blocks_, {});
+}
+
+void CachingAllocator::adopt(Blocks&& blocks) {
+  std::lock_guard lock(mutex_);
+  free_blocks_.merge(blocks);
 }
 
 void CachingAllocator::empty_cache() {
@@ -207,26 +230,33 @@ void synchronize(int device) { context(device).synchronize(); }
 
 namespace {
 
+// An instantiated graph and the scratch blocks its kernels write (see CachingAllocator).
 class CudaGraph final : public CapturedGraph {
  public:
-  CudaGraph(cudaGraph_t graph, cudaGraphExec_t exec, cudaStream_t stream) : graph_(graph), exec_(exec), stream_(stream) {}
+  CudaGraph(Context& ctx, cudaGraph_t graph, cudaGraphExec_t exec, CachingAllocator::Blocks blocks)
+      : ctx_(ctx), graph_(graph), exec_(exec), blocks_(std::move(blocks)) {}
   ~CudaGraph() override {
+    cudaStreamSynchronize(ctx_.stream());  // a replay may still be writing the blocks
     cudaGraphExecDestroy(exec_);
     cudaGraphDestroy(graph_);
+    ctx_.allocator().adopt(std::move(blocks_));
   }
-  void replay() override { MFUSER_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+  void replay() override { MFUSER_CUDA_CHECK(cudaGraphLaunch(exec_, ctx_.stream())); }
 
  private:
+  Context& ctx_;
   cudaGraph_t graph_;
   cudaGraphExec_t exec_;
-  cudaStream_t stream_;
+  CachingAllocator::Blocks blocks_;
 };
 
 }  // namespace
 
 std::unique_ptr<CapturedGraph> capture(int device, const std::function<void()>& work) {
-  cudaStream_t stream = context(device).stream();
+  Context& ctx = context(device);
+  cudaStream_t stream = ctx.stream();
   MFUSER_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  ctx.allocator().begin_capture();
   try {
     work();
   } catch (...) {
@@ -234,17 +264,20 @@ std::unique_ptr<CapturedGraph> capture(int device, const std::function<void()>& 
     cudaStreamEndCapture(stream, &partial);  // leave the stream usable
     if (partial) cudaGraphDestroy(partial);
     cudaGetLastError();
+    ctx.allocator().adopt(ctx.allocator().end_capture());  // nothing will run on them
     throw;
   }
+  CachingAllocator::Blocks blocks = ctx.allocator().end_capture();
   cudaGraph_t graph = nullptr;
-  MFUSER_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  cudaError_t err = cudaStreamEndCapture(stream, &graph);
   cudaGraphExec_t exec = nullptr;
-  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
   if (err != cudaSuccess) {
-    cudaGraphDestroy(graph);
+    if (graph) cudaGraphDestroy(graph);
+    ctx.allocator().adopt(std::move(blocks));
     MFUSER_CUDA_CHECK(err);
   }
-  return std::make_unique<CudaGraph>(graph, exec, stream);
+  return std::make_unique<CudaGraph>(ctx, graph, exec, std::move(blocks));
 }
 
 #ifdef MFUSER_HAVE_NVTX

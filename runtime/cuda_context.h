@@ -17,8 +17,17 @@ namespace mfuser::cuda {
 // Caches freed blocks by exact rounded size so a graph that runs the same shapes again never calls
 // cudaMalloc twice. On cudaMalloc failure it returns the cache to the driver and retries once, then throws
 // an out-of-memory Error naming the request, the current usage and the op.
+//
+// CUDA-graph capture: a kernel's scratch buffer released during capture keeps its address baked into the
+// graph, so it must not go back to the shared cache (the next allocation anywhere could get it and be
+// overwritten at every replay). Between begin_capture and end_capture, released blocks go to the capture's
+// own pool instead, reusable by later allocations of the same capture (they run in stream order), and
+// end_capture hands them to the graph, which gives them back (`adopt`) when it is destroyed. Memory
+// allocated during a capture must be released before the capture ends.
 class CachingAllocator {
  public:
+  using Blocks = std::multimap<size_t, void*>;  // size -> block
+
   explicit CachingAllocator(int device) : device_(device) {}
   ~CachingAllocator();
   void* allocate(size_t bytes);
@@ -27,12 +36,19 @@ class CachingAllocator {
   MemoryStats stats() const;
   void reset_peak();
 
+  void begin_capture();
+  Blocks end_capture();         // the blocks the captured graph now owns
+  void adopt(Blocks&& blocks);  // a destroyed graph's blocks, back to the cache
+
  private:
   static size_t round_up(size_t bytes);
+  static void* take(Blocks& pool, size_t size);  // a cached block of exactly `size`, or nullptr
   int device_;
   mutable std::mutex mutex_;
-  std::multimap<size_t, void*> free_blocks_;  // size -> block
-  std::map<void*, size_t> live_blocks_;       // block -> size
+  Blocks free_blocks_;
+  Blocks capture_blocks_;  // released during the capture in progress
+  bool capturing_ = false;
+  std::map<void*, size_t> live_blocks_;  // block -> size
   MemoryStats stats_;
 };
 

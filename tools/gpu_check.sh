@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# make gpu-check: on a lent GPU machine, probe the CUDA libraries, build there, run every GPU test, print a
-# short table last. Meant to finish well inside 8 minutes on 16 cores.
+# make gpu-check: on a lent GPU machine, probe the CUDA libraries, build there, run every GPU test,
+# compute-sanitizer (memcheck, racecheck) on the tiny-config forward, and `mfuser bench --device cuda` on a
+# random real-size checkpoint; prints a short table last. Meant to finish inside ~8 minutes on 16 cores.
 # Prerequisite where apt is unreachable: tools/gpu_bundle.sh run on the dev machine, .gpu-deps carried.
+# Environment: BUILD_DIR (build-gpu), OUT (where logs go; /tmp), GPU_CHECK_SKIP="bench sanitizer" to skip
+# stages, GPU_TESTS (a ctest -R regex, default: every GPU test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
-log=${OUT:-/tmp}/gpu-check.log
+out=${OUT:-/tmp}
+log=$out/gpu-check.log
+skip=${GPU_CHECK_SKIP:-}
 exec > >(tee "$log") 2>&1
+t0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - t0 )) s"; }
 
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || echo "nvidia-smi failed"
 nvcc --version | tail -1
-echo "== where the CUDA libraries are"
 py=$(command -v python3)
+echo "python3: $py ($("$py" -c 'import torch; print("torch", torch.__version__)' 2>&1 | tail -1))"
+echo "== where the CUDA libraries are"
 site=$("$py" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
 for lib in cublas cublasLt cudnn nccl; do
   toolkit=$(ls /usr/local/cuda/lib64/lib$lib.so* 2>/dev/null | head -1)
@@ -26,23 +34,57 @@ if [ -d .gpu-deps/root ]; then
   export LD_LIBRARY_PATH=$deps/usr/lib/x86_64-linux-gnu:$deps/usr/lib/x86_64-linux-gnu/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export CPATH=$deps/usr/include:$deps/usr/include/x86_64-linux-gnu${CPATH:+:$CPATH}
 fi
+# pip wheels ship cuBLAS/cuDNN/NCCL with versioned sonames only: the loader must find them at run time too.
+for s in $site; do for d in $s/nvidia/*/lib; do [ -d "$d" ] && LD_LIBRARY_PATH=$d:$LD_LIBRARY_PATH; done; done
+export LD_LIBRARY_PATH
 
-echo "== build"
+echo "== build ($(elapsed))"
 start=$(date +%s)
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release ${CMAKE_ARGS:-} >/dev/null && cmake --build "$build" -j "$(nproc)" 2>&1 | tail -5
-build_rc=${PIPESTATUS[0]}
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMFUSER_TORCH_PYTHON="$py" ${CMAKE_ARGS:-} > "$out/cmake.log" 2>&1 &&
+  cmake --build "$build" -j "$(nproc)" > "$out/build.log" 2>&1
+build_rc=$?
+grep -E "error|mfuser:" "$out/cmake.log" "$out/build.log" | head -40
 echo "build: rc $build_rc in $(( $(date +%s) - start )) s"
-[ "$build_rc" -eq 0 ] || exit 1
+[ "$build_rc" -eq 0 ] || { tail -30 "$out/build.log"; exit 1; }
 "$build"/mfuser devices
 
-echo "== GPU tests"
-ctest --test-dir "$build" -L gpu --output-on-failure -j 4 --timeout 300 | tee "$log.ctest"
-test_rc=${PIPESTATUS[0]}
+echo "== GPU tests ($(elapsed))"
+# The CPU reference inside each GPU test uses the cores; four tests at a time share them.
+OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu ${GPU_TESTS:+-R "$GPU_TESTS"} --output-on-failure -j 4 \
+  --timeout 240 > "$out/ctest.log" 2>&1
+test_rc=$?
+grep -E "Test +#|tests passed|\[ errors|\[ nodes|FAILED|Failure|error:" "$out/ctest.log" | grep -v "^\s*$" | tail -150
+
+sanitizer_rc=skipped
+if [[ " $skip " != *" sanitizer "* ]]; then
+  echo "== compute-sanitizer on the tiny forward ($(elapsed))"
+  sanitizer_rc=0
+  for tool in memcheck racecheck; do
+    MFUSER_GOLDEN_DIR=$PWD/$build/tests/golden MFUSER_SOURCE_DIR=$PWD OMP_NUM_THREADS=16 \
+      timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
+      "$build"/tests/mfuser_cuda_test --gtest_filter=MfuserCuda.TinyForwardMatchesCpu > "$out/sanitizer-$tool.log" 2>&1
+    rc=$?
+    echo "  $tool: rc $rc ($(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$out/sanitizer-$tool.log" | tail -1))"
+    [ $rc -eq 0 ] || { sanitizer_rc=$rc; grep -m 20 -E "=========" "$out/sanitizer-$tool.log"; }
+  done
+fi
+
+bench_rc=skipped
+if [[ " $skip " != *" bench "* ]]; then
+  echo "== bench ($(elapsed))"
+  model=/tmp/mfuser-bench-vitl-512
+  "$build"/mfuser init --config tools/configs/mfuser_clip_vitl_512.json --out $model --force > /dev/null &&
+    timeout 300 "$build"/mfuser bench --weights $model/model.safetensors --device cuda --runs 10 --top 14 \
+      > "$out/bench.log" 2>&1
+  bench_rc=$?
+  cat "$out/bench.log"
+fi
 
 echo
-echo "== summary ($(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), $(git rev-parse --short HEAD 2>/dev/null || echo no-git))"
-printf '| %-28s | %-8s | %8s |\n' test result seconds
-printf '|%s|%s|%s|\n' ------------------------------ ---------- ----------
-grep -E '^ *[0-9]+/[0-9]+ Test +#' "$log.ctest" | sed -E 's/.*Test +#[0-9]+: ([^ ]+) [.* ]*([A-Za-z]+) +([0-9.]+) sec.*/\1 \2 \3/' |
-  while read -r name result secs; do printf '| %-28s | %-8s | %8s |\n' "$name" "$result" "$secs"; done
-exit "$test_rc"
+echo "== summary ($(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1), commit $(git rev-parse --short HEAD 2>/dev/null || echo no-git), $(elapsed))"
+printf '| %-32s | %-8s | %8s |\n' test result seconds
+printf '|%s|%s|%s|\n' ---------------------------------- ---------- ----------
+grep -E '^ *[0-9]+/[0-9]+ Test +#' "$out/ctest.log" | sed -E 's/.*Test +#[0-9]+: ([^ ]+) [.* ]*([A-Za-z*]+[A-Za-z ]*[A-Za-z]) +([0-9.]+) sec.*/\1 \2 \3/' |
+  while read -r name result secs; do printf '| %-32s | %-8s | %8s |\n' "$name" "$result" "$secs"; done
+echo "compute-sanitizer: $sanitizer_rc   bench: $bench_rc   ctest: $test_rc"
+[ "$test_rc" -eq 0 ] && [ "$sanitizer_rc" = 0 -o "$sanitizer_rc" = skipped ] && [ "$bench_rc" = 0 -o "$bench_rc" = skipped ]

@@ -62,7 +62,7 @@ BackboneStreams build_backbone_embed(Builder& b, const ModelConfig& cfg, ValueId
   const int64_t batch = is[0], c = cfg.vision.width, patch = cfg.patch_size;
   const int64_t gh = is[2] / patch, gw = is[3] / patch;
   const int64_t g0 = cfg.grid();  // the grid the stored positional tables were made for
-  const ValueId zeros = b.graph().constant(p + ".zeros", Tensor::zeros({batch, 1, c}, DType::f32));
+  const ValueId zeros = b.constant(p + ".zeros", Tensor::zeros({batch, 1, c}, DType::f32));
 
   // DINOv2 input: the same pixels re-normalized from CLIP's mean/std to ImageNet's (both in 0..255 units).
   // Upstream computes ((x * clip_std + clip_mean) - in_mean) / in_std; folded into one per-channel affine
@@ -75,9 +75,9 @@ BackboneStreams build_backbone_embed(Builder& b, const ModelConfig& cfg, ValueId
     s[k] = float(clip_std[k] / in_std[k]);
     t[k] = float((clip_mean[k] - in_mean[k]) / in_std[k]);
   }
-  ValueId dino_in = b.mul(image, b.graph().constant(p + ".dino_input.scale", Tensor::from_vector(s, {3, 1, 1})),
+  ValueId dino_in = b.mul(image, b.constant(p + ".dino_input.scale", Tensor::from_vector(s, {3, 1, 1})),
                           p + ".dino_input.scaled");
-  dino_in = b.add(dino_in, b.graph().constant(p + ".dino_input.shift", Tensor::from_vector(t, {3, 1, 1})),
+  dino_in = b.add(dino_in, b.constant(p + ".dino_input.shift", Tensor::from_vector(t, {3, 1, 1})),
                   p + ".dino_input");
 
   // DINOv2 tokens: patch_embed (conv with bias), cls_token, pos_embed.

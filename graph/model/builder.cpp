@@ -4,6 +4,7 @@
 
 #include "kernels/attention/attention.h"
 #include "kernels/batchnorm/batchnorm.h"
+#include "kernels/cast/cast.h"
 #include "kernels/conv2d/conv2d.h"
 #include "kernels/conv_transpose2d/conv_transpose2d.h"
 #include "kernels/elementwise/elementwise.h"
@@ -37,13 +38,28 @@ const Tensor& optional_input(Ins in, bool present, size_t index) {
 
 }  // namespace
 
+Builder::Builder(Graph& graph, WeightStore& weights, DType storage) : g_(graph), w_(weights), storage_(storage) {
+  MFUSER_CHECK(storage == DType::f32 || storage == DType::bf16, "builder: storage type must be f32 or bf16, got ",
+               dtype_name(storage));
+}
+
+namespace {
+Tensor in_storage(const Tensor& data, DType storage) {
+  return is_floating(data.dtype()) && data.dtype() != storage ? kernels::cast_to(data, storage) : data;
+}
+}  // namespace
+
+ValueId Builder::constant(const std::string& name, const Tensor& data) {
+  return g_.constant(name, in_storage(data, storage_));
+}
+
 ValueId Builder::param(const std::string& name, const Shape& shape) {
   if (const ValueId existing = g_.find(name); existing != kNoValue) {
     MFUSER_CHECK(g_.value(existing).shape == shape, "weight '", name, "' requested as ", shape.str(), " and as ",
                  g_.value(existing).shape.str());
     return existing;
   }
-  return g_.weight(name, w_.get(name, shape));
+  return g_.weight(name, in_storage(w_.get(name, shape), storage_));
 }
 
 int64_t Builder::stored_dim(const std::string& name, int dim, int64_t fallback) {
@@ -56,8 +72,8 @@ int64_t Builder::stored_dim(const std::string& name, int dim, int64_t fallback) 
 }
 
 ValueId Builder::node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
-                      graph::Kernel run, DType dtype) {
-  return g_.add1(op, name, std::move(inputs), {out, dtype}, std::move(run));
+                      graph::Kernel run, std::optional<DType> dtype) {
+  return g_.add1(op, name, std::move(inputs), {out, dtype.value_or(storage_)}, std::move(run));
 }
 
 // ---- dense ----
@@ -273,7 +289,7 @@ ValueId Builder::msdeform_attn(ValueId value, const std::vector<std::array<int64
 ValueId Builder::posenc(int64_t batch, int64_t num_feats, int64_t height, int64_t width, const std::string& name) {
   Tensor table = Tensor::empty({batch, 2 * num_feats, height, width}, DType::f32);
   kernels::cpu::posenc(table);
-  return g_.constant(name, std::move(table));
+  return constant(name, table);
 }
 
 // ---- layout ----

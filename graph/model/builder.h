@@ -8,9 +8,14 @@
 // Every node is named after the module it computes (its output value carries the same name), which is
 // what errors, NVTX ranges, --dump and the parity tests use. Kernels are called through their device
 // dispatchers, so the graph runs unchanged on CPU and CUDA.
+//
+// Storage type: a Builder made with DType::bf16 stores weights, float constants and every float activation
+// in bf16 (the CUDA kernels compute in f32 and round on store); DType::f32, the default, is what the CPU
+// reference runs. Integer and boolean values keep their own dtypes.
 #pragma once
 
 #include <array>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -27,14 +32,18 @@ using graph::ValueId;
 
 class Builder {
  public:
-  Builder(Graph& graph, WeightStore& weights) : g_(graph), w_(weights) {}
+  Builder(Graph& graph, WeightStore& weights, DType storage = DType::f32);
 
   Graph& graph() { return g_; }
   WeightStore& weights() { return w_; }
+  DType storage() const { return storage_; }
   Shape shape(ValueId v) const { return g_.value(v).shape; }  // a copy: adding values may move the originals
 
-  // A weight by its state-dict name, loaded once (a second request returns the same value).
+  // A weight by its state-dict name, loaded once (a second request returns the same value), in the storage
+  // type.
   ValueId param(const std::string& name, const Shape& shape);
+  // A build-time constant; float data is converted to the storage type.
+  ValueId constant(const std::string& name, const Tensor& data);
   // Dim `dim` of a stored weight (sizes that only the checkpoint knows, e.g. FFN widths); `fallback` when the
   // weights are synthesized.
   int64_t stored_dim(const std::string& name, int dim, int64_t fallback);
@@ -96,13 +105,15 @@ class Builder {
   std::vector<ValueId> split(ValueId x, const std::vector<int64_t>& sizes, int dim, const std::string& name);
   ValueId embedding(ValueId ids, ValueId table, const std::string& name);
 
-  // Appends a node running `run`; the generic form behind every op above, for ops with no helper.
+  // Appends a node running `run`; the generic form behind every op above, for ops with no helper. The output
+  // is in the storage type unless `dtype` says otherwise.
   ValueId node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
-               graph::Kernel run, DType dtype = DType::f32);
+               graph::Kernel run, std::optional<DType> dtype = std::nullopt);
 
  private:
   Graph& g_;
   WeightStore& w_;
+  DType storage_;
 };
 
 }  // namespace mfuser::model

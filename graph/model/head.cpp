@@ -42,7 +42,7 @@ ValueId sine_pos_tokens(Builder& b, int64_t batch, int64_t feats, Level l, const
   Tensor tokens = Tensor::empty({batch, l.size(), 2 * feats}, DType::f32);
   const int perm[] = {0, 2, 1};
   kernels::permute(grid.reshape({batch, 2 * feats, l.size()}), tokens, perm);
-  return b.graph().constant(name, std::move(tokens));
+  return b.constant(name, std::move(tokens));
 }
 
 // Row i of an embedding table [n, C] as a [C] vector (a free view).
@@ -109,8 +109,8 @@ std::array<ValueId, 2> sampling_constants(Builder& b, const std::vector<Level>& 
     inv.insert(inv.end(), {1.f / float(l.w), 1.f / float(l.h)});
   }
   const auto s = int64_t(ref.size() / 2), nl = int64_t(levels.size());
-  return {b.graph().constant(name + ".reference_points", Tensor::from_vector(ref, {s, 1, 1, 1, 2})),
-          b.graph().constant(name + ".inv_level_size", Tensor::from_vector(inv, {nl, 1, 2}))};
+  return {b.constant(name + ".reference_points", Tensor::from_vector(ref, {s, 1, 1, 1, 2})),
+          b.constant(name + ".inv_level_size", Tensor::from_vector(inv, {nl, 1, 2}))};
 }
 
 struct PixelDecoderOutputs {

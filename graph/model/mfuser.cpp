@@ -16,7 +16,8 @@ MfuserModel::MfuserModel(WeightStore weights, ModelConfig config) : weights_(std
   const ValueId text = build_text_encoder(tb, config_, ids);
   text_graph.mark_output(text);
   // Building one crop graph touches every weight: report all missing/extra/mis-shaped tensors now, at load.
-  build_with(1, config_.image_size, config_.image_size, Tensor::zeros({1, config_.num_classes, config_.text.embed_dim}, DType::f32));
+  build_with(1, config_.image_size, config_.image_size, Tensor::zeros({1, config_.num_classes, config_.text.embed_dim}, DType::f32),
+             DType::f32);
   weights_.finish();
 
   graph::Executor executor(text_graph, Device::cpu());
@@ -24,15 +25,15 @@ MfuserModel::MfuserModel(WeightStore weights, ModelConfig config) : weights_(std
   text_features_ = executor.get(text_graph.value(text).name).to(Device::cpu());
 }
 
-std::unique_ptr<graph::Graph> MfuserModel::build(int64_t batch, int64_t height, int64_t width) {
-  return build_with(batch, height, width, text_features_);
+std::unique_ptr<graph::Graph> MfuserModel::build(int64_t batch, int64_t height, int64_t width, DType storage) {
+  return build_with(batch, height, width, text_features_, storage);
 }
 
 std::unique_ptr<graph::Graph> MfuserModel::build_with(int64_t batch, int64_t height, int64_t width,
-                                                      const Tensor& text_features) {
+                                                      const Tensor& text_features, DType storage) {
   auto g = std::make_unique<Graph>();
-  Builder b(*g, weights_);
-  const ValueId image = g->input("image", {batch, 3, height, width});
+  Builder b(*g, weights_, storage);
+  const ValueId image = g->input("image", {batch, 3, height, width}, storage);
   const BackboneOutputs backbone = build_backbone(b, config_, image);
 
   // The text features, one copy per crop (the context decoder refines them per image).
@@ -40,7 +41,7 @@ std::unique_ptr<graph::Graph> MfuserModel::build_with(int64_t batch, int64_t hei
   Tensor text = Tensor::empty({batch, classes, dim}, DType::f32);
   for (int64_t i = 0; i < batch; ++i)
     text.slice_rows(i, i + 1).copy_from(text_features);
-  const ValueId text_v = g->constant("text_encoder", text);
+  const ValueId text_v = b.constant("text_encoder", text);
 
   const ValueId text_embeddings =
       build_context_decoder(b, config_, text_v, backbone.global_embedding, backbone.visual_embedding);

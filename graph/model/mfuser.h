@@ -21,15 +21,18 @@ class MfuserModel {
   MfuserModel(WeightStore weights, ModelConfig config);  // e.g. WeightStore::synthesize(seed)
 
   // Graph with input "image" [batch, 3, height, width] (CLIP-normalized) and output "logits"
-  // [batch, num_classes, height, width]: the crop logits of the official encode_decode.
-  std::unique_ptr<graph::Graph> build(int64_t batch, int64_t height, int64_t width);
+  // [batch, num_classes, height, width]: the crop logits of the official encode_decode. `storage` is the
+  // float type of weights and activations: f32 (CPU or CUDA) or bf16 (CUDA only; see builder.h); the
+  // executor casts the input image to it.
+  std::unique_ptr<graph::Graph> build(int64_t batch, int64_t height, int64_t width, DType storage = DType::f32);
 
   const ModelConfig& config() const { return config_; }
   const Tensor& text_features() const { return text_features_; }  // [1, num_classes, embed_dim]
   const WeightStore& weights() const { return weights_; }
 
  private:
-  std::unique_ptr<graph::Graph> build_with(int64_t batch, int64_t height, int64_t width, const Tensor& text_features);
+  std::unique_ptr<graph::Graph> build_with(int64_t batch, int64_t height, int64_t width, const Tensor& text_features,
+                                           DType storage);
 
   WeightStore weights_;
   ModelConfig config_;

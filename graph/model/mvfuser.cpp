@@ -39,7 +39,7 @@ ValueId build_mvfuser(Builder& b, const ModelConfig& cfg, ValueId x, const std::
   const float* src = a_log.data<float>();
   float* dst = a.data<float>();
   for (int64_t i = 0; i < a.numel(); ++i) dst[i] = -std::exp(src[i]);
-  const ValueId a_v = b.graph().constant(prefix + ".A", std::move(a));
+  const ValueId a_v = b.constant(prefix + ".A", std::move(a));
   const ValueId d_skip = b.param(prefix + ".D", {half});
 
   const ValueId y_t = b.selective_scan(u_t, delta_t, a_v, bc[0], bc[1], d_skip, delta_bias, prefix + ".scan");

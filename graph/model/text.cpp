@@ -88,7 +88,7 @@ ValueId build_text_encoder(Builder& b, const ModelConfig& cfg, ValueId token_ids
   x = b.layernorm(x, "text_encoder.ln_final", 1e-5f);
 
   // Gather the EOT rows (an embedding lookup into the flattened tokens), then @ text_projection.
-  const ValueId rows = b.graph().constant("text_encoder.eot_rows", Tensor::from_vector(eot_rows, {classes}));
+  const ValueId rows = b.constant("text_encoder.eot_rows", Tensor::from_vector(eot_rows, {classes}));
   const ValueId eot = b.embedding(rows, b.reshape(x, {classes * len, c}), "text_encoder.eot");
   const ValueId proj = b.param("text_encoder.text_projection", {c, t.embed_dim});
   return b.matmul(b.reshape(eot, {1, classes, c}), b.reshape(proj, {1, c, t.embed_dim}), false, "text_encoder");

@@ -1,9 +1,10 @@
-// CPU reference of the activations, and the device dispatch.
+// CPU reference of the activations, and the device dispatch (CUDA: activation.cu).
 #include "kernels/activation/activation.h"
 
 #include <cmath>
 #include <numbers>
 
+#include "kernels/common/checks.h"
 #include "kernels/elementwise/elementwise.h"
 #include "runtime/parallel.h"
 
@@ -124,8 +125,8 @@ void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_i
 }
 
 void activation(const Tensor& x, Tensor& out, Activation kind) {
-  detail::check_same_f32("activation", x, out);
-  MFUSER_CHECK(!x.device().is_cuda(), "activation: no CUDA kernel yet");
+  detail::check_same_float("activation", x, out);
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::activation(x, out, kind));
   cpu::activation(x, out, kind);
 }
 

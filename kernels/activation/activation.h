@@ -1,4 +1,6 @@
-// activation: element-wise nonlinearities, out = f(x), f32, any shape (x and out of one shape; out may be x).
+// activation: element-wise nonlinearities, out = f(x), f32 (or bf16 on CUDA: x and out share one dtype; f32
+// arithmetic, one rounding on the store), any shape (x and out of one shape; out may be x). The backward is
+// f32 and CPU only.
 //
 //   gelu        x * Phi(x) with the exact erf form        F.gelu(x) (approximate='none'); DINOv2 MLP, FPN
 //   quick_gelu  x * sigmoid(1.702 x)                      CLIP's QuickGELU (its MLPs, the text encoder)
@@ -37,5 +39,8 @@ namespace cpu {
 void activation(const Tensor& x, Tensor& out, Activation kind);
 void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind);
 }  // namespace cpu
+namespace cuda {
+void activation(const Tensor& x, Tensor& out, Activation kind);
+}
 
 }  // namespace mfuser::kernels

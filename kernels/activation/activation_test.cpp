@@ -4,9 +4,11 @@
 
 #include <cmath>
 #include <cstdio>
+#include <vector>
 
 #include "loaders/safetensors.h"
 #include "tests/common/counter_random.h"
+#include "tests/common/cuda_test.h"
 #include "tests/common/row_blocks.h"
 #include "tests/common/test_util.h"
 
@@ -163,6 +165,72 @@ TEST_F(ActivationTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::activation(x, wrong_shape, Activation::relu), Error);
   Tensor wrong_dtype = Tensor::empty({4, 5}, DType::bf16);
   EXPECT_THROW(kernels::activation(x, wrong_dtype, Activation::gelu), Error);
+}
+
+// ---- CUDA against the CPU reference on the same inputs (rounded to the storage dtype) ----
+
+// Every kind at 1, 31 (scalar path) and the DINOv2 MLP's 1025 x 4096 (16-byte vectors), into a fresh output
+// and in place. Inputs span [-25, 25]: both sides of softplus's threshold and sigmoid's saturation.
+TEST(ActivationCuda, MatchesCpuForEveryKindAndSize) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes) {
+    for (const Shape& shape : {Shape{1}, Shape{31}, Shape{1025, 4096}}) {
+      const Tensor x = test::random_host(shape, dtype, -25.f, 25.f);
+      const Tensor x_cuda = test::to_cuda(x, dtype);
+      for (Activation kind : kAll) {
+        const std::string what = str_cat(kernels::activation_name(kind), " ", shape.str());
+        Tensor ref = Tensor::empty(shape, DType::f32);
+        kernels::cpu::activation(x, ref, kind);
+        Tensor out = test::poisoned_cuda(shape, dtype);
+        kernels::activation(x_cuda, out, kind);
+        test::expect_cuda_close(out, ref, what);
+        Tensor in_place = test::to_cuda(x, dtype);
+        kernels::activation(in_place, in_place, kind);
+        test::expect_cuda_close(in_place, ref, what + " in place");
+      }
+    }
+  }
+}
+
+// Element by element against the CPU on overflow, threshold, infinity, NaN and signed-zero inputs: NaN where
+// the reference gives NaN, the same infinity, otherwise within a few f32 ulp (bf16: one output rounding).
+TEST(ActivationCuda, EdgeValuesMatchCpu) {
+  MFUSER_REQUIRE_CUDA();
+  const float inf = INFINITY;
+  const std::vector<float> values = {-inf, inf, NAN,  -1e30f, 1e30f, -88.f, 88.f, -30.f, 30.f, -20.5f, 20.5f,
+                                     20.f, -20.f, -9.f, 9.f,   -1e-6f, 1e-6f, 0.f,  -0.f,  0.5f,   -0.5f};
+  for (DType dtype : test::kCudaDtypes) {
+    const Tensor x = test::representable(Tensor::from_vector(values, {int64_t(values.size())}), dtype);
+    const double tol = dtype == DType::bf16 ? 1.0 / 256 : 1e-6;
+    for (Activation kind : kAll) {
+      Tensor ref = Tensor::empty(x.shape(), DType::f32);
+      kernels::cpu::activation(x, ref, kind);
+      Tensor out = test::poisoned_cuda(x.shape(), dtype);
+      kernels::activation(test::to_cuda(x, dtype), out, kind);
+      const Tensor got = kernels::cast_to(out.to(Device::cpu()), DType::f32);
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        const float o = got.data<float>()[i], r = ref.data<float>()[i];
+        SCOPED_TRACE(str_cat(kernels::activation_name(kind), "(", x.data<float>()[i], ") = ", o, ", CPU ", r, " (",
+                             dtype_name(dtype), ")"));
+        if (std::isnan(r))
+          EXPECT_TRUE(std::isnan(o));
+        else if (std::isinf(r))
+          EXPECT_EQ(o, r);
+        else
+          EXPECT_LE(std::fabs(double(o) - r), tol * std::max(1.0, std::fabs(double(r))));
+      }
+    }
+  }
+}
+
+TEST(ActivationCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x16 = test::to_cuda(Tensor::zeros({4, 5}, DType::f32), DType::bf16);
+  Tensor out16 = test::poisoned_cuda({4, 5}, DType::bf16), out32 = test::poisoned_cuda({4, 5}, DType::f32);
+  kernels::activation(x16, out16, Activation::gelu);  // the valid baseline
+  EXPECT_THROW(kernels::activation(x16, out32, Activation::gelu), Error);
+  EXPECT_THROW(kernels::activation_backward(x16, x16, out16, Activation::gelu), Error);  // backward: f32, CPU
 }
 
 }  // namespace

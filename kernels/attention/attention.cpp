@@ -28,12 +28,13 @@ void check_mask(const char* arg, const Tensor& mask, DType dtype, const Tensor& 
                "attention: ", arg, " must be [", b, " or 1, ", h, " or 1, ", lq, ", ", lk, "], got ", mask.str());
 }
 
+// f32 anywhere, or bf16 on CUDA: q, k, v, out and the float mask share one dtype.
 void check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& bool_mask,
                 const Tensor& float_mask, std::optional<float> scale) {
-  check_f32("attention", "q", q);
-  check_f32("attention", "k", k);
-  check_f32("attention", "v", v);
-  check_f32("attention", "out", out);
+  check_float("attention", "q", q);
+  check_float_like("attention", "k", k, q);
+  check_float_like("attention", "v", v, q);
+  check_float_like("attention", "out", out, q);
   MFUSER_CHECK(q.ndim() == 4 && q.dim(3) >= 1, "attention: q must be [B, H, Lq, D >= 1], got ", q.str());
   MFUSER_CHECK(k.ndim() == 4 && k.dim(0) == q.dim(0) && k.dim(1) == q.dim(1) && k.dim(3) == q.dim(3) &&
                    k.dim(2) >= 1,
@@ -41,7 +42,7 @@ void check_args(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor&
   check_shape("attention", "v", v, k.shape());
   check_shape("attention", "out", out, q.shape());
   check_mask("bool_mask", bool_mask, DType::boolean, q, k.dim(2));
-  check_mask("float_mask", float_mask, DType::f32, q, k.dim(2));
+  check_mask("float_mask", float_mask, q.dtype(), q, k.dim(2));
   MFUSER_CHECK(!scale || std::isfinite(*scale), "attention: scale must be finite, got ", scale.value_or(0));
   check_same_device("attention", {&q, &k, &v, &out, &bool_mask, &float_mask});
 }
@@ -54,7 +55,8 @@ void check_backward_args(const Tensor& q, const Tensor& k, const Tensor& v, cons
   check_f32(op, "grad_q", grad_q);
   check_f32(op, "grad_k", grad_k);
   check_f32(op, "grad_v", grad_v);
-  // The forward's checks cover q, k, v, the masks and the scale; grad_out stands in for `out` there.
+  // The forward's checks cover q, k, v, the masks and the scale; grad_out stands in for `out` there (so q,
+  // k and v must be f32 like it).
   check_args(q, k, v, grad_out, bool_mask, float_mask, scale);
   if (out.defined()) {
     check_f32(op, "out", out);
@@ -202,7 +204,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal, const Tensor& bool_mask,
                const Tensor& float_mask, std::optional<float> scale) {
   check_args(q, k, v, out, bool_mask, float_mask, scale);
-  if (q.device().is_cuda()) no_cuda_kernel_yet("attention");
+  if (q.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::attention(q, k, v, out, causal, bool_mask, float_mask, scale));
   cpu::attention(q, k, v, out, causal, bool_mask, float_mask, scale);
 }
 

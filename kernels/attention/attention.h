@@ -5,15 +5,17 @@
 // decoder's cross-attention (1 x 8 x 5376 x 32 over 19 keys).
 //
 // Contract (all tensors on one device):
-//   q [B, H, Lq, D], k and v [B, H, Lk, D], out [B, H, Lq, D]: f32. Lk >= 1.
+//   q [B, H, Lq, D], k and v [B, H, Lk, D], out [B, H, Lq, D]: f32 (or bf16 on CUDA), one dtype. Lk >= 1.
+//   The CUDA kernel takes D <= 128.
 //   scale: multiplies q k^T; default 1 / sqrt(D).
 //   causal: query i attends to keys j <= i only (top-left aligned, torch.tril(ones(Lq, Lk)), also when
 //     Lq != Lk).
 //   bool_mask (optional): boolean [B or 1, H or 1, Lq, Lk], broadcast over batch/heads; true = masked out.
-//   float_mask (optional): f32 [B or 1, H or 1, Lq, Lk], added to the scaled scores (may hold -inf).
+//   float_mask (optional): q's dtype, [B or 1, H or 1, Lq, Lk], added to the scaled scores (may hold -inf).
 //   A query row whose keys are all masked has no softmax: its output is NaN, as in PyTorch. (Mask2Former
 //   unmasks such rows before calling.)
-// The CPU reference never holds more than one tile of 64 queries x Lk scores.
+// The CPU reference never holds more than one tile of 64 queries x Lk scores; the CUDA kernel is one fused
+// flash-style launch (online softmax over key tiles in f32; bf16 on tensor cores with P rounded to bf16).
 //
 // attention_backward: gradients given grad_out (f32 [B, H, Lq, D]) for the same q, k, v, causal, masks and
 // scale as the forward. Nothing but `out` may be saved: the probabilities are recomputed per query tile
@@ -42,6 +44,11 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal = false,
                         const Tensor& bool_mask = {}, const Tensor& float_mask = {},
                         std::optional<float> scale = std::nullopt);
+
+namespace cuda {
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal,
+               const Tensor& bool_mask, const Tensor& float_mask, std::optional<float> scale);
+}
 
 namespace cpu {
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal = false,

@@ -13,7 +13,7 @@ namespace {
 constexpr const char* kOp = "attn_mask";
 
 void check_args(const Tensor& logits, const Tensor& out) {
-  check_f32(kOp, "logits", logits);
+  check_float(kOp, "logits", logits);
   MFUSER_CHECK(logits.ndim() >= 1 && logits.dim(-1) >= 1, kOp, ": logits must be [..., N >= 1], got ", logits.str());
   MFUSER_CHECK(out.defined() && out.dtype() == DType::boolean, kOp, ": out must be boolean, got ", out.str());
   check_shape(kOp, "out", out, logits.shape());
@@ -43,7 +43,7 @@ void cpu::attn_mask(const Tensor& logits, Tensor& out) {
 
 void attn_mask(const Tensor& logits, Tensor& out) {
   check_args(logits, out);
-  if (logits.device().is_cuda()) no_cuda_kernel_yet(kOp);
+  if (logits.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::attn_mask(logits, out));
   cpu::attn_mask(logits, out);
 }
 

@@ -14,12 +14,12 @@ namespace {
 
 void check_args(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                 const Tensor& bias, const Tensor& out, float eps) {
-  check_f32("batchnorm", "x", x);
-  check_f32("batchnorm", "running_mean", running_mean);
-  check_f32("batchnorm", "running_var", running_var);
-  check_f32("batchnorm", "weight", weight);
-  check_f32("batchnorm", "bias", bias);
-  check_f32("batchnorm", "out", out);
+  check_float("batchnorm", "x", x);
+  check_float_like("batchnorm", "running_mean", running_mean, x);
+  check_float_like("batchnorm", "running_var", running_var, x);
+  check_float_like("batchnorm", "weight", weight, x);
+  check_float_like("batchnorm", "bias", bias, x);
+  check_float_like("batchnorm", "out", out, x);
   MFUSER_CHECK(x.ndim() >= 2, "batchnorm: x must be [N, C, *spatial], got ", x.str());
   const int64_t c = x.dim(1);
   check_shape("batchnorm", "running_mean", running_mean, {c});
@@ -69,10 +69,10 @@ void check_train_args(const Tensor& x, const Tensor& weight, const Tensor& bias,
                       const Tensor& running_var, const Tensor& out, const Tensor& save_mean, const Tensor& save_rstd,
                       float momentum, float eps) {
   constexpr const char* op = "batchnorm_train";
-  check_f32(op, "x", x);
-  check_f32(op, "weight", weight);
-  check_f32(op, "bias", bias);
-  check_f32(op, "out", out);
+  check_float(op, "x", x);
+  check_float_like(op, "weight", weight, x);
+  check_float_like(op, "bias", bias, x);
+  check_float_like(op, "out", out, x);
   check_f32(op, "save_mean", save_mean);
   check_f32(op, "save_rstd", save_rstd);
   MFUSER_CHECK(x.ndim() >= 2, op, ": x must be [N, C, *spatial], got ", x.str());
@@ -278,7 +278,9 @@ void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, 
                      Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
                      float eps) {
   check_train_args(x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("batchnorm_train");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::batchnorm_train(x, weight, bias, running_mean, running_var, out, save_mean,
+                                                    save_rstd, momentum, eps));
   cpu::batchnorm_train(x, weight, bias, running_mean, running_var, out, save_mean, save_rstd, momentum, eps);
 }
 
@@ -293,7 +295,8 @@ void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tenso
 void batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                const Tensor& bias, Tensor& out, float eps) {
   check_args(x, running_mean, running_var, weight, bias, out, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("batchnorm");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::batchnorm(x, running_mean, running_var, weight, bias, out, eps));
   cpu::batchnorm(x, running_mean, running_var, weight, bias, out, eps);
 }
 

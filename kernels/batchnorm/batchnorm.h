@@ -1,27 +1,30 @@
 // batchnorm: inference-mode batch normalization with running statistics, as F.batch_norm(x, running_mean,
 // running_var, weight, bias, training=False, eps=eps) (the FPN's BatchNorm2d(2048) in eval mode, eps 1e-5).
 //
-// Contract: x and out are f32 [N, C, *spatial] of the same shape (NCHW for images; any number of trailing
-// dims, possibly none); running_mean, running_var, weight and bias are f32 [C]; all on one device.
+// Contract: x and out are f32 (or bf16 on CUDA) [N, C, *spatial] of the same shape (NCHW for images; any
+// number of trailing dims, possibly none); running_mean, running_var, weight and bias are [C] of x's dtype (the
+// model's parameters, stored alike); all on one device.
 // out[n, c, ...] = (x[n, c, ...] - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c].
 // The statistics are never updated (training-mode batch statistics are batchnorm_train below).
 //
-// batchnorm_backward (of the inference op above): gradients given grad_out (f32, x's shape); the running
-// statistics are constants. With s = 1 / sqrt(running_var + eps):
+// batchnorm_backward (of the inference op above; f32 only, CPU only so far): gradients given grad_out (f32,
+// x's shape); the running statistics are constants. With s = 1 / sqrt(running_var + eps):
 //   grad_x f32, x's shape, required: grad_out * weight * s
 //   grad_weight f32 [C], optional: sum over n and spatial of grad_out * (x - running_mean) * s
 //   grad_bias   f32 [C], optional: sum over n and spatial of grad_out
 //
 // batchnorm_train: training-mode forward, as F.batch_norm(x, running_mean, running_var, weight, bias,
-// training=True, momentum, eps). Per channel c over its M = N * spatial values (M >= 2): batch mean and biased
-// variance normalize x; save_mean[c] and save_rstd[c] = 1 / sqrt(var + eps) (f32 [C], outputs) keep them for
-// the backward. running_mean and running_var (f32 [C], both or neither; undefined = not tracked) are updated
-// in place as PyTorch does: r = (1 - momentum) * r + momentum * batch value, with the UNBIASED variance
-// (var * M / (M - 1)) for running_var. momentum in [0, 1]. Statistics are accumulated in double.
+// training=True, momentum, eps). x, out, weight and bias: f32 (or bf16 on CUDA), shaped as above. Per channel c
+// over its M = N * spatial values (M >= 2): batch mean and biased variance normalize x; save_mean[c] and
+// save_rstd[c] = 1 / sqrt(var + eps) (f32 [C] whatever x's dtype, outputs) keep them for the backward.
+// running_mean and running_var (f32 [C] whatever x's dtype, both or neither; undefined = not tracked) are
+// updated in place as PyTorch does: r = (1 - momentum) * r + momentum * batch value, with the UNBIASED variance
+// (var * M / (M - 1)) for running_var. momentum in [0, 1]. Statistics are accumulated in double on the CPU, in
+// f32 on CUDA (two passes, shifted by the channel's first value).
 //
-// batchnorm_train_backward: gradients of batchnorm_train through the batch statistics, given grad_out.
-// save_mean / save_rstd: the forward's (both), or both undefined to recompute them from x in double. With
-// xhat = (x - mean) * rstd, per channel:
+// batchnorm_train_backward (f32 only, CPU only so far): gradients of batchnorm_train through the batch
+// statistics, given grad_out. save_mean / save_rstd: the forward's (both), or both undefined to recompute them
+// from x in double. With xhat = (x - mean) * rstd, per channel:
 //   grad_x f32, x's shape, required: weight * rstd * (grad_out - mean(grad_out) - xhat * mean(grad_out * xhat))
 //   grad_weight f32 [C], optional: sum of grad_out * xhat;   grad_bias f32 [C], optional: sum of grad_out
 // (The running statistics do not enter the output, so they get no gradient.)
@@ -56,6 +59,14 @@ void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, 
 void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
                               const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
                               float eps);
+}
+// The CUDA forward launchers (batchnorm.cu); call them through the dispatchers above, which check the shapes.
+namespace cuda {
+void batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+               const Tensor& bias, Tensor& out, float eps);
+void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                     Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
+                     float eps);
 }
 
 }  // namespace mfuser::kernels

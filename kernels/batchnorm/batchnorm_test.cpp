@@ -1,7 +1,9 @@
 // batchnorm: CPU reference vs PyTorch's F.batch_norm (float64), inference and training modes and both
-// backwards, at tiny shapes and the FPN's 2048 channels.
+// backwards, at tiny shapes and the FPN's 2048 channels; the CUDA forwards (f32 and bf16 storage) vs the CPU
+// reference.
 #include "kernels/batchnorm/batchnorm.h"
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -176,6 +178,128 @@ TEST_F(BatchnormTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::batchnorm(flat, s, s, s, s, flat_out, kEps), Error);
   const Tensor f16_x = Tensor::zeros({2, 4, 3, 3}, DType::f16);
   EXPECT_THROW(kernels::batchnorm(f16_x, s, s, s, s, out, kEps), Error);
+}
+
+// ---- CUDA forwards vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  Shape shape;
+  float lo = -1.f, hi = 1.f;  // x ~ U(lo, hi)
+};
+const CudaCase kCudaCases[] = {
+    {"tiny", {2, 4, 3, 3}},
+    {"two_values", {2, 3}},  // M = 2, the fewest batchnorm_train accepts
+    {"no_spatial", {5, 7}},
+    {"odd", {3, 33, 7, 5}},
+    {"mean_100", {4, 16, 9, 9}, 99.f, 101.f},  // |mean| >> std: the batch variance must not cancel
+    {"fpn_2048", {1, 2048, 64, 64}},           // the FPN's BatchNorm2d(2048) of a 512x512 crop
+    {"c1024_128", {1, 1024, 128, 128}},
+    {"c1024_32_b2", {2, 1024, 32, 32}},
+};
+
+TEST(BatchnormCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const int64_t channels = c.shape[1];
+      // Running means near the data's, so that x - running_mean cancels in the mean_100 case too.
+      const float center = (c.lo + c.hi) / 2;
+      const Tensor x = test::random_host(c.shape, dtype, c.lo, c.hi),
+                   mean = test::random_host({channels}, dtype, center - 0.5f, center + 0.5f),
+                   var = test::random_host({channels}, dtype, 0.25f, 2.f),
+                   w = test::random_host({channels}, dtype, 0.5f, 1.5f),
+                   b = test::random_host({channels}, dtype, -0.5f, 0.5f);
+      Tensor ref = Tensor::empty(c.shape, DType::f32);
+      kernels::cpu::batchnorm(x, mean, var, w, b, ref, kEps);
+      Tensor out = test::poisoned_cuda(c.shape, dtype);
+      kernels::batchnorm(test::to_cuda(x, dtype), test::to_cuda(mean, dtype), test::to_cuda(var, dtype),
+                         test::to_cuda(w, dtype), test::to_cuda(b, dtype), out, kEps);
+      test::expect_cuda_close(out, ref, std::string("batchnorm ") + c.name);
+    }
+  }
+}
+
+// Every option: running statistics tracked or not, momentum 0.1, 0 (running values kept) and 1 (replaced),
+// at the small shapes.
+// The statistics are f32 whatever the storage type; they are compared at the f32 tolerance.
+TEST(BatchnormCuda, TrainMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const double f32_tol = test::cuda_tolerance(DType::f32);
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      for (const float momentum : {0.1f, 0.f, 1.f}) {
+        for (const bool tracked : {true, false}) {
+          if (!tracked && momentum != 0.1f) continue;  // momentum only matters to tracked statistics
+          // The model-sized shapes run the default options only (the CPU reference's time).
+          if (c.shape.numel() > (1 << 20) && (momentum != 0.1f || !tracked)) continue;
+          const std::string what = std::string("batchnorm_train ") + c.name + " momentum " +
+                                   std::to_string(momentum) + (tracked ? "" : " (untracked)");
+          const int64_t channels = c.shape[1];
+          const Tensor x = test::random_host(c.shape, dtype, c.lo, c.hi),
+                       w = test::random_host({channels}, dtype, 0.5f, 1.5f),
+                       b = test::random_host({channels}, dtype, -0.5f, 0.5f);
+          Tensor ref = Tensor::empty(c.shape, DType::f32), ref_mean = Tensor::empty({channels}, DType::f32),
+                 ref_rstd = Tensor::empty({channels}, DType::f32), ref_running_mean, ref_running_var;
+          Tensor out = test::poisoned_cuda(c.shape, dtype), save_mean = test::poisoned_cuda({channels}, DType::f32),
+                 save_rstd = test::poisoned_cuda({channels}, DType::f32), running_mean, running_var;
+          if (tracked) {
+            ref_running_mean = test::random_host({channels}, DType::f32, -0.5f, 0.5f);
+            ref_running_var = test::random_host({channels}, DType::f32, 0.5f, 1.5f);
+            running_mean = test::to_cuda(ref_running_mean, DType::f32);
+            running_var = test::to_cuda(ref_running_var, DType::f32);
+          }
+          kernels::cpu::batchnorm_train(x, w, b, ref_running_mean, ref_running_var, ref, ref_mean, ref_rstd, momentum,
+                                        kEps);
+          kernels::batchnorm_train(test::to_cuda(x, dtype), test::to_cuda(w, dtype), test::to_cuda(b, dtype),
+                                   running_mean, running_var, out, save_mean, save_rstd, momentum, kEps);
+          test::expect_cuda_close(out, ref, what);
+          test::expect_cuda_close(save_mean, ref_mean, what + " save_mean", f32_tol);
+          test::expect_cuda_close(save_rstd, ref_rstd, what + " save_rstd", f32_tol);
+          if (tracked) {
+            test::expect_cuda_close(running_mean, ref_running_mean, what + " running_mean", f32_tol);
+            test::expect_cuda_close(running_var, ref_running_var, what + " running_var", f32_tol);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(BatchnormCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Device gpu = Device::cuda();
+  const Tensor x = Tensor::zeros({2, 4, 3, 3}, DType::bf16, gpu), s = Tensor::zeros({4}, DType::bf16, gpu);
+  const Tensor x32 = Tensor::zeros({2, 4, 3, 3}, DType::f32, gpu), s32 = Tensor::zeros({4}, DType::f32, gpu);
+  Tensor out = Tensor::empty({2, 4, 3, 3}, DType::bf16, gpu), out32 = Tensor::empty({2, 4, 3, 3}, DType::f32, gpu);
+  EXPECT_NO_THROW(kernels::batchnorm(x, s, s, s, s, out, kEps));
+  EXPECT_THROW(kernels::batchnorm(x, s32, s, s, s, out, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm(x, s, s32, s, s, out, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm(x, s, s, s32, s, out, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm(x, s, s, s, s32, out, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm(x, s, s, s, s, out32, kEps), Error);
+  const Tensor host_s = Tensor::zeros({4}, DType::f32);
+  EXPECT_THROW(kernels::batchnorm(x32, host_s, s32, s32, s32, out32, kEps), Error);  // mixed devices
+
+  // batchnorm_train: x, weight, bias, out share the storage type; the statistics are f32.
+  Tensor rm = Tensor::zeros({4}, DType::f32, gpu), rv = Tensor::zeros({4}, DType::f32, gpu),
+         sm = Tensor::empty({4}, DType::f32, gpu), sr = Tensor::empty({4}, DType::f32, gpu);
+  Tensor rm16 = Tensor::zeros({4}, DType::bf16, gpu), sm16 = Tensor::empty({4}, DType::bf16, gpu), none;
+  EXPECT_NO_THROW(kernels::batchnorm_train(x, s, s, rm, rv, out, sm, sr, 0.1f, kEps));
+  EXPECT_NO_THROW(kernels::batchnorm_train(x, s, s, none, none, out, sm, sr, 0.1f, kEps));
+  EXPECT_THROW(kernels::batchnorm_train(x, s32, s, rm, rv, out, sm, sr, 0.1f, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_train(x, s, s, rm, rv, out32, sm, sr, 0.1f, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_train(x, s, s, rm16, rv, out, sm, sr, 0.1f, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_train(x, s, s, rm, rv, out, sm16, sr, 0.1f, kEps), Error);
+  Tensor host_rm = Tensor::zeros({4}, DType::f32), host_rv = Tensor::zeros({4}, DType::f32);
+  EXPECT_THROW(kernels::batchnorm_train(x32, s32, s32, host_rm, host_rv, out32, sm, sr, 0.1f, kEps), Error);  // mixed
+
+  // The backwards stay f32 (and CPU) only.
+  Tensor gx = Tensor::empty({2, 4, 3, 3}, DType::bf16, gpu);
+  EXPECT_THROW(kernels::batchnorm_backward(x, s, s, s, x, gx, none, none, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_train_backward(x, s, none, none, x, gx, none, none, kEps), Error);
 }
 
 }  // namespace

@@ -16,6 +16,21 @@ inline void check_f32(std::string_view op, std::string_view arg, const Tensor& t
   MFUSER_CHECK(t.dtype() == DType::f32, op, ": ", arg, " must be f32, got ", t.str());
 }
 
+// f32 anywhere; bf16 also on CUDA (the CUDA kernels store bf16 and compute in f32; the CPU reference is
+// f32 only).
+inline void check_float(std::string_view op, std::string_view arg, const Tensor& t) {
+  MFUSER_CHECK(t.defined(), op, ": ", arg, " is undefined");
+  MFUSER_CHECK(t.dtype() == DType::f32 || (t.dtype() == DType::bf16 && t.device().is_cuda()), op, ": ", arg,
+               " must be f32 (or bf16 on CUDA), got ", t.str());
+}
+
+// check_float, and the dtype of `like`: all float tensors of one op call share one storage type.
+inline void check_float_like(std::string_view op, std::string_view arg, const Tensor& t, const Tensor& like) {
+  check_float(op, arg, t);
+  MFUSER_CHECK(t.dtype() == like.dtype(), op, ": ", arg, " is ", t.str(), " but the op runs in ",
+               dtype_name(like.dtype()));
+}
+
 inline void check_shape(std::string_view op, std::string_view arg, const Tensor& t, const Shape& expected) {
   MFUSER_CHECK(t.shape() == expected, op, ": ", arg, " must have shape ", expected.str(), ", got ", t.str());
 }
@@ -40,7 +55,15 @@ inline void check_host(std::string_view op, const Tensor& t) {
   MFUSER_CHECK(t.device().is_cpu(), op, ": the CPU kernel got a device tensor ", t.str());
 }
 
-// The dispatchers' CUDA branch until the CUDA kernels exist.
+// The dispatchers' CUDA branch: `if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::op(args...));`.
+// A build without CUDA compiles no .cu file and cannot hold device tensors; the macro keeps it linkable.
+#ifdef MFUSER_HAVE_CUDA
+#define MFUSER_CUDA_KERNEL(call) call
+#else
+#define MFUSER_CUDA_KERNEL(call) throw ::mfuser::Error(#call ": this build has no CUDA backend")
+#endif
+
+// The dispatchers' CUDA branch of the ops that have no CUDA kernel yet (the backward kernels).
 [[noreturn]] inline void no_cuda_kernel_yet(std::string_view op) { throw Error(str_cat(op, ": no CUDA kernel yet")); }
 
 }  // namespace mfuser::kernels

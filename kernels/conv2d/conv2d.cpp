@@ -30,9 +30,9 @@ Geometry geometry(const Tensor& x, const Tensor& weight, int stride, int padding
 
 void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out, int stride,
                 int padding) {
-  check_f32("conv2d", "x", x);
-  check_f32("conv2d", "weight", weight);
-  check_f32("conv2d", "out", out);
+  check_float("conv2d", "x", x);
+  check_float_like("conv2d", "weight", weight, x);
+  check_float_like("conv2d", "out", out, x);
   MFUSER_CHECK(x.ndim() == 4, "conv2d: x must be [N, I, H, W], got ", x.str());
   MFUSER_CHECK(weight.ndim() == 4 && weight.dim(1) == x.dim(1) && x.dim(1) >= 1 && weight.dim(2) >= 1 &&
                    weight.dim(3) >= 1,
@@ -43,7 +43,7 @@ void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const
                "conv2d: kernel of ", weight.str(), " larger than the padded input ", x.str(), " (padding ",
                padding, ")");
   if (bias.defined()) {
-    check_f32("conv2d", "bias", bias);
+    check_float_like("conv2d", "bias", bias, x);
     check_shape("conv2d", "bias", bias, {weight.dim(0)});
   }
   const Geometry g = geometry(x, weight, stride, padding);
@@ -203,7 +203,7 @@ void conv2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_o
 
 void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int stride, int padding) {
   check_args(x, weight, bias, out, stride, padding);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("conv2d");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::conv2d(x, weight, bias, out, stride, padding));
   cpu::conv2d(x, weight, bias, out, stride, padding);
 }
 

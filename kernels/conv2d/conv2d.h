@@ -1,7 +1,7 @@
 // conv2d: 2-D cross-correlation with zero padding, as F.conv2d(x, weight, bias, stride, padding) with groups=1
 // (the ViT patch embeddings 3->1024 k16 s16, the pixel decoder's 1x1 2048->256 and 3x3 256->256 convs).
 //
-// Contract (all on one device, all f32):
+// Contract (all on one device, all f32, or all bf16 on CUDA):
 //   x [N, I, H, W], weight [O, I, KH, KW], bias [O] or undefined (no bias), out [N, O, OH, OW] with
 //   OH = (H + 2 * padding - KH) / stride + 1 and OW likewise (floor), both >= 1; stride >= 1, padding >= 0,
 //   the same along both axes.
@@ -9,9 +9,10 @@
 //                                                                          x*stride - padding + kx]
 //   with x = 0 outside the image.
 // The CPU reference is im2col + one cblas GEMM per band of output rows (columns buffer <= 16 MB); a 1x1
-// stride-1 unpadded conv multiplies x directly.
+// stride-1 unpadded conv multiplies x directly. The CUDA kernel is im2col into a scratch tensor from the
+// caching allocator (<= 32 M elements, or one image's columns) + kernels::gemm (f32 accumulation).
 //
-// conv2d_backward: gradients given grad_out (f32 [N, O, OH, OW]); nothing saved but x and weight.
+// conv2d_backward (CPU only): gradients given grad_out (f32 [N, O, OH, OW]); nothing saved but x and weight.
 //   grad_x      [N, I, H, W]:    sum over o, ky, kx of weight[o, i, ky, kx] * grad_out at the outputs whose
 //                                window covers (y, x) (zero-padding positions receive nothing)
 //   grad_weight [O, I, KH, KW]:  sum over n and output pixels of grad_out[n, o, oy, ox] * x[n, i, oy*stride -
@@ -35,6 +36,9 @@ namespace cpu {
 void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int stride, int padding);
 void conv2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
                      Tensor& grad_weight, Tensor& grad_bias, int stride, int padding);
+}
+namespace cuda {
+void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int stride, int padding);
 }
 
 }  // namespace mfuser::kernels

@@ -2,7 +2,10 @@
 // 3x3 convs.
 #include "kernels/conv2d/conv2d.h"
 
+#include <cmath>
+
 #include "tests/common/counter_random.h"
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -119,6 +122,79 @@ TEST_F(Conv2dTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::conv2d(x3d, w, Tensor(), out, 1, 1), Error);
   const Tensor bf16_w = Tensor::zeros({4, 3, 3, 3}, DType::bf16);
   EXPECT_THROW(kernels::conv2d(x, bf16_w, Tensor(), out, 1, 1), Error);
+}
+
+// ---- CUDA (im2col + kernels::gemm) vs the CPU reference --------------------------------------------------------
+
+struct CudaCase {
+  const char* name;
+  Shape x;  // [N, I, H, W]
+  int64_t out_ch, kh, kw;
+  int stride, padding;
+  bool bias;
+};
+const CudaCase kCudaCases[] = {
+    {"tiny_stride2_pad0", {1, 3, 7, 9}, 5, 3, 3, 2, 0, true},
+    {"tiny_batch2_pad1_nobias", {2, 4, 9, 7}, 6, 3, 3, 1, 1, false},
+    {"tiny_rect_kernel_stride2_pad1", {1, 2, 5, 6}, 3, 2, 3, 2, 1, true},
+    {"tiny_pad2_stride3", {1, 2, 4, 4}, 3, 3, 3, 3, 2, true},
+    {"tiny_1x1_direct_batch2", {2, 3, 11, 13}, 4, 1, 1, 1, 0, true},
+    {"tiny_1x1_stride2", {2, 5, 7, 7}, 3, 1, 1, 2, 0, false},  // 1x1 but strided: through im2col
+    {"patch_embed_clip", {1, 3, 512, 512}, 1024, 16, 16, 16, 0, false},
+    {"patch_embed_dinov2", {1, 3, 512, 512}, 1024, 16, 16, 16, 0, true},
+    {"fpn_3x3", {1, 256, 64, 64}, 256, 3, 3, 1, 1, false},
+    {"lateral_1x1", {1, 1024, 32, 32}, 256, 1, 1, 1, 0, false},
+    {"mask_feature_1x1", {2, 256, 64, 64}, 256, 1, 1, 1, 0, true},
+    // 1440 x 10000 columns per image: two images per GEMM under the 32 M-element scratch budget, so three
+    // images take two GEMMs of 2 and 1.
+    {"chunked_batch3", {3, 160, 100, 100}, 32, 3, 3, 1, 1, true},
+};
+
+TEST(Conv2dCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      // Weights scaled by 1/sqrt(fan-in): outputs O(1). f32: sums of up to 2304 products, ~1e-6 relative.
+      const float scale = 1.f / std::sqrt(float(c.x[1] * c.kh * c.kw));
+      const Tensor x = test::random_host(c.x, dtype);
+      const Tensor w = test::random_host({c.out_ch, c.x[1], c.kh, c.kw}, dtype, -scale, scale);
+      const Tensor b = c.bias ? test::random_host({c.out_ch}, dtype) : Tensor();
+      const Shape out_shape{c.x[0], c.out_ch, (c.x[2] + 2 * c.padding - c.kh) / c.stride + 1,
+                            (c.x[3] + 2 * c.padding - c.kw) / c.stride + 1};
+      Tensor ref = Tensor::empty(out_shape, DType::f32);
+      kernels::cpu::conv2d(x, w, b, ref, c.stride, c.padding);
+      Tensor out = test::poisoned_cuda(out_shape, dtype);
+      kernels::conv2d(test::to_cuda(x, dtype), test::to_cuda(w, dtype), test::to_cuda(b, dtype), out, c.stride,
+                      c.padding);
+      test::expect_cuda_close(out, ref, std::string("conv2d ") + c.name);
+    }
+  }
+}
+
+TEST(Conv2dCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({1, 3, 8, 8}, DType::bf16, Device::cuda());
+  const Tensor w = Tensor::zeros({4, 3, 3, 3}, DType::bf16, Device::cuda());
+  const Tensor w32 = Tensor::zeros({4, 3, 3, 3}, DType::f32, Device::cuda());
+  const Tensor b32 = Tensor::zeros({4}, DType::f32, Device::cuda());
+  Tensor out = Tensor::empty({1, 4, 8, 8}, DType::bf16, Device::cuda());
+  Tensor out32 = Tensor::empty({1, 4, 8, 8}, DType::f32, Device::cuda());
+  EXPECT_NO_THROW(kernels::conv2d(x, w, Tensor(), out, 1, 1));
+  EXPECT_THROW(kernels::conv2d(x, w32, Tensor(), out, 1, 1), Error);
+  EXPECT_THROW(kernels::conv2d(x, w, b32, out, 1, 1), Error);
+  EXPECT_THROW(kernels::conv2d(x, w, Tensor(), out32, 1, 1), Error);
+  const Tensor x16 = Tensor::zeros({1, 3, 8, 8}, DType::f16, Device::cuda());
+  const Tensor w16 = Tensor::zeros({4, 3, 3, 3}, DType::f16, Device::cuda());
+  Tensor out16 = Tensor::empty({1, 4, 8, 8}, DType::f16, Device::cuda());
+  EXPECT_THROW(kernels::conv2d(x16, w16, Tensor(), out16, 1, 1), Error);
+  const Tensor host_w = Tensor::zeros({4, 3, 3, 3}, DType::f32);
+  const Tensor x32 = Tensor::zeros({1, 3, 8, 8}, DType::f32, Device::cuda());
+  EXPECT_THROW(kernels::conv2d(x32, host_w, Tensor(), out32, 1, 1), Error);  // mixed devices
+  // The backward stays CPU (and f32) only.
+  const Tensor dy32 = Tensor::zeros({1, 4, 8, 8}, DType::f32, Device::cuda());
+  Tensor gx32 = Tensor::empty({1, 3, 8, 8}, DType::f32, Device::cuda()), none;
+  EXPECT_THROW(kernels::conv2d_backward(x32, w32, dy32, gx32, none, none, 1, 1), Error);
 }
 
 }  // namespace

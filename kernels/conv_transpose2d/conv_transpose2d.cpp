@@ -19,9 +19,9 @@ namespace {
 constexpr int64_t kTapBudget = int64_t(1) << 20;
 
 void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out) {
-  check_f32("conv_transpose2d", "x", x);
-  check_f32("conv_transpose2d", "weight", weight);
-  check_f32("conv_transpose2d", "out", out);
+  check_float("conv_transpose2d", "x", x);
+  check_float_like("conv_transpose2d", "weight", weight, x);
+  check_float_like("conv_transpose2d", "out", out, x);
   MFUSER_CHECK(x.ndim() == 4 && x.dim(1) >= 1, "conv_transpose2d: x must be [N, I >= 1, H, W], got ", x.str());
   MFUSER_CHECK(weight.ndim() == 4 && weight.dim(0) == x.dim(1) && weight.dim(2) >= 1 &&
                    weight.dim(2) == weight.dim(3),
@@ -29,7 +29,7 @@ void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const
                weight.str());
   const int64_t o = weight.dim(1), k = weight.dim(2);
   if (bias.defined()) {
-    check_f32("conv_transpose2d", "bias", bias);
+    check_float_like("conv_transpose2d", "bias", bias, x);
     check_shape("conv_transpose2d", "bias", bias, {o});
   }
   check_shape("conv_transpose2d", "out", out, {x.dim(0), o, x.dim(2) * k, x.dim(3) * k});
@@ -149,7 +149,7 @@ void conv_transpose2d_backward(const Tensor& x, const Tensor& weight, const Tens
 
 void conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out) {
   check_args(x, weight, bias, out);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("conv_transpose2d");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::conv_transpose2d(x, weight, bias, out));
   cpu::conv_transpose2d(x, weight, bias, out);
 }
 

@@ -2,6 +2,9 @@
 // 2048 -> 2048, kernel 2, stride 2 upsampler.
 #include "kernels/conv_transpose2d/conv_transpose2d.h"
 
+#include <cmath>
+
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -103,6 +106,67 @@ TEST_F(ConvTranspose2dTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::conv_transpose2d(x, w, Tensor(), same_size_out), Error);
   const Tensor bf16_w = Tensor::zeros({3, 5, 2, 2}, DType::bf16);
   EXPECT_THROW(kernels::conv_transpose2d(x, bf16_w, Tensor(), out), Error);
+}
+
+// ---- CUDA (kernels::gemm + tap scatter) vs the CPU reference ---------------------------------------------------
+
+struct CudaCase {
+  const char* name;
+  Shape x;  // [N, I, H, W]
+  int64_t out_ch, k;
+  bool bias;
+};
+const CudaCase kCudaCases[] = {
+    {"tiny_k2", {1, 3, 5, 7}, 4, 2, true},
+    {"tiny_k3_batch2_nobias", {2, 5, 3, 4}, 3, 3, false},
+    {"tiny_k1_batch3", {3, 2, 4, 5}, 6, 1, true},
+    {"fpn_1024", {1, 1024, 32, 32}, 1024, 2, true},
+    {"fpn_odd", {1, 96, 17, 23}, 80, 2, false},
+    // 4160 x 4096 taps per image: over half the 32 M-element scratch budget, so one image per GEMM.
+    {"chunked_batch2", {2, 4, 64, 64}, 1040, 2, true},
+};
+
+TEST(ConvTranspose2dCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      // Weights scaled by 1/sqrt(I): outputs O(1); f32 sums of up to 1024 products, ~1e-6 relative.
+      const float scale = 1.f / std::sqrt(float(c.x[1]));
+      const Tensor x = test::random_host(c.x, dtype);
+      const Tensor w = test::random_host({c.x[1], c.out_ch, c.k, c.k}, dtype, -scale, scale);
+      const Tensor b = c.bias ? test::random_host({c.out_ch}, dtype) : Tensor();
+      const Shape out_shape{c.x[0], c.out_ch, c.x[2] * c.k, c.x[3] * c.k};
+      Tensor ref = Tensor::empty(out_shape, DType::f32);
+      kernels::cpu::conv_transpose2d(x, w, b, ref);
+      Tensor out = test::poisoned_cuda(out_shape, dtype);
+      kernels::conv_transpose2d(test::to_cuda(x, dtype), test::to_cuda(w, dtype), test::to_cuda(b, dtype), out);
+      test::expect_cuda_close(out, ref, std::string("conv_transpose2d ") + c.name);
+    }
+  }
+}
+
+TEST(ConvTranspose2dCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({1, 3, 4, 4}, DType::bf16, Device::cuda());
+  const Tensor w = Tensor::zeros({3, 5, 2, 2}, DType::bf16, Device::cuda());
+  const Tensor w32 = Tensor::zeros({3, 5, 2, 2}, DType::f32, Device::cuda());
+  const Tensor b32 = Tensor::zeros({5}, DType::f32, Device::cuda());
+  Tensor out = Tensor::empty({1, 5, 8, 8}, DType::bf16, Device::cuda());
+  Tensor out32 = Tensor::empty({1, 5, 8, 8}, DType::f32, Device::cuda());
+  EXPECT_NO_THROW(kernels::conv_transpose2d(x, w, Tensor(), out));
+  EXPECT_THROW(kernels::conv_transpose2d(x, w32, Tensor(), out), Error);
+  EXPECT_THROW(kernels::conv_transpose2d(x, w, b32, out), Error);
+  EXPECT_THROW(kernels::conv_transpose2d(x, w, Tensor(), out32), Error);
+  const Tensor x16 = Tensor::zeros({1, 3, 4, 4}, DType::f16, Device::cuda());
+  const Tensor w16 = Tensor::zeros({3, 5, 2, 2}, DType::f16, Device::cuda());
+  Tensor out16 = Tensor::empty({1, 5, 8, 8}, DType::f16, Device::cuda());
+  EXPECT_THROW(kernels::conv_transpose2d(x16, w16, Tensor(), out16), Error);
+  // The backward stays CPU (and f32) only.
+  const Tensor x32 = Tensor::zeros({1, 3, 4, 4}, DType::f32, Device::cuda());
+  const Tensor dy32 = Tensor::zeros({1, 5, 8, 8}, DType::f32, Device::cuda());
+  Tensor gx32 = Tensor::empty({1, 3, 4, 4}, DType::f32, Device::cuda()), none;
+  EXPECT_THROW(kernels::conv_transpose2d_backward(x32, w32, dy32, gx32, none, none), Error);
 }
 
 }  // namespace

@@ -13,14 +13,14 @@ namespace mfuser::kernels {
 namespace {
 
 void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out) {
-  check_f32("dwconv1d", "x", x);
-  check_f32("dwconv1d", "weight", weight);
-  check_f32("dwconv1d", "out", out);
+  check_float("dwconv1d", "x", x);
+  check_float_like("dwconv1d", "weight", weight, x);
+  check_float_like("dwconv1d", "out", out, x);
   MFUSER_CHECK(x.ndim() == 3, "dwconv1d: x must be [B, L, C], got ", x.str());
   MFUSER_CHECK(weight.ndim() == 3 && weight.dim(0) == x.dim(2) && weight.dim(1) == 1 && weight.dim(2) >= 1,
                "dwconv1d: weight must be [C, 1, K] with C = ", x.dim(2), " channels, got ", weight.str());
   if (bias.defined()) {
-    check_f32("dwconv1d", "bias", bias);
+    check_float_like("dwconv1d", "bias", bias, x);
     check_shape("dwconv1d", "bias", bias, {x.dim(2)});
   }
   check_shape("dwconv1d", "out", out, x.shape());
@@ -133,7 +133,7 @@ void dwconv1d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad
 
 void dwconv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out) {
   check_args(x, weight, bias, out);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("dwconv1d");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::dwconv1d(x, weight, bias, out));
   cpu::dwconv1d(x, weight, bias, out);
 }
 

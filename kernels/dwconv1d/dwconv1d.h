@@ -3,7 +3,7 @@
 //   F.conv1d(x.transpose(1, 2), weight, bias, padding='same', groups=C).transpose(1, 2)
 // (MVFuser's conv1d_x / conv1d_z: K = 3, no bias; the SiLU that follows is a separate op).
 //
-// Contract (all on one device, all f32):
+// Contract (all on one device; f32, or bf16 on CUDA (forward only), one dtype for all; f32 accumulation):
 //   x [B, L, C] (row l holds token l's C channels, contiguous), weight [C, 1, K] (PyTorch's depthwise layout),
 //   bias [C] or undefined (no bias), out [B, L, C].
 //   out[b, l, c] = bias[c] + sum_{j < K} weight[c, 0, j] * x[b, l + j - (K - 1) / 2, c], with x = 0 outside
@@ -25,6 +25,10 @@ namespace mfuser::kernels {
 void dwconv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out);
 void dwconv1d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
                        Tensor& grad_weight, Tensor& grad_bias);
+
+namespace cuda {
+void dwconv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out);
+}
 
 namespace cpu {
 void dwconv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out);

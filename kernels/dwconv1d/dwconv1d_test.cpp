@@ -1,7 +1,8 @@
 // dwconv1d: CPU reference vs PyTorch's depthwise F.conv1d(padding='same') (float64) at tiny shapes and the
-// MVFuser shapes.
+// MVFuser shapes; the CUDA kernel vs the CPU reference (Dwconv1dCuda).
 #include "kernels/dwconv1d/dwconv1d.h"
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -99,6 +100,65 @@ TEST_F(Dwconv1dTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::dwconv1d(x2d, w, Tensor(), out2d), Error);
   const Tensor f16_x = Tensor::zeros({1, 6, 4}, DType::f16);
   EXPECT_THROW(kernels::dwconv1d(f16_x, w, Tensor(), out), Error);
+}
+
+// ---- CUDA kernel vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  int64_t batch, len, channels, kernel;
+  bool has_bias;
+};
+
+void expect_dwconv1d_matches_cpu(const CudaCase& c, DType dtype) {
+  const Shape shape{c.batch, c.len, c.channels};
+  const Tensor x = test::random_host(shape, dtype), weight = test::random_host({c.channels, 1, c.kernel}, dtype);
+  const Tensor bias = c.has_bias ? test::random_host({c.channels}, dtype) : Tensor();
+  Tensor ref = Tensor::empty(shape, DType::f32);
+  kernels::cpu::dwconv1d(x, weight, bias, ref);
+  Tensor out = test::poisoned_cuda(shape, dtype);
+  kernels::dwconv1d(test::to_cuda(x, dtype), test::to_cuda(weight, dtype), test::to_cuda(bias, dtype), out);
+  test::expect_cuda_close(out, ref, std::string("dwconv1d ") + c.name);
+}
+
+// MVFuser's conv1d_x / conv1d_z: K = 3, no bias, on the backbone adapters' 512 channels x 2050 tokens (batch 1 and
+// 2) and the MTEnhancer's 128 channels x 1063 tokens.
+TEST(Dwconv1dCuda, MatchesCpuAtModelShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"backbone.b1", 1, 2050, 512, 3, false},
+                            {"backbone.b2", 2, 2050, 512, 3, false},
+                            {"enhancer", 1, 1063, 128, 3, false}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_dwconv1d_matches_cpu(c, dtype);
+}
+
+// One token, kernels longer than the sequence, even K (one more zero on the right), K = 1, odd channel counts.
+TEST(Dwconv1dCuda, MatchesCpuAtOddShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"one_token", 2, 1, 3, 3, true},      {"tiny", 2, 7, 5, 3, false},
+                            {"even_kernel", 3, 9, 37, 4, true},   {"short", 1, 2, 33, 5, true},
+                            {"pointwise", 2, 11, 6, 1, false},    {"long_kernel", 1, 13, 70, 7, true}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_dwconv1d_matches_cpu(c, dtype);
+}
+
+TEST(Dwconv1dCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const auto zeros = [](const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, Device::cuda()); };
+  for (DType dtype : test::kCudaDtypes) {
+    const DType other = dtype == DType::f32 ? DType::bf16 : DType::f32;
+    const Tensor x = zeros({1, 6, 4}, dtype), w = zeros({4, 1, 3}, dtype), bias = zeros({4}, dtype);
+    Tensor out = zeros({1, 6, 4}, dtype), other_out = zeros({1, 6, 4}, other);
+    EXPECT_NO_THROW(kernels::dwconv1d(x, w, bias, out));
+    EXPECT_THROW(kernels::dwconv1d(x, zeros({4, 1, 3}, other), bias, out), Error);
+    EXPECT_THROW(kernels::dwconv1d(x, w, zeros({4}, other), out), Error);
+    EXPECT_THROW(kernels::dwconv1d(x, w, bias, other_out), Error);
+  }
+  Tensor f16_out = zeros({1, 6, 4}, DType::f16);
+  EXPECT_THROW(kernels::dwconv1d(zeros({1, 6, 4}, DType::f16), zeros({4, 1, 3}, DType::f16), Tensor(), f16_out),
+               Error);
 }
 
 }  // namespace

@@ -1,8 +1,10 @@
-// CPU reference of add / mul / scale, the shared broadcast indexing, and the device dispatch.
+// CPU reference of add / mul / scale, the shared broadcast indexing, and the device dispatch (CUDA:
+// elementwise.cu).
 #include "kernels/elementwise/elementwise.h"
 
 #include <algorithm>
 
+#include "kernels/common/checks.h"
 #include "runtime/parallel.h"
 
 namespace mfuser::kernels {
@@ -12,6 +14,13 @@ namespace detail {
 void check_same_f32(const char* op, const Tensor& x, const Tensor& out) {
   MFUSER_CHECK(x.dtype() == DType::f32 && out.dtype() == DType::f32, op, ": ", x.str(), " -> ", out.str(),
                ": only f32 is supported");
+  MFUSER_CHECK(x.shape() == out.shape(), op, ": ", x.str(), " -> ", out.str(), ": shapes differ");
+  MFUSER_CHECK(x.device() == out.device(), op, ": ", x.str(), " -> ", out.str(), ": devices differ");
+}
+
+void check_same_float(const char* op, const Tensor& x, const Tensor& out) {
+  check_float(op, "input", x);
+  check_float_like(op, "output", out, x);
   MFUSER_CHECK(x.shape() == out.shape(), op, ": ", x.str(), " -> ", out.str(), ": shapes differ");
   MFUSER_CHECK(x.device() == out.device(), op, ": ", x.str(), " -> ", out.str(), ": devices differ");
 }
@@ -71,8 +80,8 @@ namespace {
 constexpr int64_t kGrain = 1 << 15;
 
 void check_binary(const char* op, const Tensor& a, const Tensor& b, Tensor& out) {
-  detail::check_same_f32(op, a, out);
-  MFUSER_CHECK(b.dtype() == DType::f32, op, ": second operand ", b.str(), ": only f32 is supported");
+  detail::check_same_float(op, a, out);
+  check_float_like(op, "second operand", b, a);
   MFUSER_CHECK(b.device() == a.device(), op, ": ", a.str(), " and ", b.str(), ": devices differ");
   detail::BroadcastIndex(op, a.shape(), b.shape());  // throws when b does not broadcast onto a
 }
@@ -121,19 +130,19 @@ void cpu::scale(const Tensor& x, Tensor& out, float factor, float bias) {
 
 void add(const Tensor& a, const Tensor& b, Tensor& out) {
   check_binary("add", a, b, out);
-  MFUSER_CHECK(!a.device().is_cuda(), "add: no CUDA kernel yet");
+  if (a.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::add(a, b, out));
   cpu::add(a, b, out);
 }
 
 void mul(const Tensor& a, const Tensor& b, Tensor& out) {
   check_binary("mul", a, b, out);
-  MFUSER_CHECK(!a.device().is_cuda(), "mul: no CUDA kernel yet");
+  if (a.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::mul(a, b, out));
   cpu::mul(a, b, out);
 }
 
 void scale(const Tensor& x, Tensor& out, float factor, float bias) {
-  detail::check_same_f32("scale", x, out);
-  MFUSER_CHECK(!x.device().is_cuda(), "scale: no CUDA kernel yet");
+  detail::check_same_float("scale", x, out);
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::scale(x, out, factor, bias));
   cpu::scale(x, out, factor, bias);
 }
 

@@ -1,6 +1,7 @@
 // elementwise: binary add / mul with broadcasting, and scale (x * factor + bias).
 //
-// Contract (f32, host reference; CUDA tensors are refused until a CUDA kernel exists):
+// Contract (f32, or bf16 on CUDA: a, b and out share one dtype; the CUDA kernels compute in f32 and round
+// once on the store; the backward ops are f32 and CPU only):
 //   add(a, b, out):  out = a + b     (torch.add)
 //   mul(a, b, out):  out = a * b     (torch.mul)
 //     `b` broadcasts numpy-style onto a's shape: dims are aligned from the right, b has at most a.ndim dims,
@@ -42,10 +43,19 @@ void mul_backward(const Tensor& a, const Tensor& b, const Tensor& grad_out, Tens
 void scale_backward(const Tensor& grad_out, Tensor& grad_x, float factor);
 }  // namespace cpu
 
+namespace cuda {
+void add(const Tensor& a, const Tensor& b, Tensor& out);
+void mul(const Tensor& a, const Tensor& b, Tensor& out);
+void scale(const Tensor& x, Tensor& out, float factor, float bias = 0.f);
+}  // namespace cuda
+
 namespace detail {
 
 // Throws unless `x` and `out` are f32 tensors of the same shape on the same device; messages start with `op`.
 void check_same_f32(const char* op, const Tensor& x, const Tensor& out);
+
+// As check_same_f32, but f32 or bf16 on CUDA (one dtype for both): the checks of ops with CUDA kernels.
+void check_same_float(const char* op, const Tensor& x, const Tensor& out);
 
 // Throws unless `t` is a host tensor (a cpu:: reference was handed device memory).
 void check_host(const char* op, const Tensor& t);

@@ -2,8 +2,10 @@
 #include "kernels/elementwise/elementwise.h"
 
 #include <cstdio>
+#include <tuple>
 
 #include "loaders/safetensors.h"
+#include "tests/common/cuda_test.h"
 #include "tests/common/test_util.h"
 
 namespace mfuser {
@@ -161,6 +163,102 @@ TEST_F(ElementwiseTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::mul(a, Tensor::zeros({6}, DType::i32), out), Error);
   Tensor int_out = Tensor::empty({4, 5, 6}, DType::i32);
   EXPECT_THROW(kernels::scale(a, int_out, 2.f), Error);
+}
+
+// ---- CUDA against the CPU reference on the same inputs (rounded to the storage dtype) ----
+
+// A CUDA copy of host f32 `host` in `dtype`, one element into a larger buffer: not 16-byte aligned, so the
+// kernels must take their scalar path even where the sizes would allow vectors.
+Tensor unaligned_cuda(const Tensor& host, DType dtype) {
+  const int64_t n = host.numel();
+  Tensor padded = Tensor::zeros({n + 1, 1}, DType::f32);
+  padded.slice_rows(1, n + 1).copy_from(host.reshape({n, 1}));
+  return test::to_cuda(padded, dtype).slice_rows(1, n + 1).reshape(host.shape());
+}
+
+enum class Placement { fresh_output, in_place, unaligned_a };
+
+// add and mul of `a_shape` and `b_shape` on CUDA against cpu::add / cpu::mul. In f32 one IEEE operation is
+// correctly rounded on both sides, so the results must agree bit for bit; bf16 adds one output rounding.
+void expect_binary_matches_cpu(const Shape& a_shape, const Shape& b_shape, DType dtype, Placement placement) {
+  const std::tuple<const char*, BinaryFn, BinaryFn> ops[] = {{"add", kernels::add, kernels::cpu::add},
+                                                            {"mul", kernels::mul, kernels::cpu::mul}};
+  const Tensor a = test::random_host(a_shape, dtype), b = test::random_host(b_shape, dtype);
+  for (const auto& [name, fn, cpu_fn] : ops) {
+    const std::string what = str_cat(name, " ", a_shape.str(), " and ", b_shape.str(),
+                                     placement == Placement::in_place      ? " in place"
+                                     : placement == Placement::unaligned_a ? " unaligned"
+                                                                           : "");
+    Tensor ref = Tensor::empty(a_shape, DType::f32);
+    cpu_fn(a, b, ref);
+    Tensor a_cuda = placement == Placement::unaligned_a ? unaligned_cuda(a, dtype) : test::to_cuda(a, dtype);
+    Tensor out = placement == Placement::in_place ? a_cuda : test::poisoned_cuda(a_shape, dtype);
+    fn(a_cuda, test::to_cuda(b, dtype), out);
+    test::expect_cuda_close(out, ref, what);
+    if (dtype == DType::f32) {
+      EXPECT_EQ(test::compare(out, ref).max_abs, 0.0) << what;
+    }
+  }
+}
+
+// The model's broadcasts: a bias / scale per channel on NCHW maps ([B, C, H, W] with [C, 1, 1]), per channel
+// on token rows ([L, C] with [C]), equal shapes, a scalar, a middle and a leading broadcast; each with sizes
+// that allow 16-byte vectors and odd ones that do not.
+TEST(ElementwiseCuda, AddMulMatchCpuOnEveryBroadcast) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const std::pair<Shape, Shape> cases[] = {
+      {{2, 1024, 32, 32}, {1024, 1, 1}}, {{2, 256, 7, 9}, {256, 1, 1}}, {{1025, 1024}, {1024}},
+      {{1025, 1023}, {1023}},            {{1025, 1024}, {1025, 1024}},  {{31}, {31}},
+      {{4, 5, 6}, {1}},                  {{4, 5, 8}, {4, 1, 8}},         {{4, 5, 6}, {4, 1, 6}},
+      {{3, 4, 8}, {4, 8}},               {{2, 1, 16}, {1, 1, 16}},       {{1}, {1}},
+      {{7, 1}, {7, 1}},                  {{3, 5}, {3, 1}}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const auto& [a, b] : cases) expect_binary_matches_cpu(a, b, dtype, Placement::fresh_output);
+}
+
+TEST(ElementwiseCuda, AddMulInPlaceAndOnUnalignedViews) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes) {
+    expect_binary_matches_cpu({2, 1024, 32, 32}, {1024, 1, 1}, dtype, Placement::in_place);
+    expect_binary_matches_cpu({1025, 1024}, {1024}, dtype, Placement::in_place);
+    expect_binary_matches_cpu({1025, 1024}, {1025, 1024}, dtype, Placement::in_place);
+    expect_binary_matches_cpu({4, 8}, {8}, dtype, Placement::unaligned_a);
+    expect_binary_matches_cpu({64}, {64}, dtype, Placement::unaligned_a);
+  }
+}
+
+TEST(ElementwiseCuda, ScaleMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes) {
+    for (const Shape& shape : {Shape{1}, Shape{31}, Shape{1025, 1024}}) {
+      for (Placement placement : {Placement::fresh_output, Placement::in_place, Placement::unaligned_a}) {
+        const Tensor x = test::random_host(shape, dtype);
+        Tensor ref = Tensor::empty(shape, DType::f32);
+        kernels::cpu::scale(x, ref, 0.125f, -0.5f);
+        Tensor x_cuda = placement == Placement::unaligned_a ? unaligned_cuda(x, dtype) : test::to_cuda(x, dtype);
+        Tensor out = placement == Placement::in_place ? x_cuda : test::poisoned_cuda(shape, dtype);
+        kernels::scale(x_cuda, out, 0.125f, -0.5f);
+        test::expect_cuda_close(out, ref, str_cat("scale ", shape.str(), " placement ", int(placement)));
+      }
+    }
+  }
+}
+
+TEST(ElementwiseCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor a32 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::f32);
+  const Tensor a16 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::bf16);
+  const Tensor b16 = test::to_cuda(Tensor::zeros({6}, DType::f32), DType::bf16);
+  Tensor out16 = test::poisoned_cuda({4, 6}, DType::bf16), out32 = test::poisoned_cuda({4, 6}, DType::f32);
+  kernels::add(a16, b16, out16);  // the valid baseline
+  EXPECT_THROW(kernels::add(a32, b16, out32), Error);
+  EXPECT_THROW(kernels::mul(a16, b16, out32), Error);
+  EXPECT_THROW(kernels::scale(a16, out32, 2.f), Error);
+  Tensor host16 = Tensor::zeros({4, 6}, DType::bf16);
+  EXPECT_THROW(kernels::add(host16, Tensor::zeros({6}, DType::bf16), host16), Error);  // bf16 is CUDA only
 }
 
 }  // namespace

@@ -1,9 +1,10 @@
-// CPU reference of embedding (a row gather), and the device dispatch.
+// CPU reference of embedding (a row gather), and the device dispatch (CUDA: embedding.cu).
 #include "kernels/embedding/embedding.h"
 
 #include <algorithm>
 #include <vector>
 
+#include "kernels/common/checks.h"
 #include "runtime/parallel.h"
 
 namespace mfuser::kernels {
@@ -12,13 +13,14 @@ namespace {
 
 void check_args(const Tensor& ids, const Tensor& table, const Tensor& out) {
   MFUSER_CHECK(ids.dtype() == DType::i64, "embedding: ids ", ids.str(), ": must be i64");
-  MFUSER_CHECK(table.dtype() == DType::f32 && table.ndim() == 2, "embedding: table ", table.str(),
-               ": must be f32 [V, D]");
+  check_float("embedding", "table", table);
+  MFUSER_CHECK(table.ndim() == 2, "embedding: table ", table.str(), ": must be [V, D]");
   MFUSER_CHECK(ids.ndim() < kMaxDims, "embedding: ids ", ids.str(), ": at most ", kMaxDims - 1, " dims");
   std::vector<int64_t> expected(ids.shape().dims().begin(), ids.shape().dims().end());
   expected.push_back(table.dim(1));
-  MFUSER_CHECK(out.dtype() == DType::f32 && out.shape() == Shape(expected), "embedding: ids ", ids.str(),
-               " into table ", table.str(), ": out must be f32 ", Shape(expected).str(), ", got ", out.str());
+  MFUSER_CHECK(out.dtype() == table.dtype() && out.shape() == Shape(expected), "embedding: ids ", ids.str(),
+               " into table ", table.str(), ": out must be ", dtype_name(table.dtype()), " ", Shape(expected).str(),
+               ", got ", out.str());
   MFUSER_CHECK(ids.device() == table.device() && table.device() == out.device(), "embedding: ids ", ids.str(),
                ", table ", table.str(), ", out ", out.str(), ": devices differ");
 }
@@ -45,7 +47,7 @@ void cpu::embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
 
 void embedding(const Tensor& ids, const Tensor& table, Tensor& out) {
   check_args(ids, table, out);
-  MFUSER_CHECK(!ids.device().is_cuda(), "embedding: no CUDA kernel yet");
+  if (ids.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::embedding(ids, table, out));
   cpu::embedding(ids, table, out);
 }
 

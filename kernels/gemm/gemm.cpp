@@ -1,4 +1,4 @@
-// CPU gemm through OpenBLAS, the naive reference, linear, and the device dispatch.
+// CPU gemm through OpenBLAS, the naive reference, linear, and the device dispatch (CUDA: gemm.cu).
 #include "kernels/gemm/gemm.h"
 
 #include <cblas.h>
@@ -6,15 +6,18 @@
 #include <algorithm>
 #include <climits>
 
+#include "kernels/common/checks.h"
 #include "runtime/parallel.h"
 
 namespace mfuser::kernels {
 
 namespace {
 
-// Throws unless `t` (matrix `what` of gemm) is f32 and holds `batch` matrices of `elements`, `stride` apart.
-void check_operand(const char* what, const Tensor& t, int64_t batch, int64_t stride, int64_t elements) {
-  MFUSER_CHECK(t.dtype() == DType::f32, "gemm: ", what, " ", t.str(), ": only f32 is supported");
+// Throws unless `t` (matrix `what` of gemm) has C's float dtype and holds `batch` matrices of `elements`,
+// `stride` apart.
+void check_operand(const char* what, const Tensor& t, const Tensor& c, int64_t batch, int64_t stride,
+                   int64_t elements) {
+  check_float_like("gemm", what, t, c);
   MFUSER_CHECK(stride >= 0, "gemm: ", what, " stride ", stride, " is negative");
   const int64_t needed = elements == 0 ? 0 : (batch - 1) * stride + elements;
   MFUSER_CHECK(t.numel() >= needed, "gemm: ", what, " ", t.str(), " holds ", t.numel(), " elements; batch ",
@@ -26,9 +29,9 @@ void check_gemm(const Tensor& a, const Tensor& b, const Tensor& c, const GemmPar
                ", batch ", p.batch, ": sizes must be non-negative and the batch at least 1");
   MFUSER_CHECK(p.m <= INT_MAX && p.n <= INT_MAX && p.k <= INT_MAX, "gemm: m ", p.m, ", n ", p.n, ", k ", p.k,
                ": BLAS takes 32-bit sizes");
-  check_operand(p.trans_a ? "A (k x m)" : "A (m x k)", a, p.batch, p.stride_a, p.m * p.k);
-  check_operand(p.trans_b ? "B (n x k)" : "B (k x n)", b, p.batch, p.stride_b, p.k * p.n);
-  check_operand("C (m x n)", c, p.batch, p.stride_c, p.m * p.n);
+  check_operand(p.trans_a ? "A (k x m)" : "A (m x k)", a, c, p.batch, p.stride_a, p.m * p.k);
+  check_operand(p.trans_b ? "B (n x k)" : "B (k x n)", b, c, p.batch, p.stride_b, p.k * p.n);
+  check_operand("C (m x n)", c, c, p.batch, p.stride_c, p.m * p.n);
   MFUSER_CHECK(p.batch == 1 || p.stride_c >= p.m * p.n, "gemm: C stride ", p.stride_c, " < m x n = ",
                p.m * p.n, ": the batch's outputs would overlap");
   MFUSER_CHECK(a.device() == c.device() && b.device() == c.device(), "gemm: A ", a.str(), ", B ", b.str(),
@@ -39,16 +42,17 @@ void check_gemm(const Tensor& a, const Tensor& b, const Tensor& c, const GemmPar
 float scaled_output(float beta, float c) { return beta == 0.f ? 0.f : beta * c; }
 
 void check_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& y) {
-  MFUSER_CHECK(x.dtype() == DType::f32 && weight.dtype() == DType::f32 && y.dtype() == DType::f32,
-               "linear: x ", x.str(), ", weight ", weight.str(), ", y ", y.str(), ": only f32 is supported");
+  check_float("linear", "y", y);
+  check_float_like("linear", "x", x, y);
+  check_float_like("linear", "weight", weight, y);
   MFUSER_CHECK(x.ndim() >= 1 && weight.ndim() == 2 && x.dim(-1) == weight.dim(1), "linear: x ", x.str(),
                " and weight ", weight.str(), ": need x [..., K] and weight [N, K]");
   Shape expected = x.shape();
   expected[-1] = weight.dim(0);
   MFUSER_CHECK(y.shape() == expected, "linear: x ", x.str(), " @ weight ", weight.str(), "^T needs y ",
                expected.str(), ", got ", y.str());
-  MFUSER_CHECK(!bias.defined() || (bias.dtype() == DType::f32 && bias.shape() == Shape{weight.dim(0)}),
-               "linear: bias ", bias.str(), " must be f32 [", weight.dim(0), "]");
+  MFUSER_CHECK(!bias.defined() || (bias.dtype() == y.dtype() && bias.shape() == Shape{weight.dim(0)}),
+               "linear: bias ", bias.str(), " must be ", dtype_name(y.dtype()), " [", weight.dim(0), "]");
   MFUSER_CHECK(x.device() == y.device() && weight.device() == y.device() &&
                    (!bias.defined() || bias.device() == y.device()),
                "linear: x ", x.str(), ", weight ", weight.str(), ", y ", y.str(), ": devices differ");
@@ -120,13 +124,13 @@ void cpu::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tens
 
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmParams& params) {
   check_gemm(a, b, c, params);
-  MFUSER_CHECK(!c.device().is_cuda(), "gemm: no CUDA kernel yet");
+  if (c.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::gemm(a, b, c, params));
   cpu::gemm(a, b, c, params);
 }
 
 void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y) {
   check_linear(x, weight, bias, y);
-  MFUSER_CHECK(!y.device().is_cuda(), "linear: no CUDA kernel yet");
+  if (y.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::linear(x, weight, bias, y));
   cpu::linear(x, weight, bias, y);
 }
 

@@ -1,6 +1,10 @@
 // gemm: C = alpha * op(A) @ op(B) + beta * C over a batch of row-major f32 matrices (OpenBLAS sgemm), and
 // linear, the nn.Linear contract built on it, with its backward.
 //
+// Dtypes: f32 (or bf16 on CUDA); every float tensor of one call (A, B, C; x, weight, bias, y) has the same
+// dtype, so a bf16 linear needs bf16 weights and bias. CUDA (cuBLASLt) accumulates in f32 without TF32 in
+// both storage types; bf16 outputs are rounded to nearest even.
+//
 // gemm(a, b, c, params): op(A) is m x k, op(B) is k x n, C is m x n. A is stored m x k, or k x m with
 // trans_a (op(A) = A^T); B is stored k x n, or n x k with trans_b. Matrices are dense row-major (no padded
 // leading dims). Matrix i of the batch starts at element i * stride_{a,b,c} of its tensor; stride 0 reuses
@@ -52,5 +56,10 @@ void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y, Tensor& grad_x,
                      Tensor& grad_weight, Tensor& grad_bias);
 }  // namespace cpu
+
+namespace cuda {
+void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmParams& params);
+void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y);
+}  // namespace cuda
 
 }  // namespace mfuser::kernels

@@ -8,6 +8,7 @@
 
 #include "loaders/safetensors.h"
 #include "tests/common/counter_random.h"
+#include "tests/common/cuda_test.h"
 #include "tests/common/row_blocks.h"
 #include "tests/common/test_util.h"
 
@@ -285,6 +286,183 @@ TEST_F(LinearBackwardTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::linear_backward(x, weight, grad_y, none, int_w, none), Error);
   EXPECT_THROW(kernels::linear_backward(Tensor::zeros({3, 2, 5}, DType::f32), weight, grad_y, none, grad_w, none),
                Error);  // x's leading dims differ from grad_y's
+}
+
+// ---- CUDA (cuBLASLt) against the OpenBLAS reference on the same inputs, rounded to the storage dtype ----
+// The reference accumulates bf16-representable inputs in f32 like the kernel, so the bf16 error measured is
+// the output rounding (~2^-9 relative); f32 has no TF32 and stays within a few 1e-7.
+
+// A CUDA copy of host f32 `host` in `dtype` that starts `offset` elements into a larger buffer: offset 1
+// gives the 4-byte (f32) / 2-byte (bf16) aligned views that row slices of odd widths produce.
+Tensor cuda_view_at(const Tensor& host, DType dtype, int64_t offset) {
+  if (offset == 0) return test::to_cuda(host, dtype);
+  Tensor padded = Tensor::zeros({host.numel() + offset}, DType::f32);
+  padded.reshape({host.numel() + offset, 1}).slice_rows(offset, offset + host.numel()).copy_from(
+      host.reshape({host.numel(), 1}));
+  return test::to_cuda(padded, dtype).reshape({host.numel() + offset, 1}).slice_rows(offset, offset + host.numel())
+      .reshape(host.shape());
+}
+
+// A poisoned CUDA tensor of `shape` starting `offset` elements into a larger buffer.
+Tensor poisoned_cuda_at(const Shape& shape, DType dtype, int64_t offset) {
+  const int64_t n = shape.numel();
+  return test::poisoned_cuda({n + offset, 1}, dtype).slice_rows(offset, offset + n).reshape(shape);
+}
+
+struct CudaGemmCase {
+  std::string name;
+  GemmParams p;
+  int64_t offset = 0;  // element offset of A, B and C in their device buffers
+};
+
+// One gemm on flat buffers holding the whole batch. C starts poisoned when beta == 0 and its matrices tile
+// it (beta == 0 must not read C); otherwise from random values, which padding between matrices keeps.
+void expect_gemm_matches_cpu(const CudaGemmCase& c, DType dtype) {
+  const GemmParams& p = c.p;
+  SCOPED_TRACE(c.name);
+  const auto elements = [&](int64_t stride, int64_t size) { return (p.batch - 1) * stride + size; };
+  const Tensor a = test::random_host({elements(p.stride_a, p.m * p.k)}, dtype);
+  const Tensor b = test::random_host({elements(p.stride_b, p.k * p.n)}, dtype);
+  const Tensor c_before = test::random_host({elements(p.stride_c, p.m * p.n)}, dtype);
+  Tensor ref = c_before.to(Device::cpu());
+  kernels::cpu::gemm(a, b, ref, p);
+  const bool dense_c = p.batch == 1 || p.stride_c == p.m * p.n;
+  Tensor out = p.beta == 0.f && dense_c ? poisoned_cuda_at(c_before.shape(), dtype, c.offset)
+                                        : cuda_view_at(c_before, dtype, c.offset);
+  kernels::gemm(cuda_view_at(a, dtype, c.offset), cuda_view_at(b, dtype, c.offset), out, p);
+  test::expect_cuda_close(out, ref, c.name);
+}
+
+// linear at [rows, k] -> [rows, n] against cpu::linear; run twice (the second call takes the cached plan).
+void expect_linear_matches_cpu(const std::string& name, int64_t rows, int64_t k, int64_t n, bool with_bias,
+                               DType dtype, int64_t offset = 0) {
+  SCOPED_TRACE(name);
+  const Tensor x = test::random_host({rows, k}, dtype), weight = test::random_host({n, k}, dtype);
+  const Tensor bias = with_bias ? test::random_host({n}, dtype) : Tensor();
+  Tensor ref = Tensor::empty({rows, n}, DType::f32);
+  kernels::cpu::linear(x, weight, bias, ref);
+  const Tensor x_cuda = cuda_view_at(x, dtype, offset), weight_cuda = test::to_cuda(weight, dtype);
+  const Tensor bias_cuda = with_bias ? cuda_view_at(bias, dtype, offset) : Tensor();
+  Tensor y = poisoned_cuda_at({rows, n}, dtype, offset);
+  for (int run = 0; run < 2; ++run) {
+    if (run) test::poison(y);
+    kernels::linear(x_cuda, weight_cuda, bias_cuda, y);
+    test::expect_cuda_close(y, ref, str_cat(name, run ? " (cached plan)" : ""));
+  }
+}
+
+// The ViT-L linears (1025 tokens x 1024 channels): qkv in_proj, MLP fc1 and fc2, with bias; a bias-free one.
+TEST(LinearCuda, MatchesCpuAtModelShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes) {
+    expect_linear_matches_cpu("qkv 1025x1024 -> 3072", 1025, 1024, 3072, true, dtype);
+    expect_linear_matches_cpu("fc1 1025x1024 -> 4096", 1025, 1024, 4096, true, dtype);
+    expect_linear_matches_cpu("fc2 1025x4096 -> 1024", 1025, 4096, 1024, true, dtype);
+    expect_linear_matches_cpu("no bias 1025x1024 -> 256", 1025, 1024, 256, false, dtype);
+  }
+}
+
+// Odd sizes (no multiple of any tile or vector width), and x / bias / y views one element into their buffers.
+TEST(LinearCuda, MatchesCpuAtOddShapesAndUnalignedViews) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes) {
+    expect_linear_matches_cpu("7x5 -> 13 bias", 7, 5, 13, true, dtype);
+    expect_linear_matches_cpu("1x3 -> 1 no bias", 1, 3, 1, false, dtype);
+    expect_linear_matches_cpu("unaligned 1025x64 -> 192 bias", 1025, 64, 192, true, dtype, 1);
+    expect_linear_matches_cpu("unaligned 33x7 -> 9 bias", 33, 7, 9, true, dtype, 1);
+    expect_linear_matches_cpu("unaligned 33x7 -> 9", 33, 7, 9, false, dtype, 1);
+  }
+}
+
+// Attention's batched products at 16 heads x 1025 tokens x 64: Q K^T * 1/8 (trans_b, alpha) and P V.
+TEST(GemmCuda, MatchesCpuOnAttentionBatches) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const int64_t heads = 16, tokens = 1025, dim = 64;
+  const CudaGemmCase cases[] = {
+      {"q k^T", {.m = tokens, .n = tokens, .k = dim, .trans_b = true, .alpha = 0.125f, .batch = heads,
+                 .stride_a = tokens * dim, .stride_b = tokens * dim, .stride_c = tokens * tokens}},
+      {"p v", {.m = tokens, .n = dim, .k = tokens, .batch = heads, .stride_a = tokens * tokens,
+               .stride_b = tokens * dim, .stride_c = tokens * dim}},
+  };
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaGemmCase& c : cases) expect_gemm_matches_cpu(c, dtype);
+}
+
+// Every transpose pair at odd sizes; a weight broadcast over the batch (stride 0); padded batch strides;
+// beta != 0 accumulation; views at 1-element offsets (4- resp. 2-byte aligned).
+TEST(GemmCuda, MatchesCpuOnOddShapesAndEveryOption) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  std::vector<CudaGemmCase> cases;
+  for (int t = 0; t < 4; ++t) {
+    const bool ta = t & 1, tb = t & 2;
+    const std::string flags = str_cat(" trans_a ", ta, " trans_b ", tb);
+    cases.push_back({"7x13x5" + flags, {.m = 7, .n = 13, .k = 5, .trans_a = ta, .trans_b = tb}});
+    cases.push_back({"37x53x129 batch 3 padded, beta -1.5" + flags,
+                     {.m = 37, .n = 53, .k = 129, .trans_a = ta, .trans_b = tb, .alpha = 0.75f, .beta = -1.5f,
+                      .batch = 3, .stride_a = 37 * 129 + 5, .stride_b = 129 * 53 + 3, .stride_c = 37 * 53 + 7}});
+    cases.push_back({"7x13x5 unaligned views" + flags,
+                     {.m = 7, .n = 13, .k = 5, .trans_a = ta, .trans_b = tb}, 1});
+  }
+  cases.push_back({"shared weight: batch 4 of 1025x1024 @ 1024x256",
+                   {.m = 1025, .n = 256, .k = 1024, .batch = 4, .stride_a = 1025 * 1024, .stride_b = 0,
+                    .stride_c = 1025 * 256}});
+  cases.push_back({"shared left operand, trans_b, beta 1",
+                   {.m = 64, .n = 100, .k = 33, .trans_b = true, .beta = 1.f, .batch = 5, .stride_a = 0,
+                    .stride_b = 100 * 33, .stride_c = 64 * 100}});
+  cases.push_back({"trans_a 1024x1025 -> 1025x300",
+                   {.m = 1025, .n = 300, .k = 1024, .trans_a = true}});
+  cases.push_back({"unaligned batch 3 of 17x19x23, beta 0.5",
+                   {.m = 17, .n = 19, .k = 23, .beta = 0.5f, .batch = 3, .stride_a = 17 * 23, .stride_b = 23 * 19,
+                    .stride_c = 17 * 19}, 1});
+  cases.push_back({"unaligned qkv-like slice 1025x64 @ (64x64)^T",
+                   {.m = 1025, .n = 64, .k = 64, .trans_b = true}, 3});
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaGemmCase& c : cases) expect_gemm_matches_cpu(c, dtype);
+}
+
+// k == 0: no products, C = beta * C (beta 0 overwrites a NaN C with zeros); empty m or n writes nothing.
+TEST(GemmCuda, EmptyInnerDimensionScalesC) {
+  MFUSER_REQUIRE_CUDA();
+  for (DType dtype : test::kCudaDtypes) {
+    const Tensor none = test::poisoned_cuda({8}, dtype);  // operands holding no needed element are not read
+    for (float beta : {0.f, 2.f}) {
+      const Tensor before = Tensor::from_vector<float>({1, 2, 3, 4, 5, 6}, {2, 3});
+      Tensor c = beta == 0.f ? test::poisoned_cuda({2, 3}, dtype) : test::to_cuda(before, dtype);
+      kernels::gemm(none, none, c, {.m = 2, .n = 3, .k = 0, .beta = beta});
+      Tensor ref = before.to(Device::cpu());
+      for (int64_t i = 0; i < 6; ++i) ref.data<float>()[i] = beta * float(i + 1);
+      test::expect_cuda_close(c, ref, str_cat("k = 0, beta ", beta));
+    }
+    Tensor untouched = test::to_cuda(Tensor::from_vector<float>({1, 2}, {2}), dtype);
+    kernels::gemm(none, none, untouched, {.m = 0, .n = 2, .k = 4});
+    test::expect_cuda_close(untouched, Tensor::from_vector<float>({1, 2}, {2}), "m = 0");
+  }
+}
+
+TEST(GemmCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor a32 = test::to_cuda(Tensor::zeros({4, 5}, DType::f32), DType::f32);
+  const Tensor a16 = test::to_cuda(Tensor::zeros({4, 5}, DType::f32), DType::bf16);
+  const Tensor b16 = test::to_cuda(Tensor::zeros({5, 6}, DType::f32), DType::bf16);
+  Tensor c16 = test::poisoned_cuda({4, 6}, DType::bf16), c32 = test::poisoned_cuda({4, 6}, DType::f32);
+  const GemmParams p{.m = 4, .n = 6, .k = 5};
+  kernels::gemm(a16, b16, c16, p);  // the valid baseline
+  EXPECT_THROW(kernels::gemm(a32, b16, c16, p), Error);
+  EXPECT_THROW(kernels::gemm(a16, b16, c32, p), Error);
+  Tensor cpu_bf16 = Tensor::zeros({4, 6}, DType::bf16);
+  EXPECT_THROW(kernels::gemm(Tensor::zeros({4, 5}, DType::bf16), Tensor::zeros({5, 6}, DType::bf16), cpu_bf16, p),
+               Error);
+  // linear: f32 weights (or bias) with bf16 activations are refused; cast the weights once instead.
+  const Tensor w32 = test::to_cuda(Tensor::zeros({6, 5}, DType::f32), DType::f32);
+  const Tensor w16 = test::to_cuda(Tensor::zeros({6, 5}, DType::f32), DType::bf16);
+  const Tensor bias32 = test::to_cuda(Tensor::zeros({6}, DType::f32), DType::f32);
+  kernels::linear(a16, w16, Tensor(), c16);  // the valid baseline
+  EXPECT_THROW(kernels::linear(a16, w32, Tensor(), c16), Error);
+  EXPECT_THROW(kernels::linear(a16, w16, bias32, c16), Error);
 }
 
 }  // namespace

@@ -13,10 +13,10 @@ namespace {
 
 void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out, int num_groups,
                 float eps) {
-  check_f32("groupnorm", "x", x);
-  check_f32("groupnorm", "weight", weight);
-  check_f32("groupnorm", "bias", bias);
-  check_f32("groupnorm", "out", out);
+  check_float("groupnorm", "x", x);
+  check_float_like("groupnorm", "weight", weight, x);
+  check_float_like("groupnorm", "bias", bias, x);
+  check_float_like("groupnorm", "out", out, x);
   MFUSER_CHECK(x.ndim() >= 2, "groupnorm: x must be [N, C, *spatial], got ", x.str());
   const int64_t c = x.dim(1);
   MFUSER_CHECK(num_groups >= 1 && c % num_groups == 0, "groupnorm: ", num_groups,
@@ -141,7 +141,7 @@ void groupnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& gra
 
 void groupnorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int num_groups, float eps) {
   check_args(x, weight, bias, out, num_groups, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("groupnorm");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::groupnorm(x, weight, bias, out, num_groups, eps));
   cpu::groupnorm(x, weight, bias, out, num_groups, eps);
 }
 

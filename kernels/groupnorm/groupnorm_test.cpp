@@ -1,6 +1,8 @@
-// groupnorm: CPU reference vs PyTorch's F.group_norm (float64) at tiny and pixel-decoder shapes.
+// groupnorm: CPU reference vs PyTorch's F.group_norm (float64) at tiny and pixel-decoder shapes; the CUDA
+// forward (f32 and bf16 storage) vs the CPU reference.
 #include "kernels/groupnorm/groupnorm.h"
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -98,6 +100,64 @@ TEST_F(GroupnormTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::groupnorm(flat, w, w, flat_out, 3, kEps), Error);
   const Tensor i32_x = Tensor::zeros({1, 6, 4, 4}, DType::i32);
   EXPECT_THROW(kernels::groupnorm(i32_x, w, w, out, 3, kEps), Error);
+}
+
+// ---- CUDA forward vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  Shape shape;
+  int num_groups;
+  float lo = -1.f, hi = 1.f;  // x ~ U(lo, hi)
+};
+const CudaCase kCudaCases[] = {
+    {"tiny", {2, 6, 4, 4}, 3},
+    {"no_spatial", {3, 8}, 4},
+    {"one_group", {2, 5, 7}, 1},
+    {"group_per_channel", {1, 6, 3, 5}, 6},
+    {"odd", {3, 12, 33, 5}, 4},
+    {"mean_100", {2, 64, 9, 11}, 32, 99.f, 101.f},  // |mean| >> std: the variance must not cancel
+    {"pixel_decoder_128", {1, 256, 128, 128}, 32},  // GroupNorm(32, 256) at 1/4 of a 512x512 crop
+    {"pixel_decoder_64_b2", {2, 256, 64, 64}, 32},
+    {"pixel_decoder_64_mean_100", {1, 256, 64, 64}, 32, 99.f, 101.f},  // 32768-value groups
+};
+
+TEST(GroupnormCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const int64_t channels = c.shape[1];
+      const Tensor x = test::random_host(c.shape, dtype, c.lo, c.hi),
+                   w = test::random_host({channels}, dtype, 0.5f, 1.5f),
+                   b = test::random_host({channels}, dtype, -0.5f, 0.5f);
+      Tensor ref = Tensor::empty(c.shape, DType::f32);
+      kernels::cpu::groupnorm(x, w, b, ref, c.num_groups, kEps);
+      Tensor out = test::poisoned_cuda(c.shape, dtype);
+      kernels::groupnorm(test::to_cuda(x, dtype), test::to_cuda(w, dtype), test::to_cuda(b, dtype), out, c.num_groups,
+                         kEps);
+      test::expect_cuda_close(out, ref, std::string("groupnorm ") + c.name);
+    }
+  }
+}
+
+TEST(GroupnormCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({1, 6, 4, 4}, DType::bf16, Device::cuda()),
+               w = Tensor::zeros({6}, DType::bf16, Device::cuda());
+  const Tensor x32 = Tensor::zeros({1, 6, 4, 4}, DType::f32, Device::cuda()),
+               w32 = Tensor::zeros({6}, DType::f32, Device::cuda());
+  Tensor out = Tensor::empty({1, 6, 4, 4}, DType::bf16, Device::cuda()),
+         out32 = Tensor::empty({1, 6, 4, 4}, DType::f32, Device::cuda());
+  EXPECT_NO_THROW(kernels::groupnorm(x, w, w, out, 3, kEps));
+  EXPECT_THROW(kernels::groupnorm(x, w32, w, out, 3, kEps), Error);
+  EXPECT_THROW(kernels::groupnorm(x, w, w32, out, 3, kEps), Error);
+  EXPECT_THROW(kernels::groupnorm(x, w, w, out32, 3, kEps), Error);
+  const Tensor host_w = Tensor::zeros({6}, DType::f32);
+  EXPECT_THROW(kernels::groupnorm(x32, host_w, host_w, out32, 3, kEps), Error);  // mixed devices
+  // The backward stays f32 (and CPU) only.
+  Tensor gx = Tensor::empty({1, 6, 4, 4}, DType::bf16, Device::cuda()), none;
+  EXPECT_THROW(kernels::groupnorm_backward(x, w, x, gx, none, none, 3, kEps), Error);
 }
 
 }  // namespace

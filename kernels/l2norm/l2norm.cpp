@@ -5,17 +5,30 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/elementwise/elementwise.h"
+#include "kernels/common/checks.h"
 #include "runtime/parallel.h"
 
 namespace mfuser::kernels {
 
 namespace {
 
-void check_args(const Tensor& x, const Tensor& out, int dim, float eps) {
-  detail::check_same_f32("l2norm", x, out);
-  MFUSER_CHECK(dim >= -x.ndim() && dim < x.ndim(), "l2norm: dim ", dim, " out of range for ", x.str());
-  MFUSER_CHECK(eps >= 0.f, "l2norm: eps ", eps, " must be non-negative");
+void check_args(const char* op, const Tensor& x, const Tensor& out, int dim, float eps) {
+  check_float(op, "x", x);
+  check_float_like(op, "out", out, x);
+  check_shape(op, "out", out, x.shape());
+  check_same_device(op, {&x, &out});
+  MFUSER_CHECK(dim >= -x.ndim() && dim < x.ndim(), op, ": dim ", dim, " out of range for ", x.str());
+  MFUSER_CHECK(eps >= 0.f, op, ": eps ", eps, " must be non-negative");
+}
+
+// The backward is f32 only: x, grad_out and grad_in of one shape.
+void check_backward_args(const Tensor& x, const Tensor& grad_out, const Tensor& grad_in, int dim, float eps) {
+  constexpr const char* op = "l2norm_backward";
+  check_f32(op, "x", x);
+  check_args(op, x, grad_in, dim, eps);
+  check_float_like(op, "grad_out", grad_out, x);
+  check_shape(op, "grad_out", grad_out, x.shape());
+  check_same_device(op, {&x, &grad_out});
 }
 
 // Calls body(base, i0, i1, n, inner) for blocks of the vectors of x along `dim`: x viewed as [outer, n, inner],
@@ -41,8 +54,8 @@ void for_vector_blocks(const Tensor& x, int dim, const Body& body) {
 }  // namespace
 
 void cpu::l2norm(const Tensor& x, Tensor& out, int dim, float eps) {
-  check_args(x, out, dim, eps);
-  detail::check_host("l2norm", x);
+  check_args("l2norm", x, out, dim, eps);
+  check_host("l2norm", x);
   const float* px = x.data<float>();
   float* po = out.data<float>();
   for_vector_blocks(x, dim, [&](int64_t base, int64_t i0, int64_t i1, int64_t n, int64_t inner) {
@@ -58,9 +71,8 @@ void cpu::l2norm(const Tensor& x, Tensor& out, int dim, float eps) {
 }
 
 void cpu::l2norm_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, int dim, float eps) {
-  check_args(x, grad_in, dim, eps);
-  detail::check_same_f32("l2norm_backward", grad_out, grad_in);
-  detail::check_host("l2norm_backward", x);
+  check_backward_args(x, grad_out, grad_in, dim, eps);
+  check_host("l2norm_backward", x);
   const float* px = x.data<float>();
   const float* pg = grad_out.data<float>();
   float* po = grad_in.data<float>();
@@ -90,15 +102,14 @@ void cpu::l2norm_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_
 }
 
 void l2norm_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, int dim, float eps) {
-  check_args(x, grad_in, dim, eps);
-  detail::check_same_f32("l2norm_backward", grad_out, grad_in);
-  MFUSER_CHECK(!x.device().is_cuda(), "l2norm_backward: no CUDA kernel yet");
+  check_backward_args(x, grad_out, grad_in, dim, eps);
+  if (x.device().is_cuda()) no_cuda_kernel_yet("l2norm_backward");
   cpu::l2norm_backward(x, grad_out, grad_in, dim, eps);
 }
 
 void l2norm(const Tensor& x, Tensor& out, int dim, float eps) {
-  check_args(x, out, dim, eps);
-  MFUSER_CHECK(!x.device().is_cuda(), "l2norm: no CUDA kernel yet");
+  check_args("l2norm", x, out, dim, eps);
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::l2norm(x, out, dim, eps));
   cpu::l2norm(x, out, dim, eps);
 }
 

@@ -1,5 +1,5 @@
 // l2norm: against F.normalize in f64 over every dim of a tiny tensor (zero vector, norm below eps, custom
-// eps) and at the score map's real sizes.
+// eps) and at the score map's real sizes; the CUDA forward (f32 and bf16 storage) vs the CPU reference.
 #include "kernels/l2norm/l2norm.h"
 
 #include <algorithm>
@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "loaders/safetensors.h"
+#include "tests/common/cuda_test.h"
 #include "tests/common/test_util.h"
 
 namespace mfuser {
@@ -112,6 +113,75 @@ TEST_F(L2normTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::l2norm(x, out, -1, -1.f), Error);
   Tensor wrong = Tensor::empty({3, 2}, DType::f32);
   EXPECT_THROW(kernels::l2norm(x, wrong), Error);
+}
+
+// ---- CUDA forward vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  Shape shape;
+  int dim;
+  float eps = 1e-12f;
+  bool zero_first = false;  // the vectors of the first outer index are all zero (they must stay zero)
+};
+const CudaCase kCudaCases[] = {
+    {"d1_last", {5, 1}, -1},
+    {"d3_last", {4, 3}, -1},
+    {"d3_first", {3, 4}, 0},  // strided: 4 vectors of 3 values, 4 apart
+    {"d33_last", {2, 3, 33}, 2},
+    {"d33_middle", {2, 33, 5}, 1},
+    {"d33_first", {33, 2, 3}, 0},
+    {"d4099_last", {3, 4099}, -1},       // more than 4 values per thread of a 1024-thread block
+    {"d4099_middle", {2, 4099, 3}, -2},  // more than one value per slice of a strided block
+    {"many_vectors", {3, 7, 1000}, 1},   // several strided blocks, the last one partly idle
+    {"zero_last", {4, 9}, -1, 1e-12f, true},
+    {"zero_middle", {2, 9, 5}, 1, 1e-12f, true},
+    {"eps_last", {16, 4}, -1, 1.f},  // norms around eps: both sides of the clamp
+    {"eps_middle", {2, 4, 16}, 1, 1.f},
+    {"visual", {2, 768, 32, 32}, 1},  // the score map's visual embedding of a 512x512 crop
+    {"text", {19, 768}, -1},          // the classes' text embeddings
+};
+
+TEST(L2normCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      Tensor x = test::random_host(c.shape, dtype);
+      if (c.zero_first) {
+        const int d = c.dim < 0 ? c.dim + c.shape.ndim() : c.dim;
+        int64_t block = 1;  // n * inner: the values of one outer index
+        for (int i = d; i < c.shape.ndim(); ++i) block *= c.shape[i];
+        std::fill_n(x.data<float>(), block, 0.f);
+      }
+      Tensor ref = Tensor::empty(c.shape, DType::f32);
+      kernels::cpu::l2norm(x, ref, c.dim, c.eps);
+      Tensor out = test::poisoned_cuda(c.shape, dtype);
+      kernels::l2norm(test::to_cuda(x, dtype), out, c.dim, c.eps);
+      test::expect_cuda_close(out, ref, std::string("l2norm ") + c.name);
+      // In place (the header allows out == x).
+      Tensor inplace = test::to_cuda(x, dtype);
+      kernels::l2norm(inplace, inplace, c.dim, c.eps);
+      test::expect_cuda_close(inplace, ref, std::string("l2norm in place ") + c.name);
+    }
+  }
+}
+
+TEST(L2normCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({2, 3}, DType::bf16, Device::cuda());
+  Tensor out = Tensor::empty({2, 3}, DType::bf16, Device::cuda()),
+         out32 = Tensor::empty({2, 3}, DType::f32, Device::cuda()), host_out = Tensor::empty({2, 3}, DType::f32);
+  EXPECT_NO_THROW(kernels::l2norm(x, out, 1));
+  EXPECT_THROW(kernels::l2norm(x, out32, 1), Error);
+  const Tensor x32 = Tensor::zeros({2, 3}, DType::f32, Device::cuda());
+  EXPECT_THROW(kernels::l2norm(x32, host_out, 1), Error);  // mixed devices
+  const Tensor f16 = Tensor::zeros({2, 3}, DType::f16, Device::cuda());
+  Tensor out16 = Tensor::empty({2, 3}, DType::f16, Device::cuda());
+  EXPECT_THROW(kernels::l2norm(f16, out16, 1), Error);
+  // The backward stays f32 (and CPU) only.
+  Tensor grad_in = Tensor::empty({2, 3}, DType::bf16, Device::cuda());
+  EXPECT_THROW(kernels::l2norm_backward(x, x, grad_in, 1), Error);
 }
 
 }  // namespace

@@ -11,10 +11,10 @@ namespace mfuser::kernels {
 namespace {
 
 void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& out, float eps) {
-  check_f32("layernorm", "x", x);
-  check_f32("layernorm", "weight", weight);
-  check_f32("layernorm", "bias", bias);
-  check_f32("layernorm", "out", out);
+  check_float("layernorm", "x", x);
+  check_float_like("layernorm", "weight", weight, x);
+  check_float_like("layernorm", "bias", bias, x);
+  check_float_like("layernorm", "out", out, x);
   MFUSER_CHECK(x.ndim() >= 1 && x.dim(-1) >= 1, "layernorm: x must have a non-empty last dim, got ", x.str());
   const int64_t d = x.dim(-1);
   check_shape("layernorm", "weight", weight, {d});
@@ -143,7 +143,7 @@ void cpu::layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor
 
 void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps) {
   check_args(x, weight, bias, out, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("layernorm");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::layernorm(x, weight, bias, out, eps));
   cpu::layernorm(x, weight, bias, out, eps);
 }
 
@@ -151,7 +151,7 @@ void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor
                Tensor& rstd) {
   check_args(x, weight, bias, out, eps);
   check_stats("layernorm", x, mean, rstd);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("layernorm");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::layernorm(x, weight, bias, out, eps, mean, rstd));
   cpu::layernorm(x, weight, bias, out, eps, mean, rstd);
 }
 

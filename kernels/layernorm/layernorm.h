@@ -1,17 +1,19 @@
 // layernorm: normalization over the last dim with an elementwise affine, as F.layer_norm(x, [D], weight, bias,
 // eps) (the CLIP and DINOv2 blocks: eps 1e-5 for CLIP, 1e-6 for DINOv2).
 //
-// Contract: x and out are f32 [..., D] of the same shape (any leading dims, D >= 1); weight and bias are f32
-// [D]; all on one device. Per row: out = (x - mean) / sqrt(var + eps) * weight + bias, var biased (divided by
-// D). Statistics are accumulated in double on the CPU.
+// Contract: x and out are f32 (or bf16 on CUDA) [..., D] of the same shape (any leading dims, D >= 1); weight
+// and bias are [D] of x's dtype; all on one device. Per row: out = (x - mean) / sqrt(var + eps) * weight + bias,
+// var biased (divided by D). Statistics are accumulated in double on the CPU, in f32 on CUDA (two passes,
+// shifted by the row's first value, so |mean| >> std costs no digits).
 //
-// The overload with `mean` and `rstd` also writes each row's statistics (f32 [rows], rows = x.numel() / D,
-// rstd = 1 / sqrt(var + eps)) for the backward to reuse.
+// The overload with `mean` and `rstd` also writes each row's statistics (f32 [rows] whatever x's dtype,
+// rows = x.numel() / D, rstd = 1 / sqrt(var + eps)) for the backward to reuse.
 //
-// layernorm_backward: gradients of the forward above given grad_out (f32, x's shape). Saved statistics are
-// optional: pass the forward's `mean` and `rstd` (both, f32 [rows]) or two undefined tensors to recompute them
-// from x in double (one extra pass over x; cheap on the CPU and exact, whereas the saved f32 mean loses digits
-// when |mean| >> std). Recomputing is the intended use on the CPU; the saved path is for device kernels.
+// layernorm_backward (f32 only, CPU only so far): gradients of the forward above given grad_out (f32, x's
+// shape). Saved statistics are optional: pass the forward's `mean` and `rstd` (both, f32 [rows]) or two
+// undefined tensors to recompute them from x in double (one extra pass over x; cheap on the CPU and exact,
+// whereas the saved f32 mean loses digits when |mean| >> std). Recomputing is the intended use on the CPU; the
+// saved path is for device kernels.
 //   grad_x      f32, x's shape, required:   rstd * (g - mean(g) - xhat * mean(g * xhat)), g = grad_out * weight
 //   grad_weight f32 [D], optional:          sum over rows of grad_out * xhat
 //   grad_bias   f32 [D], optional:          sum over rows of grad_out
@@ -35,6 +37,12 @@ void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor
                Tensor& rstd);
 void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
                         const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
+}
+// The CUDA forward launchers (layernorm.cu); call them through the dispatchers above, which check the shapes.
+namespace cuda {
+void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps);
+void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps, Tensor& mean,
+               Tensor& rstd);
 }
 
 }  // namespace mfuser::kernels

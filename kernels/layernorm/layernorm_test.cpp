@@ -1,6 +1,8 @@
-// layernorm: CPU reference vs PyTorch's F.layer_norm (float64) at tiny and ViT-L shapes.
+// layernorm: CPU reference vs PyTorch's F.layer_norm (float64) at tiny and ViT-L shapes; the CUDA forward
+// (f32 and bf16 storage) vs the CPU reference.
 #include "kernels/layernorm/layernorm.h"
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -109,6 +111,101 @@ TEST_F(LayernormTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::layernorm(bf16_x, w, w, out, 1e-5f), Error);
   EXPECT_THROW(kernels::layernorm(x, w, w, out, -1.f), Error);
   EXPECT_THROW(kernels::layernorm(x, Tensor(), w, out, 1e-5f), Error);
+}
+
+// ---- CUDA forward vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  Shape shape;
+  float eps;
+  float lo = -1.f, hi = 1.f;  // x ~ U(lo, hi)
+};
+const CudaCase kCudaCases[] = {
+    {"d1", {7, 1}, 1e-5f},
+    {"d3", {5, 3}, 1e-5f},
+    {"d33", {4, 3, 33}, 1e-6f},
+    {"d4099", {3, 4099}, 1e-5f},                    // more than 4 values per thread of a 1024-thread block
+    {"mean_100_d33", {9, 33}, 1e-6f, 99.f, 101.f},  // |mean| >> std: the variance must not cancel
+    {"mean_100_d1024", {37, 1024}, 1e-5f, 99.f, 101.f},
+    {"clip_vitl", {2, 1025, 1024}, 1e-5f},  // CLIP ViT-L tokens
+    {"dino_vitl", {1, 1025, 1024}, 1e-6f},  // DINOv2 ViT-L tokens
+    {"text_768", {3, 19, 768}, 1e-5f},
+    {"width_512", {2, 257, 512}, 1e-5f},
+    {"head_256", {2, 5376, 256}, 1e-5f},  // pixel-decoder tokens of a 512x512 crop (64^2 + 32^2 + 16^2)
+};
+
+struct LayernormInputs {
+  Tensor x, weight, bias;  // host f32, representable in the storage dtype
+};
+
+LayernormInputs random_inputs(const CudaCase& c, DType dtype) {
+  const int64_t d = c.shape[-1];
+  return {test::random_host(c.shape, dtype, c.lo, c.hi), test::random_host({d}, dtype, 0.5f, 1.5f),
+          test::random_host({d}, dtype, -0.5f, 0.5f)};
+}
+
+TEST(LayernormCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const LayernormInputs in = random_inputs(c, dtype);
+      Tensor ref = Tensor::empty(c.shape, DType::f32);
+      kernels::cpu::layernorm(in.x, in.weight, in.bias, ref, c.eps);
+      Tensor out = test::poisoned_cuda(c.shape, dtype);
+      kernels::layernorm(test::to_cuda(in.x, dtype), test::to_cuda(in.weight, dtype), test::to_cuda(in.bias, dtype),
+                         out, c.eps);
+      test::expect_cuda_close(out, ref, std::string("layernorm ") + c.name);
+    }
+  }
+}
+
+// The statistics are f32 whatever the storage type; they are compared at the f32 tolerance.
+TEST(LayernormCuda, SavedStatisticsMatchCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const LayernormInputs in = random_inputs(c, dtype);
+      const int64_t rows = c.shape.numel() / c.shape[-1];
+      Tensor ref = Tensor::empty(c.shape, DType::f32), ref_mean = Tensor::empty({rows}, DType::f32),
+             ref_rstd = Tensor::empty({rows}, DType::f32);
+      kernels::cpu::layernorm(in.x, in.weight, in.bias, ref, c.eps, ref_mean, ref_rstd);
+      Tensor out = test::poisoned_cuda(c.shape, dtype), mean = test::poisoned_cuda({rows}, DType::f32),
+             rstd = test::poisoned_cuda({rows}, DType::f32);
+      kernels::layernorm(test::to_cuda(in.x, dtype), test::to_cuda(in.weight, dtype), test::to_cuda(in.bias, dtype),
+                         out, c.eps, mean, rstd);
+      const std::string what = std::string("layernorm (saving stats) ") + c.name;
+      test::expect_cuda_close(out, ref, what);
+      test::expect_cuda_close(mean, ref_mean, what + " mean", test::cuda_tolerance(DType::f32));
+      test::expect_cuda_close(rstd, ref_rstd, what + " rstd", test::cuda_tolerance(DType::f32));
+    }
+  }
+}
+
+TEST(LayernormCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({4, 8}, DType::bf16, Device::cuda()),
+               w = Tensor::zeros({8}, DType::bf16, Device::cuda());
+  const Tensor w32 = Tensor::zeros({8}, DType::f32, Device::cuda());
+  Tensor out = Tensor::empty({4, 8}, DType::bf16, Device::cuda()),
+         out32 = Tensor::empty({4, 8}, DType::f32, Device::cuda());
+  Tensor mean = Tensor::empty({4}, DType::f32, Device::cuda()), rstd = Tensor::empty({4}, DType::f32, Device::cuda());
+  Tensor mean16 = Tensor::empty({4}, DType::bf16, Device::cuda());
+  EXPECT_NO_THROW(kernels::layernorm(x, w, w, out, 1e-5f, mean, rstd));
+  EXPECT_THROW(kernels::layernorm(x, w32, w, out, 1e-5f), Error);
+  EXPECT_THROW(kernels::layernorm(x, w, w32, out, 1e-5f), Error);
+  EXPECT_THROW(kernels::layernorm(x, w, w, out32, 1e-5f), Error);
+  EXPECT_THROW(kernels::layernorm(x, w, w, out, 1e-5f, mean16, rstd), Error);  // statistics are f32
+  const Tensor f16 = Tensor::zeros({4, 8}, DType::f16, Device::cuda());
+  Tensor out16 = Tensor::empty({4, 8}, DType::f16, Device::cuda());
+  EXPECT_THROW(kernels::layernorm(f16, w, w, out16, 1e-5f), Error);
+  const Tensor x32 = Tensor::zeros({4, 8}, DType::f32, Device::cuda()), host_w = Tensor::zeros({8}, DType::f32);
+  EXPECT_THROW(kernels::layernorm(x32, host_w, host_w, out32, 1e-5f), Error);  // mixed devices
+  // The backward stays f32 (and CPU) only.
+  Tensor gx = Tensor::empty({4, 8}, DType::bf16, Device::cuda()), none;
+  EXPECT_THROW(kernels::layernorm_backward(x, w, none, none, x, gx, none, none, 1e-5f), Error);
 }
 
 }  // namespace

@@ -7,11 +7,14 @@
 #include <vector>
 
 #include "kernels/common/checks.h"
+#include "kernels/layout/layout_plan.h"
 #include "runtime/parallel.h"
 
 namespace mfuser::kernels {
 
 namespace {
+
+using namespace layout_detail;
 
 // Below this many bytes a copy runs on one thread: waking the pool costs more than it saves.
 constexpr int64_t kParallelBytes = 1 << 20;
@@ -87,19 +90,13 @@ ReducedPermutation reduce(const Shape& shape, std::span<const int> perm) {
   return r;
 }
 
-// Side of the square tiles a transposing copy moves at a time: the reads of one tile touch kTile runs of kTile
-// consecutive source words, which stay in cache while the tile's rows are written.
-constexpr int64_t kTile = 32;
+}  // namespace
 
-template <class Word>
-void permute_words(const Tensor& src_tensor, Tensor& dst_tensor, const ReducedPermutation& r) {
-  const auto* src = static_cast<const Word*>(src_tensor.raw_data());
-  auto* dst = static_cast<Word*>(dst_tensor.raw_data());
-  const int64_t numel = src_tensor.numel();
-  if (r.ndim <= 1) {  // nothing moves
-    std::memcpy(dst, src, size_t(numel) * sizeof(Word));
-    return;
-  }
+layout_detail::PermutePlan layout_detail::plan_permute(const Shape& shape, std::span<const int> perm) {
+  const ReducedPermutation r = reduce(shape, perm);
+  PermutePlan p;
+  p.ndim = r.ndim;
+  if (r.ndim <= 1) return p;
   const int last = r.ndim - 1;
   // Destination dim i: size dst_sizes[i], stride dst_strides[i]; it walks the source with stride src_step[i].
   std::array<int64_t, kMaxDims> src_strides{}, dst_sizes{}, dst_strides{}, src_step{};
@@ -113,42 +110,63 @@ void permute_words(const Tensor& src_tensor, Tensor& dst_tensor, const ReducedPe
   for (int i = last - 1; i >= 0; --i) dst_strides[i] = dst_strides[i + 1] * dst_sizes[i + 1];
   int inner = 0;  // the destination dim that walks the source contiguously
   while (src_step[inner] != 1) ++inner;
-  // When the last dims agree, every destination row is one contiguous source run. Otherwise the copy transposes
-  // (inner, last) in kTile x kTile tiles, one band of kTile along `inner` per work item.
-  const bool transpose = inner != last;
-  std::array<int, kMaxDims> outer{};  // the remaining dims, walked by the work-item index
-  int n_outer = 0;
-  int64_t outer_count = 1;
+  p.transpose = inner != last;
+  p.row = dst_sizes[last];
+  p.row_src_step = src_step[last];
+  if (p.transpose) {
+    p.inner_size = dst_sizes[inner];
+    p.inner_dst_stride = dst_strides[inner];
+  }
   for (int i = 0; i < last; ++i) {
     if (i == inner) continue;
-    outer[n_outer++] = i;
-    outer_count *= dst_sizes[i];
+    p.outer_size[p.n_outer] = dst_sizes[i];
+    p.outer_src_step[p.n_outer] = src_step[i];
+    p.outer_dst_stride[p.n_outer++] = dst_strides[i];
+    p.outer_count *= dst_sizes[i];
   }
-  const int64_t row = dst_sizes[last], bands = transpose ? (dst_sizes[inner] + kTile - 1) / kTile : 1;
-  const int64_t item_words = transpose ? kTile * row : row;
+  return p;
+}
+
+namespace {
+
+// Side of the square tiles a transposing copy moves at a time: the reads of one tile touch kTile runs of kTile
+// consecutive source words, which stay in cache while the tile's rows are written.
+constexpr int64_t kTile = 32;
+
+template <class Word>
+void permute_words(const Tensor& src_tensor, Tensor& dst_tensor, const PermutePlan& p) {
+  const auto* src = static_cast<const Word*>(src_tensor.raw_data());
+  auto* dst = static_cast<Word*>(dst_tensor.raw_data());
+  const int64_t numel = src_tensor.numel();
+  if (p.ndim <= 1) {  // nothing moves
+    std::memcpy(dst, src, size_t(numel) * sizeof(Word));
+    return;
+  }
+  // Without transpose every destination row is one contiguous source run. Otherwise the copy transposes each
+  // outer block in kTile x kTile tiles, one band of kTile rows per work item.
+  const int64_t bands = p.transpose ? (p.inner_size + kTile - 1) / kTile : 1;
+  const int64_t item_words = p.transpose ? kTile * p.row : p.row;
   const int64_t grain = std::max<int64_t>(1, kParallelBytes / int64_t(sizeof(Word)) / item_words);
-  parallel_for(outer_count * bands, grain, [&](int64_t begin, int64_t end) {
+  parallel_for(p.outer_count * bands, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       int64_t rest = item / bands, src_off = 0, dst_off = 0;
-      for (int m = n_outer - 1; m >= 0; --m) {
-        const int i = outer[m];
-        const int64_t index = rest % dst_sizes[i];
-        rest /= dst_sizes[i];
-        src_off += index * src_step[i];
-        dst_off += index * dst_strides[i];
+      for (int m = p.n_outer - 1; m >= 0; --m) {
+        const int64_t index = rest % p.outer_size[m];
+        rest /= p.outer_size[m];
+        src_off += index * p.outer_src_step[m];
+        dst_off += index * p.outer_dst_stride[m];
       }
-      if (!transpose) {
-        std::memcpy(dst + dst_off, src + src_off, size_t(row) * sizeof(Word));
+      if (!p.transpose) {
+        std::memcpy(dst + dst_off, src + src_off, size_t(p.row) * sizeof(Word));
         continue;
       }
-      const int64_t a_begin = item % bands * kTile, a_end = std::min(a_begin + kTile, dst_sizes[inner]);
-      const int64_t step = src_step[last];
-      for (int64_t j_begin = 0; j_begin < row; j_begin += kTile) {
-        const int64_t j_end = std::min(j_begin + kTile, row);
+      const int64_t a_begin = item % bands * kTile, a_end = std::min(a_begin + kTile, p.inner_size);
+      for (int64_t j_begin = 0; j_begin < p.row; j_begin += kTile) {
+        const int64_t j_end = std::min(j_begin + kTile, p.row);
         for (int64_t a = a_begin; a < a_end; ++a) {
-          Word* out = dst + dst_off + a * dst_strides[inner];
+          Word* out = dst + dst_off + a * p.inner_dst_stride;
           const Word* in = src + src_off + a;
-          for (int64_t j = j_begin; j < j_end; ++j) out[j] = in[j * step];
+          for (int64_t j = j_begin; j < j_end; ++j) out[j] = in[j * p.row_src_step];
         }
       }
     }
@@ -175,21 +193,33 @@ int check_pieces(const char* op, const Tensor& whole, std::span<const Tensor> pi
   return dim;
 }
 
+}  // namespace
+
+layout_detail::PieceLayout layout_detail::piece_layout(const Tensor& whole, std::span<const Tensor> pieces,
+                                                       int dim) {
+  PieceLayout l;
+  int64_t inner_bytes = int64_t(dtype_size(whole.dtype()));
+  for (int d = 0; d < dim; ++d) l.outer *= whole.dim(d);
+  for (int d = dim + 1; d < whole.ndim(); ++d) inner_bytes *= whole.dim(d);
+  l.whole_row_bytes = whole.dim(dim) * inner_bytes;
+  for (int64_t offset = 0; const Tensor& p : pieces) {
+    l.block_bytes.push_back(p.dim(dim) * inner_bytes);
+    l.whole_offset.push_back(offset);
+    offset += l.block_bytes.back();
+  }
+  return l;
+}
+
+namespace {
+
 // Moves bytes between `whole` and its consecutive `pieces` along `dim`: out of the pieces (concat) or into
 // them (split). Each (outer index, piece) pair is one contiguous block on both sides.
 void copy_pieces(const Tensor& whole, std::span<const Tensor> pieces, int dim, bool into_whole) {
-  const size_t word = dtype_size(whole.dtype());
-  int64_t outer = 1, inner_bytes = int64_t(word);
-  for (int d = 0; d < dim; ++d) outer *= whole.dim(d);
-  for (int d = dim + 1; d < whole.ndim(); ++d) inner_bytes *= whole.dim(d);
-  const int64_t n = int64_t(pieces.size());
-  std::vector<int64_t> block_bytes(n), whole_offset(n);
-  for (int64_t i = 0, offset = 0; i < n; ++i) {
-    block_bytes[i] = pieces[i].dim(dim) * inner_bytes;
-    whole_offset[i] = offset;
-    offset += block_bytes[i];
-  }
-  const int64_t whole_row = whole.dim(dim) * inner_bytes, blocks = outer * n;
+  const PieceLayout layout = piece_layout(whole, pieces, dim);
+  const std::vector<int64_t>& block_bytes = layout.block_bytes;
+  const std::vector<int64_t>& whole_offset = layout.whole_offset;
+  const int64_t n = int64_t(pieces.size()), outer = layout.outer, whole_row = layout.whole_row_bytes;
+  const int64_t blocks = outer * n;
   if (whole_row == 0 || outer == 0) return;
   auto* whole_data = static_cast<uint8_t*>(whole.raw_data());
   const int64_t grain = std::max<int64_t>(1, kParallelBytes / (whole_row / n + 1));
@@ -212,12 +242,12 @@ void cpu::permute(const Tensor& src, Tensor& dst, std::span<const int> perm) {
   check_permute(src, dst, perm);
   check_host("permute", src);
   if (src.numel() == 0) return;
-  const ReducedPermutation r = reduce(src.shape(), perm);
+  const PermutePlan p = plan_permute(src.shape(), perm);
   switch (dtype_size(src.dtype())) {
-    case 1: permute_words<uint8_t>(src, dst, r); break;
-    case 2: permute_words<uint16_t>(src, dst, r); break;
-    case 4: permute_words<uint32_t>(src, dst, r); break;
-    default: permute_words<uint64_t>(src, dst, r); break;
+    case 1: permute_words<uint8_t>(src, dst, p); break;
+    case 2: permute_words<uint16_t>(src, dst, p); break;
+    case 4: permute_words<uint32_t>(src, dst, p); break;
+    default: permute_words<uint64_t>(src, dst, p); break;
   }
 }
 
@@ -235,19 +265,19 @@ void cpu::split(const Tensor& src, std::span<Tensor> dsts, int dim) {
 
 void permute(const Tensor& src, Tensor& dst, std::span<const int> perm) {
   check_permute(src, dst, perm);
-  if (src.device().is_cuda()) no_cuda_kernel_yet("permute");
+  if (src.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::permute(src, dst, perm));
   cpu::permute(src, dst, perm);
 }
 
 void concat(std::span<const Tensor> srcs, Tensor& dst, int dim) {
   check_pieces("concat", dst, srcs, dim);
-  if (dst.device().is_cuda()) no_cuda_kernel_yet("concat");
+  if (dst.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::concat(srcs, dst, dim));
   cpu::concat(srcs, dst, dim);
 }
 
 void split(const Tensor& src, std::span<Tensor> dsts, int dim) {
   check_pieces("split", src, dsts, dim);
-  if (src.device().is_cuda()) no_cuda_kernel_yet("split");
+  if (src.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::split(src, dsts, dim));
   cpu::split(src, dsts, dim);
 }
 

@@ -6,8 +6,8 @@
 //                          sizes add up to dst's.
 // split(src, dsts, dim)    the inverse of concat, as torch.split(src, [d.shape[dim] for d in dsts], dim) with
 //                          each piece made contiguous: the piece sizes are read from the preallocated dsts.
-// Negative dims count from the back. All tensors share one dtype and one device; outputs must not overlap the
-// inputs.
+// Negative dims count from the back. All tensors share one dtype and one device (CPU or CUDA: every dtype on
+// both); outputs must not overlap the inputs.
 //
 // Backward: no separate kernels, because each op's gradient is another layout op (exact, nothing saved from
 // the forward but the perm / dim / piece shapes; the gradient output is OVERWRITTEN, as by any call here):
@@ -33,5 +33,10 @@ void permute(const Tensor& src, Tensor& dst, std::span<const int> perm);
 void concat(std::span<const Tensor> srcs, Tensor& dst, int dim);
 void split(const Tensor& src, std::span<Tensor> dsts, int dim);
 }  // namespace cpu
+namespace cuda {  // the arguments as the dispatchers checked them
+void permute(const Tensor& src, Tensor& dst, std::span<const int> perm);
+void concat(std::span<const Tensor> srcs, Tensor& dst, int dim);
+void split(const Tensor& src, std::span<Tensor> dsts, int dim);
+}  // namespace cuda
 
 }  // namespace mfuser::kernels

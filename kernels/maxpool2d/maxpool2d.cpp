@@ -12,8 +12,8 @@ namespace mfuser::kernels {
 namespace {
 
 void check_args(const Tensor& x, const Tensor& out, int kernel, int stride) {
-  check_f32("maxpool2d", "x", x);
-  check_f32("maxpool2d", "out", out);
+  check_float("maxpool2d", "x", x);
+  check_float_like("maxpool2d", "out", out, x);
   MFUSER_CHECK(x.ndim() == 4, "maxpool2d: x must be [N, C, H, W], got ", x.str());
   MFUSER_CHECK(kernel >= 1 && stride >= 1, "maxpool2d: kernel and stride must be >= 1, got kernel ", kernel,
                ", stride ", stride);
@@ -96,7 +96,7 @@ void maxpool2d_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_x,
 
 void maxpool2d(const Tensor& x, Tensor& out, int kernel, int stride) {
   check_args(x, out, kernel, stride);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("maxpool2d");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::maxpool2d(x, out, kernel, stride));
   cpu::maxpool2d(x, out, kernel, stride);
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -99,6 +100,87 @@ TEST_F(Maxpool2dTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::maxpool2d(x3d, out), Error);
   const Tensor bf16_x = Tensor::zeros({1, 2, 5, 5}, DType::bf16);
   EXPECT_THROW(kernels::maxpool2d(bf16_x, out), Error);
+}
+
+// ---- CUDA vs the CPU reference: a max is one of its inputs, so the results must agree exactly --------------------
+
+struct CudaCase {
+  const char* name;
+  Shape x;
+  int kernel, stride;
+};
+const CudaCase kCudaCases[] = {
+    {"fpn4", {1, 2048, 32, 32}, 2, 2},          // the FPN's 1/2x level
+    {"odd_dropped_edge", {2, 3, 7, 9}, 2, 2},  // the last row and column fill no window
+    {"overlapping_k3s2", {1, 2, 9, 11}, 3, 2},
+    {"k3s1", {1, 1, 5, 5}, 3, 1},
+    {"k1", {1, 2, 3, 4}, 1, 1},
+    {"wide_rows", {1, 2, 4, 1030}, 2, 2},  // more columns than one 256-thread block covers
+};
+
+// out (CUDA) equals ref (host f32) element by element, NaN where ref is NaN.
+void expect_same_values(const Tensor& out, const Tensor& ref, const std::string& what) {
+  const Tensor host = out.to(Device::cpu());
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    const double o = test::value_at(host, i), r = test::value_at(ref, i);
+    mismatches += std::isnan(r) ? !std::isnan(o) : o != r;
+  }
+  EXPECT_EQ(mismatches, 0) << what << " (" << dtype_name(out.dtype()) << ", seed " << test::seed() << ")";
+}
+
+TEST(Maxpool2dCuda, MatchesCpuExactly) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const Tensor x = test::random_host(c.x, dtype);
+      const Shape out_shape{c.x[0], c.x[1], (c.x[2] - c.kernel) / c.stride + 1, (c.x[3] - c.kernel) / c.stride + 1};
+      Tensor ref = Tensor::empty(out_shape, DType::f32);
+      kernels::cpu::maxpool2d(x, ref, c.kernel, c.stride);
+      Tensor out = test::poisoned_cuda(out_shape, dtype);
+      kernels::maxpool2d(test::to_cuda(x, dtype), out, c.kernel, c.stride);
+      expect_same_values(out, ref, std::string("maxpool2d ") + c.name);
+    }
+  }
+}
+
+// Ties (values on a coarse grid) and NaNs (a window holding one yields NaN, as the CPU reference does).
+TEST(Maxpool2dCuda, TiesAndNaNsMatchCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    Tensor x = Tensor::empty({2, 3, 9, 10}, DType::f32);
+    float* v = x.data<float>();
+    for (int64_t i = 0; i < x.numel(); ++i) v[i] = float(int64_t(test::rng()() % 5)) - 2.f;
+    for (int64_t i = 0; i < x.numel(); i += 23) v[i] = std::numeric_limits<float>::quiet_NaN();
+    for (const auto& [kernel, stride] : {std::pair{2, 2}, std::pair{3, 2}, std::pair{3, 1}}) {
+      const Shape out_shape{2, 3, (9 - kernel) / stride + 1, (10 - kernel) / stride + 1};
+      Tensor ref = Tensor::empty(out_shape, DType::f32);
+      kernels::cpu::maxpool2d(x, ref, kernel, stride);
+      Tensor out = test::poisoned_cuda(out_shape, dtype);
+      kernels::maxpool2d(test::to_cuda(x, dtype), out, kernel, stride);
+      expect_same_values(out, ref, "maxpool2d ties and NaNs, kernel " + std::to_string(kernel));
+    }
+  }
+}
+
+TEST(Maxpool2dCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({1, 2, 4, 4}, DType::bf16, Device::cuda());
+  Tensor out = Tensor::empty({1, 2, 2, 2}, DType::bf16, Device::cuda());
+  Tensor out32 = Tensor::empty({1, 2, 2, 2}, DType::f32, Device::cuda());
+  EXPECT_NO_THROW(kernels::maxpool2d(x, out));
+  EXPECT_THROW(kernels::maxpool2d(x, out32), Error);
+  const Tensor x16 = Tensor::zeros({1, 2, 4, 4}, DType::f16, Device::cuda());
+  Tensor out16 = Tensor::empty({1, 2, 2, 2}, DType::f16, Device::cuda());
+  EXPECT_THROW(kernels::maxpool2d(x16, out16), Error);
+  Tensor host_out = Tensor::empty({1, 2, 2, 2}, DType::f32);
+  const Tensor x32 = Tensor::zeros({1, 2, 4, 4}, DType::f32, Device::cuda());
+  EXPECT_THROW(kernels::maxpool2d(x32, host_out), Error);  // mixed devices
+  // The backward stays CPU (and f32) only.
+  Tensor gx32 = Tensor::empty({1, 2, 4, 4}, DType::f32, Device::cuda());
+  EXPECT_THROW(kernels::maxpool2d_backward(x32, out32, gx32), Error);
 }
 
 }  // namespace

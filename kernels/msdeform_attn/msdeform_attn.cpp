@@ -18,10 +18,10 @@ constexpr const char* kOp = "msdeform_attn";
 void check_args(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
                 const Tensor& sampling_locations, const Tensor& attention_weights, const Tensor& out,
                 const char* out_name = "out") {
-  check_f32(kOp, "value", value);
-  check_f32(kOp, "sampling_locations", sampling_locations);
-  check_f32(kOp, "attention_weights", attention_weights);
-  check_f32(kOp, out_name, out);
+  check_float(kOp, "value", value);
+  check_float_like(kOp, "sampling_locations", sampling_locations, value);
+  check_float_like(kOp, "attention_weights", attention_weights, value);
+  check_float_like(kOp, out_name, out, value);
   MFUSER_CHECK(value.ndim() == 4, kOp, ": value must be [batch, S, heads, head_dim], got ", value.str());
   MFUSER_CHECK(sampling_locations.ndim() == 6 && sampling_locations.dim(5) == 2, kOp,
                ": sampling_locations must be [batch, Q, heads, levels, points, 2], got ", sampling_locations.str());
@@ -197,7 +197,9 @@ void cpu::msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const
 void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
                    const Tensor& sampling_locations, const Tensor& attention_weights, Tensor& out) {
   check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out);
-  if (value.device().is_cuda()) no_cuda_kernel_yet(kOp);
+  if (value.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(
+        cuda::msdeform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out));
   cpu::msdeform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out);
 }
 

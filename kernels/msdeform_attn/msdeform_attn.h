@@ -3,7 +3,7 @@
 // head, a weighted sum of bilinear samples of the value maps at L levels x P points. The projections around it
 // (value_proj, sampling_offsets, attention_weights + softmax, output_proj) are ordinary ops.
 //
-// Contract (one device):
+// Contract (one device; the float tensors f32, or bf16 on CUDA (forward only), all of one dtype; f32 sums):
 //   value               f32 [Bt, S, H, Dh]   the L levels' maps, each flattened row-major, concatenated (S = sum h*w)
 //   spatial_shapes      i64 [L, 2]           (h_l, w_l) per level
 //   level_start_index   i64 [L]              where level l starts in S (must be the running sum of h*w)
@@ -15,6 +15,8 @@
 // where sample_l is bilinear interpolation in pixel coordinates (pixel (i, j) centred at (j, i)) that reads every
 // pixel outside the map as 0: exactly F.grid_sample(value_l, 2 * loc - 1, mode='bilinear', padding_mode='zeros',
 // align_corners=False). MFuser: levels 16x16, 32x32, 64x64 (S = Q = 5376), H = 8, Dh = 32, P = 4.
+// The CPU kernel checks the level table against value; on CUDA the table stays on the device unchecked (a wrong
+// one gives wrong sums, but the kernel never reads outside value).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -37,6 +39,11 @@ void msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shapes, c
 void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
                    const Tensor& sampling_locations, const Tensor& attention_weights,
                    Tensor& out);  // dispatches on the device
+
+namespace cuda {
+void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                   const Tensor& sampling_locations, const Tensor& attention_weights, Tensor& out);
+}
 
 namespace cpu {
 void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,

@@ -1,9 +1,13 @@
-// msdeform_attn: CPU reference vs F.grid_sample-based sampling in float64 PyTorch (tiny and the pixel decoder).
+// msdeform_attn: CPU reference vs F.grid_sample-based sampling in float64 PyTorch (tiny and the pixel decoder);
+// the CUDA kernel vs the CPU reference (MsdeformAttnCuda).
 #include "kernels/msdeform_attn/msdeform_attn.h"
 
+#include <array>
 #include <cmath>
+#include <random>
 #include <vector>
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -195,6 +199,101 @@ TEST_F(MsdeformAttnTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, locs, wrong_weights, out), Error);
   Tensor wrong_out = Tensor::empty({b, q, h, dh}, DType::f32);
   EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, locs, weights, wrong_out), Error);
+}
+
+// ---- CUDA kernel vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  int64_t batch, queries, heads, head_dim, points;
+  std::vector<std::array<int64_t, 2>> levels;  // (h, w), in value's order
+};
+
+// Sampling locations: each coordinate either uniform in [-0.3, 1.3) (partly outside the map: zero padding) or, with
+// probability 1/2, on the half-pixel lattice k / (2n), k in [-3, 2n + 3]: pixel centres, pixel edges, the map's
+// outer edges (0 and 1) and just beyond them, where floor() and the border tests decide which corners count.
+Tensor sampling_locations(const CudaCase& c, DType dtype) {
+  const auto levels = int64_t(c.levels.size());
+  Tensor locs = test::random_host({c.batch, c.queries, c.heads, levels, c.points, 2}, DType::f32, -0.3f, 1.3f);
+  float* v = locs.data<float>();
+  std::bernoulli_distribution on_lattice(0.5);
+  for (int64_t i = 0; i < locs.numel(); ++i) {
+    if (!on_lattice(test::rng())) continue;
+    const auto [h, w] = c.levels[size_t(i / (2 * c.points) % levels)];
+    const int64_t n = i % 2 == 0 ? w : h;  // x scales with the width, y with the height
+    std::uniform_int_distribution<int64_t> k(-3, 2 * n + 3);
+    v[i] = float(k(test::rng())) / float(2 * n);
+  }
+  return test::representable(locs, dtype);
+}
+
+void expect_msdeform_matches_cpu(const CudaCase& c, DType dtype) {
+  std::vector<int64_t> shapes, starts;
+  int64_t pixels = 0;
+  for (const auto& [h, w] : c.levels) {
+    shapes.insert(shapes.end(), {h, w});
+    starts.push_back(pixels);
+    pixels += h * w;
+  }
+  const auto levels = int64_t(c.levels.size());
+  const Tensor spatial_shapes = Tensor::from_vector(shapes, {levels, 2});
+  const Tensor level_start = Tensor::from_vector(starts, {levels});
+  const Tensor value = test::random_host({c.batch, pixels, c.heads, c.head_dim}, dtype);
+  const Tensor locs = sampling_locations(c, dtype);
+  const Tensor weights = test::random_host({c.batch, c.queries, c.heads, levels, c.points}, dtype, 0.f, 1.f);
+  const Shape out_shape{c.batch, c.queries, c.heads * c.head_dim};
+  Tensor ref = Tensor::empty(out_shape, DType::f32);
+  kernels::cpu::msdeform_attn(value, spatial_shapes, level_start, locs, weights, ref);
+
+  Tensor out = test::poisoned_cuda(out_shape, dtype);
+  kernels::msdeform_attn(test::to_cuda(value, dtype), spatial_shapes.to(Device::cuda()),
+                         level_start.to(Device::cuda()), test::to_cuda(locs, dtype), test::to_cuda(weights, dtype),
+                         out);
+  test::expect_cuda_close(out, ref, std::string("msdeform_attn ") + c.name);
+}
+
+// The pixel decoder's encoder self-attention: levels 16x16, 32x32, 64x64 (S = Q = 5376), 8 heads x 32, 4 points.
+TEST(MsdeformAttnCuda, MatchesCpuAtModelShape) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase real{"real.pixel_decoder", 1, 5376, 8, 32, 4, {{16, 16}, {32, 32}, {64, 64}}};
+  for (DType dtype : test::kCudaDtypes) expect_msdeform_matches_cpu(real, dtype);
+}
+
+// Non-square and 1x1 levels, head_dim not a multiple of 32 (1, 5, 33: warps straddle heads and queries), a batch.
+TEST(MsdeformAttnCuda, MatchesCpuAtOddShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"tiny.basic", 2, 11, 3, 5, 3, {{3, 5}, {1, 1}, {7, 2}}},
+                            {"tiny.single_level", 1, 7, 2, 33, 2, {{4, 4}}},
+                            {"tiny.one_channel", 2, 9, 4, 1, 5, {{2, 3}, {5, 1}}}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_msdeform_matches_cpu(c, dtype);
+}
+
+TEST(MsdeformAttnCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const int64_t b = 1, q = 3, h = 2, dh = 4, l = 2, p = 2;
+  const auto zeros = [](const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, Device::cuda()); };
+  const Tensor shapes = Tensor::from_vector(std::vector<int64_t>{4, 4, 2, 2}, {l, 2}).to(Device::cuda());
+  const Tensor starts = Tensor::from_vector(std::vector<int64_t>{0, 16}, {l}).to(Device::cuda());
+  for (DType dtype : test::kCudaDtypes) {
+    const DType other = dtype == DType::f32 ? DType::bf16 : DType::f32;
+    const Tensor value = zeros({b, 20, h, dh}, dtype), locs = zeros({b, q, h, l, p, 2}, dtype);
+    const Tensor weights = zeros({b, q, h, l, p}, dtype);
+    Tensor out = zeros({b, q, h * dh}, dtype), other_out = zeros({b, q, h * dh}, other);
+    EXPECT_NO_THROW(kernels::msdeform_attn(value, shapes, starts, locs, weights, out));
+    EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, zeros({b, q, h, l, p, 2}, other), weights, out), Error);
+    EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, locs, zeros({b, q, h, l, p}, other), out), Error);
+    EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, locs, weights, other_out), Error);
+    // The level tables must live on the value's device.
+    const Tensor host_shapes = Tensor::from_vector(std::vector<int64_t>{4, 4, 2, 2}, {l, 2});
+    EXPECT_THROW(kernels::msdeform_attn(value, host_shapes, starts, locs, weights, out), Error);
+  }
+  const Tensor f16_value = zeros({b, 20, h, dh}, DType::f16);
+  Tensor f16_out = zeros({b, q, h * dh}, DType::f16);
+  EXPECT_THROW(kernels::msdeform_attn(f16_value, shapes, starts, zeros({b, q, h, l, p, 2}, DType::f16),
+                                      zeros({b, q, h, l, p}, DType::f16), f16_out), Error);
 }
 
 }  // namespace

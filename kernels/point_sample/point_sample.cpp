@@ -39,9 +39,9 @@ Taps taps_at(const float* point, int64_t h, int64_t w) {
 // map: input or grad_input [N, C, H, W]; sampled: out or grad_out [N, C, P].
 void check_args(const Tensor& map, const Tensor& points, const Tensor& sampled, const char* map_name,
                 const char* sampled_name) {
-  check_f32(kOp, map_name, map);
-  check_f32(kOp, "points", points);
-  check_f32(kOp, sampled_name, sampled);
+  check_float(kOp, map_name, map);
+  check_float_like(kOp, "points", points, map);
+  check_float_like(kOp, sampled_name, sampled, map);
   MFUSER_CHECK(map.ndim() == 4, kOp, ": ", map_name, " must be [N, C, H, W], got ", map.str());
   MFUSER_CHECK(points.ndim() == 3 && points.dim(2) == 2, kOp, ": points must be [N, P, 2], got ", points.str());
   check_shape(kOp, "points", points, {map.dim(0), points.dim(1), 2});
@@ -77,7 +77,7 @@ void cpu::point_sample(const Tensor& input, const Tensor& points, Tensor& out) {
 
 void point_sample(const Tensor& input, const Tensor& points, Tensor& out) {
   check_args(input, points, out, "input", "out");
-  if (input.device().is_cuda()) no_cuda_kernel_yet(kOp);
+  if (input.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::point_sample(input, points, out));
   cpu::point_sample(input, points, out);
 }
 

@@ -1,7 +1,7 @@
 // point_sample: mmcv / detectron2 point_sample(input, point_coords, align_corners=False) as the Mask2Former loss
 // uses it (tools/reference/mfuser_ref/losses.py): bilinear samples of every channel of a map at normalized points.
 //
-// Contract (one device):
+// Contract (one device; f32, or bf16 on CUDA (forward only), one dtype for all three; f32 accumulation):
 //   input   f32 [N, C, H, W]
 //   points  f32 [N, P, 2]   (x, y) normalized: 0 and 1 are the outer edges of the map; any value allowed
 //                           (pixels outside the map read as 0)
@@ -28,6 +28,10 @@ void point_sample(const Tensor& input, const Tensor& points, Tensor& out);  // d
 // a random generator and from detached logits, so they carry no gradient. Parallel over (n, c) planes, which are
 // disjoint, so the result does not depend on the thread count.
 void point_sample_backward(const Tensor& points, const Tensor& grad_out, Tensor& grad_input);  // dispatches
+
+namespace cuda {
+void point_sample(const Tensor& input, const Tensor& points, Tensor& out);
+}
 
 namespace cpu {
 void point_sample(const Tensor& input, const Tensor& points, Tensor& out);

@@ -1,9 +1,14 @@
-// point_sample: CPU reference vs F.grid_sample in float64 PyTorch (tiny corner cases and the Mask2Former loss).
+// point_sample: CPU reference vs F.grid_sample in float64 PyTorch (tiny corner cases and the Mask2Former loss);
+// the CUDA kernel vs the CPU reference (PointSampleCuda).
 #include "kernels/point_sample/point_sample.h"
 
+#include <algorithm>
+
+#include <random>
 #include <string>
 #include <vector>
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -41,8 +46,11 @@ TEST_F(PointSampleTest, BackwardMatchesPyTorch) {
     Tensor grad_input = Tensor::empty(ref.shape(), DType::f32);
     test::poison(grad_input);
     kernels::cpu::point_sample_backward(g.view(n + ".points"), g.view(n + ".grad_out"), grad_input);
-    // A pixel collects a few weighted upstream gradients (f32 sums): max abs error <= 1e-6 of the largest.
-    test::expect_close(grad_input, ref, "point_sample_backward " + n, 1e-6 * largest(ref));
+    // A pixel collects weighted upstream gradients (f32 sums that may cancel: tiny.single sums 11 points
+    // into one pixel): max abs error <= 1e-6 of the largest gradient in or out.
+    const Tensor grad_out = g.view(n + ".grad_out");
+    test::expect_close(grad_input, ref, "point_sample_backward " + n,
+                       1e-6 * std::max(largest(ref), largest(grad_out)));
   }
 }
 
@@ -76,6 +84,73 @@ TEST_F(PointSampleTest, BackwardRejectsBadArguments) {
   EXPECT_THROW(kernels::point_sample_backward(points, grad_out, three_d), Error);
   Tensor bf16_grad = Tensor::empty({2, 3, 4, 5}, DType::bf16);
   EXPECT_THROW(kernels::point_sample_backward(points, grad_out, bf16_grad), Error);
+}
+
+// ---- CUDA kernel vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  int64_t batch, channels, height, width, points;
+};
+
+// Points: each coordinate uniform in [-0.2, 1.2) (partly outside the map) or, with probability 1/2, on the
+// half-pixel lattice k / (2n), k in [-3, 2n + 3]: pixel centres and edges, the outer edges 0 and 1, and beyond.
+Tensor sample_points(const CudaCase& c, DType dtype) {
+  Tensor points = test::random_host({c.batch, c.points, 2}, DType::f32, -0.2f, 1.2f);
+  float* v = points.data<float>();
+  std::bernoulli_distribution on_lattice(0.5);
+  for (int64_t i = 0; i < points.numel(); ++i) {
+    if (!on_lattice(test::rng())) continue;
+    const int64_t n = i % 2 == 0 ? c.width : c.height;  // x scales with the width, y with the height
+    std::uniform_int_distribution<int64_t> k(-3, 2 * n + 3);
+    v[i] = float(k(test::rng())) / float(2 * n);
+  }
+  return test::representable(points, dtype);
+}
+
+void expect_point_sample_matches_cpu(const CudaCase& c, DType dtype) {
+  const Tensor input = test::random_host({c.batch, c.channels, c.height, c.width}, dtype);
+  const Tensor points = sample_points(c, dtype);
+  const Shape out_shape{c.batch, c.channels, c.points};
+  Tensor ref = Tensor::empty(out_shape, DType::f32);
+  kernels::cpu::point_sample(input, points, ref);
+  Tensor out = test::poisoned_cuda(out_shape, dtype);
+  kernels::point_sample(test::to_cuda(input, dtype), test::to_cuda(points, dtype), out);
+  test::expect_cuda_close(out, ref, std::string("point_sample ") + c.name);
+}
+
+// The Mask2Former loss: mask logits [19, 1, 128, 128] and the targets of two images [38, 1, 512, 512], 12544 points.
+TEST(PointSampleCuda, MatchesCpuAtModelShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"real.masks", 19, 1, 128, 128, 12544}, {"real.targets", 38, 1, 512, 512, 12544}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_point_sample_matches_cpu(c, dtype);
+}
+
+// Several channels (a warp spans channels and maps), non-square and 1x1 maps, point counts not multiples of 32.
+TEST(PointSampleCuda, MatchesCpuAtOddShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"tiny.edges", 2, 3, 3, 4, 40}, {"tiny.single", 1, 1, 1, 1, 11},
+                            {"tiny.channels", 3, 37, 5, 9, 7}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_point_sample_matches_cpu(c, dtype);
+}
+
+TEST(PointSampleCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const auto zeros = [](const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, Device::cuda()); };
+  for (DType dtype : test::kCudaDtypes) {
+    const DType other = dtype == DType::f32 ? DType::bf16 : DType::f32;
+    const Tensor input = zeros({2, 3, 4, 5}, dtype), points = zeros({2, 7, 2}, dtype);
+    Tensor out = zeros({2, 3, 7}, dtype), other_out = zeros({2, 3, 7}, other);
+    EXPECT_NO_THROW(kernels::point_sample(input, points, out));
+    EXPECT_THROW(kernels::point_sample(input, zeros({2, 7, 2}, other), out), Error);
+    EXPECT_THROW(kernels::point_sample(input, points, other_out), Error);
+  }
+  Tensor f16_out = zeros({2, 3, 7}, DType::f16);
+  EXPECT_THROW(kernels::point_sample(zeros({2, 3, 4, 5}, DType::f16), zeros({2, 7, 2}, DType::f16), f16_out), Error);
 }
 
 }  // namespace

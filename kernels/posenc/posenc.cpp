@@ -12,7 +12,7 @@ namespace mfuser::kernels {
 namespace {
 
 void check_args(const Tensor& out, double temperature, double eps) {
-  check_f32("posenc", "out", out);
+  check_float("posenc", "out", out);
   MFUSER_CHECK(out.ndim() == 4 && out.dim(1) % 4 == 0 && out.numel() > 0, "posenc: out must be [B, 2F, H, W] ",
                "with F = num_feats even and no empty dim, got ", out.str());
   MFUSER_CHECK(temperature > 0 && eps >= 0, "posenc: temperature must be > 0 and eps >= 0, got ", temperature,
@@ -56,7 +56,7 @@ void cpu::posenc(Tensor& out, double temperature, double scale, double eps, doub
 
 void posenc(Tensor& out, double temperature, double scale, double eps, double offset) {
   check_args(out, temperature, eps);
-  if (out.device().is_cuda()) no_cuda_kernel_yet("posenc");
+  if (out.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::posenc(out, temperature, scale, eps, offset));
   cpu::posenc(out, temperature, scale, eps, offset);
 }
 

@@ -3,6 +3,7 @@
 
 #include <numbers>
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -53,6 +54,43 @@ TEST_F(PosencTest, RejectsBadArguments) {
   Tensor good = Tensor::empty({1, 8, 4, 4}, DType::f32);
   EXPECT_THROW(kernels::posenc(good, 0.0), Error);
   EXPECT_THROW(kernels::posenc(good, 10000, 1, -1), Error);
+}
+
+// ---- CUDA vs the CPU reference (both in double: f32 agrees to an ulp) ----------------------------------------------
+
+TEST(PosencCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  struct Case {
+    Shape shape;
+    double temperature, scale, eps, offset;
+  };
+  const Case cases[] = {
+      {{1, 256, 64, 64}, 10000, 2 * std::numbers::pi, 1e-6, 0},  // MFuser's pixel-decoder levels
+      {{2, 256, 32, 32}, 10000, 2 * std::numbers::pi, 1e-6, 0},
+      {{1, 256, 16, 16}, 10000, 2 * std::numbers::pi, 1e-6, 0},
+      {{1, 8, 3, 300}, 20, 1, 0, -0.5},  // wide rows, other parameters
+      {{3, 4, 5, 1}, 100, 3, 1e-3, 0.25},
+  };
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const Case& c : cases) {
+      Tensor ref = Tensor::empty(c.shape, DType::f32);
+      kernels::cpu::posenc(ref, c.temperature, c.scale, c.eps, c.offset);
+      Tensor out = test::poisoned_cuda(c.shape, dtype);
+      kernels::posenc(out, c.temperature, c.scale, c.eps, c.offset);
+      test::expect_cuda_close(out, ref, "posenc " + c.shape.str());
+    }
+  }
+}
+
+TEST(PosencCuda, RejectsBadArguments) {
+  MFUSER_REQUIRE_CUDA();
+  Tensor f16 = Tensor::empty({1, 8, 4, 4}, DType::f16, Device::cuda());
+  EXPECT_THROW(kernels::posenc(f16), Error);
+  Tensor odd_feats = Tensor::empty({1, 6, 4, 4}, DType::bf16, Device::cuda());
+  EXPECT_THROW(kernels::posenc(odd_feats), Error);
+  Tensor good = Tensor::empty({1, 8, 4, 4}, DType::bf16, Device::cuda());
+  EXPECT_NO_THROW(kernels::posenc(good));
 }
 
 }  // namespace

@@ -23,8 +23,13 @@ const char* op_name(Mode mode) { return mode == Mode::bilinear ? "resize_bilinea
 void check_args(Mode mode, const Tensor& src, const Tensor& dst, double scale_h, double scale_w, bool grads = false) {
   const std::string name = str_cat(op_name(mode), grads ? "_backward" : "");
   const char* op = name.c_str();
-  check_f32(op, grads ? "grad_src" : "src", src);
-  check_f32(op, grads ? "grad_dst" : "dst", dst);
+  if (grads) {  // the backward is CPU only, f32
+    check_f32(op, "grad_src", src);
+    check_f32(op, "grad_dst", dst);
+  } else {
+    check_float(op, "src", src);
+    check_float_like(op, "dst", dst, src);
+  }
   MFUSER_CHECK(src.ndim() == 4 && dst.ndim() == 4 && src.dim(0) == dst.dim(0) && src.dim(1) == dst.dim(1), op,
                ": src and dst must be [N, C, H, W] with the same N and C, got ", src.str(), " -> ", dst.str());
   MFUSER_CHECK(src.numel() > 0 && dst.numel() > 0, op, ": empty maps ", src.str(), " -> ", dst.str());
@@ -148,7 +153,10 @@ void run_cpu(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double s
 
 void dispatch(Mode mode, const Tensor& src, Tensor& dst, double scale_h, double scale_w) {
   check_args(mode, src, dst, scale_h, scale_w);
-  if (src.device().is_cuda()) no_cuda_kernel_yet(op_name(mode));
+  if (src.device().is_cuda()) {
+    if (mode == Mode::bilinear) return MFUSER_CUDA_KERNEL(cuda::resize_bilinear(src, dst, scale_h, scale_w));
+    return MFUSER_CUDA_KERNEL(cuda::resize_bicubic(src, dst, scale_h, scale_w));
+  }
   run_cpu(mode, src, dst, scale_h, scale_w);
 }
 

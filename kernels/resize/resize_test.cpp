@@ -4,6 +4,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -151,6 +152,76 @@ TEST_F(ResizeTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::resize_bilinear(x, empty), Error);
   Tensor bf16_out = Tensor::empty({1, 2, 8, 4}, DType::bf16);
   EXPECT_THROW(kernels::resize_bicubic(x, bf16_out), Error);
+}
+
+// ---- CUDA vs the CPU reference (the same tap arithmetic: f32 results agree to rounding) -------------------------
+
+struct CudaCase {
+  const char* name;
+  bool bicubic;
+  Shape src;
+  int64_t out_h, out_w;
+  double scale_h = 0, scale_w = 0;
+};
+const CudaCase kCudaCases[] = {
+    {"bilinear_down_512_to_32", false, {1, 19, 512, 512}, 32, 32},
+    {"bilinear_up_32_to_128", false, {1, 19, 32, 32}, 128, 128},
+    {"bilinear_logits_128_to_512", false, {1, 19, 128, 128}, 512, 512},  // the final logits
+    {"bilinear_19_to_37", false, {2, 3, 19, 19}, 37, 37},
+    {"bilinear_mixed_37x19_to_19x45", false, {1, 2, 37, 19}, 19, 45},
+    {"bilinear_to_1x1", false, {1, 2, 5, 6}, 1, 1},
+    {"bilinear_from_1x1", false, {1, 2, 1, 1}, 3, 4},
+    {"bilinear_scale_up", false, {1, 3, 10, 10}, 15, 15, 1.5, 1.5},
+    {"bilinear_scale_down", false, {1, 3, 10, 11}, 7, 4, 0.7, 0.4},
+    {"bilinear_clip_pos_embed", false, {1, 1024, 24, 24}, 32, 32},
+    // DINOv2's positional embedding, resized by scale factor (g + 0.1) / 37 as upstream does.
+    {"bicubic_dinov2_pos_embed", true, {1, 1024, 37, 37}, 32, 32, 32.1 / 37, 32.1 / 37},
+    {"bicubic_dinov2_pos_embed_wide", true, {1, 1024, 37, 37}, 32, 64, 32.1 / 37, 64.1 / 37},
+    {"bicubic_size", true, {2, 3, 5, 7}, 9, 4},
+    {"bicubic_border_clamp_up", true, {1, 2, 4, 4}, 11, 13},
+    {"bicubic_down", true, {1, 2, 40, 33}, 7, 10},
+};
+
+TEST(ResizeCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const Tensor src = test::random_host(c.src, dtype);
+      const Shape out_shape{c.src[0], c.src[1], c.out_h, c.out_w};
+      Tensor ref = Tensor::empty(out_shape, DType::f32);
+      Tensor out = test::poisoned_cuda(out_shape, dtype);
+      const Tensor device_src = test::to_cuda(src, dtype);
+      if (c.bicubic) {
+        kernels::cpu::resize_bicubic(src, ref, c.scale_h, c.scale_w);
+        kernels::resize_bicubic(device_src, out, c.scale_h, c.scale_w);
+      } else {
+        kernels::cpu::resize_bilinear(src, ref, c.scale_h, c.scale_w);
+        kernels::resize_bilinear(device_src, out, c.scale_h, c.scale_w);
+      }
+      test::expect_cuda_close(out, ref, std::string("resize ") + c.name);
+    }
+  }
+}
+
+TEST(ResizeCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({1, 2, 5, 7}, DType::bf16, Device::cuda());
+  Tensor out = Tensor::empty({1, 2, 8, 4}, DType::bf16, Device::cuda());
+  Tensor out32 = Tensor::empty({1, 2, 8, 4}, DType::f32, Device::cuda());
+  EXPECT_NO_THROW(kernels::resize_bilinear(x, out));
+  EXPECT_NO_THROW(kernels::resize_bicubic(x, out));
+  EXPECT_THROW(kernels::resize_bilinear(x, out32), Error);
+  EXPECT_THROW(kernels::resize_bicubic(x, out32), Error);
+  const Tensor x16 = Tensor::zeros({1, 2, 5, 7}, DType::f16, Device::cuda());
+  Tensor out16 = Tensor::empty({1, 2, 8, 4}, DType::f16, Device::cuda());
+  EXPECT_THROW(kernels::resize_bilinear(x16, out16), Error);
+  Tensor host_out = Tensor::empty({1, 2, 8, 4}, DType::f32);
+  const Tensor x32 = Tensor::zeros({1, 2, 5, 7}, DType::f32, Device::cuda());
+  EXPECT_THROW(kernels::resize_bilinear(x32, host_out), Error);  // mixed devices
+  // The backward stays CPU (and f32) only.
+  Tensor grad_src = Tensor::empty({1, 2, 5, 7}, DType::f32, Device::cuda());
+  EXPECT_THROW(kernels::resize_bilinear_backward(out32, grad_src), Error);
 }
 
 }  // namespace

@@ -12,10 +12,10 @@ namespace mfuser::kernels {
 namespace {
 
 void check_args(const Tensor& x, const Tensor& z, const Tensor& weight, const Tensor& out, float eps) {
-  check_f32("rmsnorm_gated", "x", x);
-  check_f32("rmsnorm_gated", "z", z);
-  check_f32("rmsnorm_gated", "weight", weight);
-  check_f32("rmsnorm_gated", "out", out);
+  check_float("rmsnorm_gated", "x", x);
+  check_float_like("rmsnorm_gated", "z", z, x);
+  check_float_like("rmsnorm_gated", "weight", weight, x);
+  check_float_like("rmsnorm_gated", "out", out, x);
   MFUSER_CHECK(x.ndim() >= 1 && x.dim(-1) >= 1, "rmsnorm_gated: x must have a non-empty last dim, got ", x.str());
   check_shape("rmsnorm_gated", "z", z, x.shape());
   check_shape("rmsnorm_gated", "weight", weight, {x.dim(-1)});
@@ -117,7 +117,7 @@ void rmsnorm_gated_backward(const Tensor& x, const Tensor& z, const Tensor& weig
 
 void rmsnorm_gated(const Tensor& x, const Tensor& z, const Tensor& weight, Tensor& out, float eps) {
   check_args(x, z, weight, out, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("rmsnorm_gated");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::rmsnorm_gated(x, z, weight, out, eps));
   cpu::rmsnorm_gated(x, z, weight, out, eps);
 }
 

@@ -1,6 +1,8 @@
-// rmsnorm_gated: CPU reference vs the PyTorch formula (float64) at tiny and MVFuser shapes.
+// rmsnorm_gated: CPU reference vs the PyTorch formula (float64) at tiny and MVFuser shapes; the CUDA forward
+// (f32 and bf16 storage) vs the CPU reference.
 #include "kernels/rmsnorm_gated/rmsnorm_gated.h"
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -91,6 +93,60 @@ TEST_F(RmsnormGatedTest, RejectsBadArguments) {
   const Tensor bf16_z = Tensor::zeros({3, 8}, DType::bf16);
   EXPECT_THROW(kernels::rmsnorm_gated(x, bf16_z, w, out, kEps), Error);
   EXPECT_THROW(kernels::rmsnorm_gated(x, x, w, out, -1e-5f), Error);
+}
+
+// ---- CUDA forward vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  Shape shape;
+  float x_lo = -2.f, x_hi = 2.f;  // x ~ U(x_lo, x_hi); z ~ U(-6, 6) covers both tails of the gate
+};
+const CudaCase kCudaCases[] = {
+    {"d1", {7, 1}},
+    {"d3", {5, 3}},
+    {"d33", {2, 3, 33}},
+    {"d4099", {3, 4099}},                 // more than 4 values per thread of a 1024-thread block
+    {"mean_100", {9, 512}, 99.f, 101.f},  // large |x|: the mean of squares is O(1e4)
+    {"backbone", {2, 2050, 512}},         // the adapters: 2 x 1025 tokens of ViT-L, width 1024 / 2
+    {"enhancer", {1, 1063, 128}},         // MTEnhancer: 19 + 1025 + 19 tokens, width 256 / 2
+};
+
+TEST(RmsnormGatedCuda, MatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const int64_t d = c.shape[-1];
+      const Tensor x = test::random_host(c.shape, dtype, c.x_lo, c.x_hi),
+                   z = test::random_host(c.shape, dtype, -6, 6), w = test::random_host({d}, dtype, 0.5f, 1.5f);
+      Tensor ref = Tensor::empty(c.shape, DType::f32);
+      kernels::cpu::rmsnorm_gated(x, z, w, ref, kEps);
+      Tensor out = test::poisoned_cuda(c.shape, dtype);
+      kernels::rmsnorm_gated(test::to_cuda(x, dtype), test::to_cuda(z, dtype), test::to_cuda(w, dtype), out, kEps);
+      test::expect_cuda_close(out, ref, std::string("rmsnorm_gated ") + c.name);
+    }
+  }
+}
+
+TEST(RmsnormGatedCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x = Tensor::zeros({3, 8}, DType::bf16, Device::cuda()),
+               w = Tensor::zeros({8}, DType::bf16, Device::cuda());
+  const Tensor x32 = Tensor::zeros({3, 8}, DType::f32, Device::cuda()),
+               w32 = Tensor::zeros({8}, DType::f32, Device::cuda());
+  Tensor out = Tensor::empty({3, 8}, DType::bf16, Device::cuda()),
+         out32 = Tensor::empty({3, 8}, DType::f32, Device::cuda());
+  EXPECT_NO_THROW(kernels::rmsnorm_gated(x, x, w, out, kEps));
+  EXPECT_THROW(kernels::rmsnorm_gated(x, x32, w, out, kEps), Error);
+  EXPECT_THROW(kernels::rmsnorm_gated(x, x, w32, out, kEps), Error);
+  EXPECT_THROW(kernels::rmsnorm_gated(x, x, w, out32, kEps), Error);
+  const Tensor host_w = Tensor::zeros({8}, DType::f32);
+  EXPECT_THROW(kernels::rmsnorm_gated(x32, x32, host_w, out32, kEps), Error);  // mixed devices
+  // The backward stays f32 (and CPU) only.
+  Tensor gx = Tensor::empty({3, 8}, DType::bf16, Device::cuda()),
+         gz = Tensor::empty({3, 8}, DType::bf16, Device::cuda()), none;
+  EXPECT_THROW(kernels::rmsnorm_gated_backward(x, x, w, x, gx, gz, none, kEps), Error);
 }
 
 }  // namespace

@@ -18,10 +18,10 @@ constexpr const char* kOp = "selective_scan";
 void check_args(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                 const Tensor& D, const Tensor& delta_bias, const Tensor& y, const Tensor* last_state,
                 const char* y_name = "y") {
-  check_f32(kOp, "u", u);
+  check_float(kOp, "u", u);
   MFUSER_CHECK(u.ndim() == 3, kOp, ": u must be [batch, D, L], got ", u.str());
   const int64_t batch = u.dim(0), channels = u.dim(1), len = u.dim(2);
-  check_f32(kOp, "A", A);
+  check_float_like(kOp, "A", A, u);
   MFUSER_CHECK(A.ndim() == 2 && A.dim(0) == channels, kOp, ": A must be [D, N] with D = ", channels, ", got ",
                A.str());
   const int64_t state = A.dim(1);
@@ -29,16 +29,16 @@ void check_args(const Tensor& u, const Tensor& delta, const Tensor& A, const Ten
                                 std::tuple{"B", &B, Shape{batch, state, len}},
                                 std::tuple{"C", &C, Shape{batch, state, len}},
                                 std::tuple{y_name, &y, Shape{batch, channels, len}}}) {
-    check_f32(kOp, name, *t);
+    check_float_like(kOp, name, *t, u);
     check_shape(kOp, name, *t, shape);
   }
   for (auto [name, t] : {std::pair{"D", &D}, std::pair{"delta_bias", &delta_bias}}) {
     if (!t->defined()) continue;
-    check_f32(kOp, name, *t);
+    check_float_like(kOp, name, *t, u);
     check_shape(kOp, name, *t, {channels});
   }
   if (last_state) {
-    check_f32(kOp, "last_state", *last_state);
+    check_float_like(kOp, "last_state", *last_state, u);
     check_shape(kOp, "last_state", *last_state, {batch, channels, state});
   }
   check_same_device(kOp, {&u, &delta, &A, &B, &C, &D, &delta_bias, &y, last_state ? last_state : &u});
@@ -243,7 +243,8 @@ void selective_scan_backward(const Tensor& u, const Tensor& delta, const Tensor&
 void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                     const Tensor& D, const Tensor& delta_bias, Tensor& y, Tensor* last_state, bool delta_softplus) {
   check_args(u, delta, A, B, C, D, delta_bias, y, last_state);
-  if (u.device().is_cuda()) no_cuda_kernel_yet(kOp);
+  if (u.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::selective_scan(u, delta, A, B, C, D, delta_bias, y, last_state, delta_softplus));
   cpu::selective_scan(u, delta, A, B, C, D, delta_bias, y, last_state, delta_softplus);
 }
 

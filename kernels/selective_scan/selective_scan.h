@@ -2,16 +2,17 @@
 // all channels ("variable B/C" of shape [batch, N, L]): the semantics of mamba_ssm's selective_scan_ref(u, delta,
 // A, B, C, D, z=None, delta_bias, delta_softplus, return_last_state) for real A.
 //
-// Contract (f32, one device): u, delta [Bt, D, L]; A [D, N]; B, C [Bt, N, L]; D [D] or undefined (no skip term);
-// delta_bias [D] or undefined; y [Bt, D, L]; last_state [Bt, D, N] or nullptr (not wanted). For each (b, d):
+// Contract (f32, or bf16 on CUDA: one dtype for every float tensor; one device): u, delta [Bt, D, L]; A [D, N];
+// B, C [Bt, N, L]; D [D] or undefined (no skip term); delta_bias [D] or undefined; y [Bt, D, L]; last_state
+// [Bt, D, N] or nullptr (not wanted). For each (b, d):
 //   dt_t   = delta[b, d, t] + delta_bias[d], then softplus(dt_t) if delta_softplus (F.softplus: identity above 20)
 //   h_t[n] = exp(dt_t * A[d, n]) * h_{t-1}[n] + dt_t * B[b, n, t] * u[b, d, t]        (h_{-1} = 0)
 //   y[b, d, t] = sum_n h_t[n] * C[b, n, t] + D[d] * u[b, d, t]
 //   last_state[b, d, n] = h_{L-1}[n]
 // No z gate: MFuser gates in rmsnorm_gated instead. MFuser's MVFuser adds dt_proj's bias twice (inside the
 // dt_proj Linear that produced `delta`, and again as delta_bias); this op adds exactly the delta_bias it is given,
-// so the caller passes both as upstream does. Sequences (b, d) are independent; each runs in f32 as the CUDA
-// kernel does.
+// so the caller passes both as upstream does. Sequences (b, d) are independent; each runs in f32 (state and all
+// arithmetic, also for bf16 storage). The CUDA kernel holds at most 256 states (N <= 256).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -36,6 +37,11 @@ void selective_scan_backward(const Tensor& u, const Tensor& delta, const Tensor&
 void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                     const Tensor& D, const Tensor& delta_bias, Tensor& y, Tensor* last_state,
                     bool delta_softplus);  // dispatches on the device
+
+namespace cuda {
+void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                    const Tensor& D, const Tensor& delta_bias, Tensor& y, Tensor* last_state, bool delta_softplus);
+}
 
 namespace cpu {
 void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,

@@ -1,4 +1,5 @@
-// selective_scan: CPU reference vs a float64 PyTorch loop, at tiny shapes and MFuser's two scans.
+// selective_scan: CPU reference vs a float64 PyTorch loop, at tiny shapes and MFuser's two scans; the CUDA kernel
+// vs the CPU reference (SelectiveScanCuda).
 #include "kernels/selective_scan/selective_scan.h"
 
 #include <cmath>
@@ -6,6 +7,7 @@
 #include <vector>
 
 #include "runtime/parallel.h"
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -226,6 +228,101 @@ TEST_F(SelectiveScanTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::selective_scan(u, u, A, bc, bc, vec, vec, y, &wrong_state, true), Error);
   Tensor bf16_y = Tensor::empty({b, d, l}, DType::bf16);
   EXPECT_THROW(kernels::selective_scan(u, u, A, bc, bc, vec, vec, bf16_y, nullptr, true), Error);
+}
+
+// ---- CUDA kernel vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  int64_t batch, channels, len, state;
+  bool has_d, has_bias, softplus, last_state;
+  float delta_lo, delta_hi;  // raw delta before delta_bias
+};
+
+// A < 0 as Mamba's -exp(A_log): every state decays, some slowly (|dt * A| down to ~1e-4, memories of thousands of
+// steps). Without softplus, dt = delta + delta_bias is kept positive by the case's delta range.
+//
+// Tolerance: the project's 1e-4 (f32) holds at the full 2050 steps. The recurrence is contractive (exp(dt * A) <
+// 1), so each step's rounding (expf within 2 ulp of std::exp, the lanes' tree sum over n in place of the
+// reference's serial sum) is damped rather than amplified; the errors stay O(1e-6) relative.
+void expect_scan_matches_cpu(const CudaCase& c, DType dtype) {
+  using test::random_host, test::to_cuda;
+  const Shape seq{c.batch, c.channels, c.len}, bc{c.batch, c.state, c.len}, state{c.batch, c.channels, c.state};
+  const Tensor u = random_host(seq, dtype), delta = random_host(seq, dtype, c.delta_lo, c.delta_hi);
+  const Tensor A = random_host({c.channels, c.state}, dtype, -4.f, -0.01f);
+  const Tensor B = random_host(bc, dtype), C = random_host(bc, dtype);
+  const Tensor D = c.has_d ? random_host({c.channels}, dtype) : Tensor();
+  const Tensor bias = c.has_bias ? random_host({c.channels}, dtype, -0.5f, 0.5f) : Tensor();
+  Tensor ref_y = Tensor::empty(seq, DType::f32), ref_state = Tensor::empty(state, DType::f32);
+  kernels::cpu::selective_scan(u, delta, A, B, C, D, bias, ref_y, c.last_state ? &ref_state : nullptr, c.softplus);
+
+  Tensor y = test::poisoned_cuda(seq, dtype), last = test::poisoned_cuda(state, dtype);
+  kernels::selective_scan(to_cuda(u, dtype), to_cuda(delta, dtype), to_cuda(A, dtype), to_cuda(B, dtype),
+                          to_cuda(C, dtype), to_cuda(D, dtype), to_cuda(bias, dtype), y,
+                          c.last_state ? &last : nullptr, c.softplus);
+  test::expect_cuda_close(y, ref_y, std::string("selective_scan ") + c.name + " y");
+  if (c.last_state) test::expect_cuda_close(last, ref_state, std::string("selective_scan ") + c.name + " last_state");
+}
+
+// MFuser's scans (d_state 16): the backbone adapters (512 channels over 2 x 1025 tokens; batch 1 at inference, 2 in
+// training) and the context decoder's (128 channels, 19 + 1025 + 19 tokens). Softplus on, D and delta_bias given.
+TEST(SelectiveScanCuda, MatchesCpuAtModelShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"real.backbone.b1", 1, 512, 2050, 16, true, true, true, false, -3.f, 1.f},
+                            {"real.backbone.b2", 2, 512, 2050, 16, true, true, true, true, -3.f, 1.f},
+                            {"real.context", 1, 128, 1063, 16, true, true, true, true, -3.f, 1.f}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_scan_matches_cpu(c, dtype);
+}
+
+// Odd lengths (1, one partial chunk, several chunks with a remainder), channel counts that leave a block partly
+// empty, every geometry of the kernel (N = 1, 2, 3, 8, 16, 17, 40, 70, 256), each optional input absent and
+// present, softplus off, and raw deltas up to 30 (softplus's identity branch above 20).
+TEST(SelectiveScanCuda, MatchesCpuAtOddShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"one_step", 2, 5, 1, 16, true, true, true, true, -3.f, 1.f},
+                            {"plain", 1, 13, 7, 3, false, false, false, true, 0.5f, 1.5f},
+                            {"plain_bias", 2, 3, 130, 2, true, true, false, true, 0.5f, 1.5f},
+                            {"softplus_identity", 2, 9, 130, 17, true, true, true, true, -5.f, 30.f},
+                            {"one_state", 1, 37, 130, 1, false, true, true, true, -3.f, 1.f},
+                            {"partial_block", 2, 13, 129, 16, true, false, true, true, -3.f, 25.f},
+                            {"n8", 1, 21, 64, 8, true, true, true, false, -3.f, 1.f},
+                            {"n40", 1, 6, 65, 40, true, true, true, true, -3.f, 1.f},
+                            {"n70", 2, 5, 33, 70, false, false, true, true, -3.f, 1.f},
+                            {"n256", 1, 3, 19, 256, true, true, true, true, -3.f, 1.f}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_scan_matches_cpu(c, dtype);
+}
+
+TEST(SelectiveScanCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const int64_t b = 1, d = 4, l = 6, n = 3;
+  const auto zeros = [](const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, Device::cuda()); };
+  for (DType dtype : test::kCudaDtypes) {
+    const DType other = dtype == DType::f32 ? DType::bf16 : DType::f32;
+    const Tensor u = zeros({b, d, l}, dtype), A = zeros({d, n}, dtype), bc = zeros({b, n, l}, dtype);
+    const Tensor vec = zeros({d}, dtype);
+    Tensor y = zeros({b, d, l}, dtype), state = zeros({b, d, n}, dtype);
+    EXPECT_NO_THROW(kernels::selective_scan(u, u, A, bc, bc, vec, vec, y, &state, true));
+    EXPECT_THROW(kernels::selective_scan(u, zeros({b, d, l}, other), A, bc, bc, vec, vec, y, &state, true), Error);
+    EXPECT_THROW(kernels::selective_scan(u, u, zeros({d, n}, other), bc, bc, vec, vec, y, &state, true), Error);
+    EXPECT_THROW(kernels::selective_scan(u, u, A, bc, bc, zeros({d}, other), vec, y, &state, true), Error);
+    Tensor other_y = zeros({b, d, l}, other), other_state = zeros({b, d, n}, other);
+    EXPECT_THROW(kernels::selective_scan(u, u, A, bc, bc, vec, vec, other_y, &state, true), Error);
+    EXPECT_THROW(kernels::selective_scan(u, u, A, bc, bc, vec, vec, y, &other_state, true), Error);
+    const Tensor f16 = zeros({b, d, l}, DType::f16);
+    Tensor f16_y = zeros({b, d, l}, DType::f16);
+    EXPECT_THROW(kernels::selective_scan(f16, f16, zeros({d, n}, DType::f16), zeros({b, n, l}, DType::f16),
+                                         zeros({b, n, l}, DType::f16), Tensor(), Tensor(), f16_y, nullptr, true),
+                 Error);
+  }
+  // More states than the kernel holds.
+  const Tensor u = zeros({b, d, l}, DType::f32), wide_bc = zeros({b, 257, l}, DType::f32);
+  Tensor y = zeros({b, d, l}, DType::f32);
+  EXPECT_THROW(kernels::selective_scan(u, u, zeros({d, 257}, DType::f32), wide_bc, wide_bc, Tensor(), Tensor(), y,
+                                       nullptr, true), Error);
 }
 
 }  // namespace

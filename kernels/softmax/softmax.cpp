@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/common/checks.h"
 #include "kernels/elementwise/elementwise.h"
 #include "runtime/parallel.h"
 
@@ -13,11 +14,14 @@ namespace mfuser::kernels {
 namespace {
 
 void check_args(const Tensor& x, const Tensor& mask, const Tensor& out) {
-  detail::check_same_f32("softmax", x, out);
+  check_float("softmax", "x", x);
+  check_float_like("softmax", "out", out, x);
+  check_shape("softmax", "out", out, x.shape());
+  check_same_device("softmax", {&x, &out});
   MFUSER_CHECK(x.ndim() >= 1, "softmax: ", x.str(), ": needs at least one dim");
   if (!mask.defined()) return;
-  MFUSER_CHECK(mask.dtype() == DType::f32 || mask.dtype() == DType::boolean, "softmax: mask ", mask.str(),
-               ": must be f32 (additive) or boolean (true = masked out)");
+  MFUSER_CHECK(mask.dtype() == x.dtype() || mask.dtype() == DType::boolean, "softmax: mask ", mask.str(), ": must be ",
+               dtype_name(x.dtype()), " (additive, x's dtype) or boolean (true = masked out)");
   MFUSER_CHECK(mask.device() == x.device(), "softmax: ", x.str(), " with mask ", mask.str(), ": devices differ");
   detail::BroadcastIndex("softmax", x.shape(), mask.shape());  // throws when the mask does not broadcast
 }
@@ -102,7 +106,7 @@ void softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad_in) 
 
 void softmax(const Tensor& x, const Tensor& mask, Tensor& out) {
   check_args(x, mask, out);
-  MFUSER_CHECK(!x.device().is_cuda(), "softmax: no CUDA kernel yet");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::softmax(x, mask, out));
   cpu::softmax(x, mask, out);
 }
 

@@ -1,14 +1,19 @@
 // softmax: against PyTorch's f64 softmax for every mask kind and broadcast, fully masked rows (NaN, as in
-// PyTorch), the ViT self-attention size and the Mask2Former decoder's masked cross-attention size.
+// PyTorch), the ViT self-attention size and the Mask2Former decoder's masked cross-attention size. CUDA
+// kernel (f32 and bf16) vs the CPU reference for row lengths 1 to 4097 and every mask kind.
 #include "kernels/softmax/softmax.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <random>
+#include <string>
 #include <vector>
 
+#include "kernels/cast/cast.h"
 #include "loaders/safetensors.h"
 #include "tests/common/counter_random.h"
+#include "tests/common/cuda_test.h"
 #include "tests/common/row_blocks.h"
 #include "tests/common/test_util.h"
 
@@ -212,6 +217,105 @@ TEST_F(SoftmaxTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::softmax(x, Tensor::zeros({5}, DType::i32), out), Error);        // mask dtype
   Tensor wrong_out = Tensor::empty({2, 15}, DType::f32);
   EXPECT_THROW(kernels::softmax(x, Tensor(), wrong_out), Error);
+}
+
+// ---- CUDA kernel vs the CPU reference ----------------------------------------------------------------------
+
+enum class CudaMask { none, bool_rows, additive, key_padding, per_row_bias };
+
+// x is [2, 3, 4, n]. bool_rows: [2, 1, 4, n], about half masked, and its first row (x rows of b 0, i 0)
+// fully masked -> NaN rows. additive: [4, n] biases in [-3, 3), about a quarter -inf. key_padding:
+// [2, 1, 1, n], the last quarter of the keys. per_row_bias: [2, 3, 4, 1] (broadcast along the row: the
+// softmax is unchanged). One key per row (j = 0) stays unmasked except in the fully masked row.
+Tensor make_cuda_mask(CudaMask kind, int64_t n, DType dtype) {
+  std::bernoulli_distribution half(0.5), quarter(0.25);
+  switch (kind) {
+    case CudaMask::none: return Tensor();
+    case CudaMask::bool_rows: {
+      Tensor m = Tensor::zeros({2, 1, 4, n}, DType::boolean);
+      for (int64_t i = 0; i < m.numel(); ++i) m.data<bool>()[i] = i < n || (i % n != 0 && half(test::rng()));
+      return m;
+    }
+    case CudaMask::additive: {
+      Tensor m = test::random_host({4, n}, dtype, -3.f, 3.f);
+      for (int64_t i = 0; i < m.numel(); ++i)
+        if (i % n != 0 && quarter(test::rng())) m.data<float>()[i] = -INFINITY;
+      return m;
+    }
+    case CudaMask::key_padding: {
+      Tensor m = Tensor::zeros({2, 1, 1, n}, DType::boolean);
+      for (int64_t i = 0; i < m.numel(); ++i) m.data<bool>()[i] = i % n != 0 && i % n >= n * 3 / 4;
+      return m;
+    }
+    case CudaMask::per_row_bias: return test::random_host({2, 3, 4, 1}, dtype, -3.f, 3.f);
+  }
+  return Tensor();
+}
+
+Tensor mask_to_cuda(const Tensor& mask, DType dtype) {
+  if (!mask.defined() || mask.dtype() != DType::boolean) return test::to_cuda(mask, dtype);
+  return mask.to(Device::cuda());
+}
+
+// Rows the reference makes NaN must be NaN here; the others within the dtype's tolerance. Returns NaN rows.
+int64_t expect_cuda_rows_close(const Tensor& out_cuda, const Tensor& ref, const std::string& what) {
+  const RowErrors e = compare_rows(kernels::cast_to(out_cuda, DType::f32).to(Device::cpu()), ref);
+  std::printf("[ errors   ] %s: %s, NaN rows %lld\n", what.c_str(), test::describe(e.finite).c_str(),
+              static_cast<long long>(e.nan_rows));
+  EXPECT_EQ(e.nan_mismatches, 0) << what;
+  EXPECT_EQ(e.finite.nonfinite, 0) << what;
+  EXPECT_LE(e.finite.rel_l2, test::cuda_tolerance(out_cuda.dtype())) << what;
+  return e.nan_rows;
+}
+
+TEST(SoftmaxCuda, MatchesCpuReference) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const int64_t n : {1, 19, 1024, 4097}) {
+      for (const CudaMask kind : {CudaMask::none, CudaMask::bool_rows, CudaMask::additive, CudaMask::key_padding,
+                                  CudaMask::per_row_bias}) {
+        const std::string what = str_cat("softmax n ", n, " mask ", int(kind), " ", dtype_name(dtype));
+        SCOPED_TRACE(what);
+        const Tensor x = test::random_host({2, 3, 4, n}, dtype, -4.f, 4.f);
+        const Tensor mask = make_cuda_mask(kind, n, dtype);
+        Tensor ref = Tensor::empty(x.shape(), DType::f32);
+        kernels::cpu::softmax(x, mask, ref);
+        // The poison is NaN: where NaN rows are expected the output starts as zeros, so they must be written.
+        const bool nan_rows = kind == CudaMask::bool_rows;
+        Tensor out =
+            nan_rows ? Tensor::zeros(x.shape(), dtype, Device::cuda()) : test::poisoned_cuda(x.shape(), dtype);
+        kernels::softmax(test::to_cuda(x, dtype), mask_to_cuda(mask, dtype), out);
+        EXPECT_EQ(expect_cuda_rows_close(out, ref, what), nan_rows ? 3 : 0);
+      }
+    }
+  }
+}
+
+TEST(SoftmaxCuda, InPlace) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    const Tensor x = test::random_host({2, 3, 4, 1025}, dtype, -4.f, 4.f);
+    const Tensor mask = make_cuda_mask(CudaMask::additive, 1025, dtype);
+    Tensor ref = Tensor::empty(x.shape(), DType::f32);
+    kernels::cpu::softmax(x, mask, ref);
+    Tensor inout = test::to_cuda(x, dtype);
+    kernels::softmax(inout, mask_to_cuda(mask, dtype), inout);
+    expect_cuda_rows_close(inout, ref, str_cat("softmax in place ", dtype_name(dtype)));
+  }
+}
+
+TEST(SoftmaxCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x32 = Tensor::zeros({2, 5}, DType::f32, Device::cuda());
+  const Tensor x16 = kernels::cast_to(x32, DType::bf16);
+  Tensor out16 = Tensor::empty({2, 5}, DType::bf16, Device::cuda());
+  Tensor out32 = Tensor::empty({2, 5}, DType::f32, Device::cuda());
+  kernels::softmax(x16, x16, out16);                                                      // bf16 additive mask
+  EXPECT_THROW(kernels::softmax(x16, Tensor(), out32), Error);                            // f32 out, bf16 x
+  EXPECT_THROW(kernels::softmax(x16, x32, out16), Error);                                 // f32 additive mask
+  EXPECT_THROW(kernels::softmax(x16, Tensor::zeros({5}, DType::boolean), out16), Error);  // host mask
 }
 
 }  // namespace

@@ -162,11 +162,41 @@ TEST(SegmentCli, ClearErrorsForMissingFilesAndBf16) {
 
   r = mfuser(str_cat("segment --weights ", q(ws.weights), " --precision bf16 ", common), ws.dir);
   EXPECT_EQ(r.code, 1);
-  EXPECT_NE(r.err.find("not yet"), std::string::npos);
+  EXPECT_NE(r.err.find("bf16 runs on CUDA only"), std::string::npos);
 
   r = mfuser(str_cat("segment --weights ", q(ws.weights), " ", common), ws.dir);  // and the good run
   EXPECT_EQ(r.code, 0);
   EXPECT_TRUE(fs::exists(ws.dir / "out" / "in_label.png"));
+}
+
+// bench on the CPU without the oracle: the table and the per-op breakdown; bf16 is refused on the CPU.
+TEST(BenchCli, PrintsTheTableAndTheBreakdown) {
+  Workspace ws;
+  CliRun r = mfuser(str_cat("bench --weights ", q(ws.weights), " --no-oracle --runs 1 --top 3"), ws.dir);
+  EXPECT_EQ(r.code, 0);
+  for (const char* needle : {"ours ms", "model FLOPs per crop", "per-op time of ours", "linear"})
+    EXPECT_NE(r.out.find(needle), std::string::npos) << "missing '" << needle << "'";
+  r = mfuser(str_cat("bench --weights ", q(ws.weights), " --precision bf16 --no-oracle"), ws.dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("bf16 runs on CUDA only"), std::string::npos);
+}
+
+// The same image through `segment` on CUDA (fp32) gives the CPU's labels on all but a handful of pixels
+// (float sums in another order can flip near-ties), and bf16 runs end to end.
+TEST(SegmentCliCuda, CudaLabelsMatchTheCpu) {
+  MFUSER_REQUIRE_CUDA();
+  Workspace ws;
+  write_png((ws.dir / "in.png").string(), random_rgb(64, 96));
+  const std::string common = str_cat(q(ws.dir / "in.png"), " ", kScale, " --weights ", q(ws.weights));
+  ASSERT_EQ(mfuser(str_cat("segment ", common, " --out ", q(ws.dir / "cpu")), ws.dir).code, 0);
+  ASSERT_EQ(mfuser(str_cat("segment ", common, " --device cuda --out ", q(ws.dir / "cuda")), ws.dir).code, 0);
+  ASSERT_EQ(mfuser(str_cat("segment ", common, " --device cuda --precision bf16 --out ", q(ws.dir / "bf16")), ws.dir).code, 0);
+  const Tensor cpu = read_label((ws.dir / "cpu" / "in_label.png").string());
+  const Tensor gpu = read_label((ws.dir / "cuda" / "in_label.png").string());
+  int64_t differ = 0;
+  for (int64_t i = 0; i < cpu.numel(); ++i) differ += cpu.data<uint8_t>()[i] != gpu.data<uint8_t>()[i];
+  EXPECT_LE(differ, cpu.numel() / 1000) << differ << " of " << cpu.numel() << " pixels differ";
+  EXPECT_TRUE(fs::exists(ws.dir / "bf16" / "in_label.png"));
 }
 
 TEST(EvalCli, MetricsJsonAndReportedLabelErrors) {

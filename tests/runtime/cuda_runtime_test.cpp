@@ -1,6 +1,7 @@
 // The CUDA runtime layer: availability probing (never crashes without a GPU), allocator, copies, errors.
 #include "runtime/cuda.h"
 
+#include "kernels/cast/cast.h"
 #include "tests/common/test_util.h"
 
 namespace mfuser {
@@ -46,6 +47,36 @@ TEST(RuntimeCuda, AllocatorCachesAndCountsPeak) {
   EXPECT_GE(cuda::memory_stats(0).peak, before + (4u << 20));
   Tensor b = Tensor::empty({1 << 20}, DType::f32, Device::cuda());
   EXPECT_EQ(b.raw_data(), first);  // same size class comes back from the cache
+}
+
+// Scratch memory a captured kernel used belongs to the graph until it is destroyed: the next allocation of
+// that size elsewhere must not get the block the replays write into.
+TEST(RuntimeCuda, CapturedScratchStaysWithItsGraph) {
+  MFUSER_REQUIRE_CUDA();
+  const Shape scratch_shape{3 << 18};
+  const Tensor source = Tensor::zeros(scratch_shape, DType::f32).to(Device::cuda());
+  void* warm = nullptr;
+  {
+    Tensor t = Tensor::empty(scratch_shape, DType::f32, Device::cuda());  // the eager run caches one block
+    warm = t.raw_data();
+  }
+  void* in_graph = nullptr;
+  auto graph = cuda::capture(0, [&] {
+    Tensor scratch = Tensor::empty(scratch_shape, DType::f32, Device::cuda());
+    kernels::cast(source, scratch);  // a kernel that writes the scratch at every replay
+    in_graph = scratch.raw_data();
+  });
+  EXPECT_EQ(in_graph, warm);  // the capture reused the cached block (no cudaMalloc while capturing)
+  {
+    Tensor other = Tensor::empty(scratch_shape, DType::f32, Device::cuda());
+    EXPECT_NE(other.raw_data(), in_graph);
+  }
+  graph->replay();
+  cuda::synchronize(0);
+  graph.reset();  // the graph's blocks go back to the cache
+  Tensor after = Tensor::empty(scratch_shape, DType::f32, Device::cuda());
+  Tensor after2 = Tensor::empty(scratch_shape, DType::f32, Device::cuda());
+  EXPECT_TRUE(after.raw_data() == in_graph || after2.raw_data() == in_graph);
 }
 
 TEST(RuntimeCuda, OutOfMemoryIsAnErrorNotACrash) {

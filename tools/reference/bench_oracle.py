@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
 """Times the PyTorch oracle's crop forward (the official encode_decode) for `mfuser bench`, on the same
-weights and with the same thread count, and prints one JSON line:
-    {"device": ..., "batch": B, "size": S, "threads": T, "runs": R, "ms": [..], "median_ms": m,
-     "peak_rss_bytes": ..., "peak_cuda_bytes": ...}
+weights, device and thread count, for each crop batch and precision asked for, in one process (the weights
+load once). Prints one JSON line last:
+    {"device": ..., "threads": T, "torch": ..., "attention": ..., "scan": ...,
+     "results": [{"batch": B, "precision": "fp32"|"bf16", "ms": [..], "median_ms": m, "peak_cuda_bytes": ..}],
+     "peak_rss_bytes": ...}
 
-    /usr/bin/python3 tools/reference/bench_oracle.py --weights DIR/model.safetensors --config CFG.json
+fp32 is eager float32; bf16 is eager under torch.autocast(bfloat16). Attention runs through
+F.scaled_dot_product_attention (nn.MultiheadAttention's fast path, and DINOv2's attention switched to it):
+PyTorch's fastest. The selective scan is the oracle's: a loop over the sequence, each step vectorized over
+batch, channels and state (plain PyTorch has no parallel scan that stays exact in fp32).
+
+    python3 tools/reference/bench_oracle.py --weights DIR/model.safetensors --config CFG.json \\
+        --batches 1,18 --precisions fp32,bf16 --device cuda
 """
 import argparse
 import json
@@ -16,24 +24,44 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mfuser_ref import backbone  # noqa: E402
 from mfuser_ref.config import load_config  # noqa: E402
 from mfuser_ref.model import MFuserCLIP  # noqa: E402
 from mfuser_ref.safetensors_io import load_file  # noqa: E402
+
+
+def time_forward(model, img, device, bf16, runs):
+    def forward():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(img)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    forward()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        forward()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True)
     p.add_argument("--config", required=True)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batches", default="1", help="comma-separated crop batch sizes")
+    p.add_argument("--precisions", default="fp32", help="comma-separated: fp32 (eager), bf16 (autocast)")
     p.add_argument("--size", type=int, default=None, help="crop size (default: the config's)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    backbone.FAST_ATTENTION = True
     cfg = load_config(args.config)
     size = args.size or cfg.image_size
     state = load_file(args.weights)
@@ -43,30 +71,24 @@ def main() -> int:
     del state
     device = torch.device(args.device)
     model.to(device)
-    img = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
 
-    def forward():
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            model(img)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    forward()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        forward()
-        times.append((time.perf_counter() - start) * 1e3)
-    result = {
-        "device": args.device, "batch": args.batch, "size": size, "threads": args.threads, "runs": args.runs,
-        "ms": times, "median_ms": sorted(times)[len(times) // 2],
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else 0,
-        "torch": torch.__version__,
-    }
-    print(json.dumps(result))
+    results = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        img = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+        for precision in args.precisions.split(","):
+            if precision not in ("fp32", "bf16"):
+                raise SystemExit(f"unknown precision {precision!r}")
+            times = time_forward(model, img, device, precision == "bf16", args.runs)
+            results.append({
+                "batch": batch, "precision": precision, "ms": times, "median_ms": sorted(times)[len(times) // 2],
+                "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else 0,
+            })
+            print(f"oracle: batch {batch} {precision}: {results[-1]['median_ms']:.1f} ms", file=sys.stderr)
+    print(json.dumps({
+        "device": args.device, "threads": args.threads, "size": size, "torch": torch.__version__,
+        "attention": "F.scaled_dot_product_attention", "scan": "sequential loop over L (vectorized over b, d, n)",
+        "results": results, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }))
     return 0
 
 

@@ -1,0 +1,126 @@
+// CUDA batchnorm forwards.
+//   inference: element-wise; blockIdx.y walks the (image, channel) planes, so each block derives its channel's
+//     scale and shift once, and blockIdx.x / threadIdx.x walk the plane's spatial values.
+//   training: one block per channel (grid-stride over channels); f32 batch statistics from two passes over the
+//     channel's N * spatial values (the mean, then the sum of squared deviations), then a third pass that
+//     normalizes; thread 0 saves the statistics and updates the running ones.
+#include <algorithm>
+
+#include "kernels/batchnorm/batchnorm.h"
+#include "kernels/common/cuda_common.cuh"
+
+namespace mfuser::kernels {
+
+namespace {
+
+using namespace cuda_detail;
+
+constexpr int kThreads = 256;
+
+// x and out may be the same memory (each element is read, then written, by one thread).
+template <class T>
+__global__ void batchnorm_kernel(const T* x, const T* __restrict__ running_mean, const T* __restrict__ running_var,
+                                 const T* __restrict__ weight, const T* __restrict__ bias, T* out, int64_t planes,
+                                 int64_t channels, int64_t spatial, float eps) {
+  for (int64_t plane = blockIdx.y; plane < planes; plane += gridDim.y) {
+    const int64_t c = plane % channels;
+    const float mean = to_float(running_mean[c]), shift = to_float(bias[c]);
+    const float scale = to_float(weight[c]) / sqrtf(to_float(running_var[c]) + eps);
+    const T* xp = x + plane * spatial;
+    T* yp = out + plane * spatial;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < spatial; i += int64_t(gridDim.x) * blockDim.x)
+      yp[i] = from_float<T>((to_float(xp[i]) - mean) * scale + shift);
+  }
+}
+
+// Channel c's values: index j in [0, images * spatial) is image j / spatial, position j % spatial.
+struct ChannelView {
+  int64_t channels, spatial, count;
+  __device__ int64_t offset(int64_t c, int64_t j) const { return (j / spatial * channels + c) * spatial + j % spatial; }
+};
+
+// running_mean / running_var: null when not tracked. Statistics are f32 whatever T is.
+// x and out may be the same memory: each element is read and written by the same thread, and every read of
+// the channel's first value (the shift) happens before the barrier of the first block_sum.
+template <class T>
+__global__ void batchnorm_train_kernel(const T* x, const T* __restrict__ weight, const T* __restrict__ bias, T* out,
+                                       ChannelView view, float momentum, float eps, float* __restrict__ running_mean,
+                                       float* __restrict__ running_var, float* __restrict__ save_mean,
+                                       float* __restrict__ save_rstd) {
+  __shared__ float scratch[32];
+  for (int64_t c = blockIdx.x; c < view.channels; c += gridDim.x) {
+    // Sums of x - x[first value] (see layernorm.cu): no digits lost when |mean| >> std.
+    const float shift = to_float(x[view.offset(c, 0)]);
+    float sum = 0.f;
+    for (int64_t j = threadIdx.x; j < view.count; j += blockDim.x) sum += to_float(x[view.offset(c, j)]) - shift;
+    const float shifted_mean = block_sum(sum, scratch) / float(view.count);
+    float squares = 0.f;
+    for (int64_t j = threadIdx.x; j < view.count; j += blockDim.x) {
+      const float centered = (to_float(x[view.offset(c, j)]) - shift) - shifted_mean;
+      squares += centered * centered;
+    }
+    const float var = block_sum(squares, scratch) / float(view.count);
+    const float rstd = 1.f / sqrtf(var + eps);
+    const float scale = to_float(weight[c]), offset = to_float(bias[c]);
+    for (int64_t j = threadIdx.x; j < view.count; j += blockDim.x) {
+      const int64_t i = view.offset(c, j);
+      out[i] = from_float<T>(((to_float(x[i]) - shift) - shifted_mean) * rstd * scale + offset);
+    }
+    if (threadIdx.x == 0) {
+      const float mean = shift + shifted_mean;
+      save_mean[c] = mean;
+      save_rstd[c] = rstd;
+      if (running_mean) {  // PyTorch's update: the running variance takes the unbiased batch variance
+        const float unbiased = var * (float(view.count) / float(view.count - 1));
+        running_mean[c] = (1.f - momentum) * running_mean[c] + momentum * mean;
+        running_var[c] = (1.f - momentum) * running_var[c] + momentum * unbiased;
+      }
+    }
+  }
+}
+
+// About four values per thread, 32..1024 threads (a multiple of 32, as block_sum needs).
+int threads_for_channel(int64_t count) {
+  const int64_t warps = ceil_div<int64_t>(ceil_div<int64_t>(count, 4), 32);
+  return int(std::clamp<int64_t>(warps, 1, 32) * 32);
+}
+
+float* f32_or_null(const Tensor& t) { return t.defined() ? static_cast<float*>(t.raw_data()) : nullptr; }
+
+}  // namespace
+
+void cuda::batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                     const Tensor& bias, Tensor& out, float eps) {
+  check_cuda_storage("batchnorm", x.dtype(), {&x, &running_mean, &running_var, &weight, &bias, &out});
+  if (x.numel() == 0) return;
+  const int64_t channels = x.dim(1), planes = x.dim(0) * channels, spatial = x.numel() / planes;
+  const dim3 grid(unsigned(std::min<int64_t>(ceil_div<int64_t>(spatial, kThreads), 1024)),
+                  unsigned(std::min<int64_t>(planes, 65535)));
+  with_storage_type("batchnorm", x.dtype(), [&]<class T>() {
+    batchnorm_kernel<T><<<grid, kThreads, 0, stream_of(x)>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<const T*>(running_mean.raw_data()),
+        static_cast<const T*>(running_var.raw_data()), static_cast<const T*>(weight.raw_data()),
+        static_cast<const T*>(bias.raw_data()), static_cast<T*>(out.raw_data()), planes, channels, spatial, eps);
+    MFUSER_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void cuda::batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
+                           Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
+                           float eps) {
+  check_cuda_storage("batchnorm_train", x.dtype(), {&x, &weight, &bias, &out});
+  check_cuda_storage("batchnorm_train", DType::f32, {&running_mean, &running_var, &save_mean, &save_rstd});
+  const int64_t channels = x.dim(1);
+  if (channels == 0) return;
+  const ChannelView view{channels, x.numel() / (x.dim(0) * channels), x.numel() / channels};
+  const unsigned grid = unsigned(std::min<int64_t>(channels, int64_t(1) << 20));
+  with_storage_type("batchnorm_train", x.dtype(), [&]<class T>() {
+    batchnorm_train_kernel<T><<<grid, threads_for_channel(view.count), 0, stream_of(x)>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<const T*>(weight.raw_data()),
+        static_cast<const T*>(bias.raw_data()), static_cast<T*>(out.raw_data()), view, momentum, eps,
+        f32_or_null(running_mean), f32_or_null(running_var), f32_or_null(save_mean), f32_or_null(save_rstd));
+    MFUSER_CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace mfuser::kernels

@@ -1,0 +1,77 @@
+// CUDA conv_transpose2d (stride = kernel): one batched kernels::gemm per group of images computes every tap,
+// taps [O*K*K, H*W] = weight^T [O*K*K, I] @ x [I, H*W], into a scratch tensor; a scatter kernel then moves
+// each tap to its output pixel and adds the bias. The taps never overlap, so nothing is accumulated.
+//
+// Scratch: Tensor::empty on x's device, i.e. the caching allocator. After the first (eager) run the same
+// sizes come back from its cache, so the captured CUDA-graph run calls no cudaMalloc. It holds at most
+// kTapBudget elements (or one image's taps when that is more: the FPN's 2048-channel 64x64 map takes 33.5 M).
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/common/cuda_common.cuh"
+#include "kernels/conv_transpose2d/conv_transpose2d.h"
+#include "kernels/gemm/gemm.h"
+
+namespace mfuser::kernels {
+
+namespace {
+
+using namespace cuda_detail;
+
+constexpr int64_t kTapBudget = int64_t(1) << 25;
+constexpr int kThreads = 256;
+
+
+struct TapGeometry {
+  int64_t out_ch, h;  // output channels, input rows
+  int w, k;           // input columns, kernel = stride
+};
+
+// out[n, o, Y, X] = taps[n][(o*K + Y%K)*K + X%K][(Y/K)*W + X/K] + bias[o], one output row (n, o, Y) per y index.
+template <class T>
+__global__ void scatter_taps_kernel(const T* __restrict__ taps, const T* __restrict__ bias, T* __restrict__ out,
+                                    TapGeometry g, int64_t rows) {
+  const int64_t out_h = g.h * g.k, plane = g.h * g.w;
+  const int out_w = g.w * g.k;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const int64_t n = row / (g.out_ch * out_h), o = row / out_h % g.out_ch, y = row % out_h;
+    const float shift = bias ? to_float(bias[o]) : 0.f;
+    // The taps of this output row: channel o, kernel row y % K, input row y / K.
+    const T* src = taps + (n * g.out_ch * g.k * g.k + (o * g.k + y % g.k) * g.k) * plane + (y / g.k) * g.w;
+    T* dst = out + row * out_w;
+    for (int x = blockIdx.x * blockDim.x + threadIdx.x; x < out_w; x += gridDim.x * blockDim.x)
+      dst[x] = from_float<T>(to_float(src[(x % g.k) * plane + x / g.k]) + shift);
+  }
+}
+
+}  // namespace
+
+void cuda::conv_transpose2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out) {
+  check_cuda_storage("conv_transpose2d", x.dtype(), {&x, &weight, &bias, &out});
+  if (out.numel() == 0) return;
+  const int64_t images = x.dim(0), in_ch = x.dim(1), out_ch = weight.dim(1), k = weight.dim(2);
+  const int64_t pixels = x.dim(2) * x.dim(3), taps = out_ch * k * k;
+  MFUSER_CHECK(out.dim(3) <= INT32_MAX, "conv_transpose2d: ", out.str(), " has too many columns");
+  const TapGeometry g{out_ch, x.dim(2), int(x.dim(3)), int(k)};
+  const int64_t chunk = std::clamp<int64_t>(kTapBudget / (taps * pixels), 1, images);
+  Tensor tap_buffer = Tensor::empty({chunk, taps, pixels}, x.dtype(), x.device());
+  cudaStream_t stream = stream_of(x);
+  // Per image: taps [O*K*K, HW] = weight^T (weight stored [I, O*K*K], shared: stride 0) @ x [I, HW].
+  GemmParams p{.m = taps, .n = pixels, .k = in_ch, .trans_a = true, .stride_a = 0, .stride_b = in_ch * pixels,
+               .stride_c = taps * pixels};
+  for (int64_t n0 = 0; n0 < images; n0 += chunk) {
+    p.batch = std::min(chunk, images - n0);
+    kernels::gemm(weight, x.slice_rows(n0, n0 + p.batch), tap_buffer, p);  // the dispatcher: its checks run too
+    const Tensor out_block = out.slice_rows(n0, n0 + p.batch);
+    const int64_t rows = p.batch * out_ch * out.dim(2);
+    with_storage_type("conv_transpose2d", x.dtype(), [&]<class T>() {
+      scatter_taps_kernel<T><<<row_grid(rows, out.dim(3), kThreads), kThreads, 0, stream>>>(
+          static_cast<const T*>(tap_buffer.raw_data()),
+          bias.defined() ? static_cast<const T*>(bias.raw_data()) : nullptr, static_cast<T*>(out_block.raw_data()),
+          g, rows);
+      MFUSER_CUDA_CHECK_LAUNCH();
+    });
+  }
+}
+
+}  // namespace mfuser::kernels
