@@ -55,29 +55,29 @@ OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu ${GPU_TESTS:+-R "$GPU_TESTS"}
 test_rc=$?
 grep -E "Test +#|tests passed|\[ errors|\[ nodes|FAILED|Failure|error:" "$out/ctest.log" | grep -v "^\s*$" | tail -150
 
+bench_rc=skipped
+if [[ " $skip " != *" bench "* ]]; then
+  echo "== bench ($(elapsed))"
+  model=/tmp/mfuser-bench-vitl-512
+  "$build"/mfuser init --config tools/configs/mfuser_clip_vitl_512.json --out $model --force > /dev/null &&
+    timeout ${BENCH_TIMEOUT:-240} "$build"/mfuser bench --weights $model/model.safetensors --device cuda --runs 10 --top 14 \
+      > "$out/bench.log" 2>&1
+  bench_rc=$?
+  cat "$out/bench.log"
+fi
+
 sanitizer_rc=skipped
 if [[ " $skip " != *" sanitizer "* ]]; then
   echo "== compute-sanitizer on the tiny forward ($(elapsed))"
   sanitizer_rc=0
   for tool in memcheck racecheck; do
     MFUSER_GOLDEN_DIR=$PWD/$build/tests/golden MFUSER_SOURCE_DIR=$PWD OMP_NUM_THREADS=16 \
-      timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
+      timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
       "$build"/tests/mfuser_cuda_test --gtest_filter=MfuserCuda.TinyForwardMatchesCpu > "$out/sanitizer-$tool.log" 2>&1
     rc=$?
     echo "  $tool: rc $rc ($(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$out/sanitizer-$tool.log" | tail -1))"
     [ $rc -eq 0 ] || { sanitizer_rc=$rc; grep -m 20 -E "=========" "$out/sanitizer-$tool.log"; }
   done
-fi
-
-bench_rc=skipped
-if [[ " $skip " != *" bench "* ]]; then
-  echo "== bench ($(elapsed))"
-  model=/tmp/mfuser-bench-vitl-512
-  "$build"/mfuser init --config tools/configs/mfuser_clip_vitl_512.json --out $model --force > /dev/null &&
-    timeout 300 "$build"/mfuser bench --weights $model/model.safetensors --device cuda --runs 10 --top 14 \
-      > "$out/bench.log" 2>&1
-  bench_rc=$?
-  cat "$out/bench.log"
 fi
 
 echo
