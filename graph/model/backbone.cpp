@@ -92,9 +92,9 @@ BackboneStreams build_backbone_embed(Builder& b, const ModelConfig& cfg, ValueId
     const double sh = (double(gh) + 0.1) / double(g0), sw = (double(gw) + 0.1) / double(g0);
     const ValueId rows = b.reshape(dino_pos, {g0 * g0 + 1, c});
     const ValueId grid = resample_grid_rows(
-        b, b.graph().slice_rows(rows, 1, g0 * g0 + 1), g0, gh, gw, p + ".dinov2.pos_embed.grid",
+        b, b.slice_rows(rows, 1, g0 * g0 + 1), g0, gh, gw, p + ".dinov2.pos_embed.grid",
         [sh, sw](const Tensor& src, Tensor& dst) { kernels::resize_bicubic(src, dst, sh, sw); });
-    dino_pos = b.concat({b.graph().slice_rows(rows, 0, 1), grid}, 0, p + ".dinov2.pos_embed.resized");
+    dino_pos = b.concat({b.slice_rows(rows, 0, 1), grid}, 0, p + ".dinov2.pos_embed.resized");
   }
   out.dino_x = b.add(out.dino_x, dino_pos, p + ".dinov2.embedded");
   // dinov2.norm (and mask_token) are in the checkpoint but MFuser never applies them.
@@ -108,8 +108,8 @@ BackboneStreams build_backbone_embed(Builder& b, const ModelConfig& cfg, ValueId
   out.clip_x = prepend_class_token(b, out.clip_x, class_embedding, zeros, p + ".tokens");
   const ValueId pos = b.param(p + ".positional_embedding", {g0 * g0 + 1, c});
   // Upstream adds class_embedding to the class position too, so token 0 gets it twice.
-  const ValueId cls_pos = b.add(b.graph().slice_rows(pos, 0, 1), class_embedding, p + ".cls_pos");
-  ValueId spatial_pos = b.graph().slice_rows(pos, 1, g0 * g0 + 1);
+  const ValueId cls_pos = b.add(b.slice_rows(pos, 0, 1), class_embedding, p + ".cls_pos");
+  ValueId spatial_pos = b.slice_rows(pos, 1, g0 * g0 + 1);
   if (gh != g0 || gw != g0)  // upstream resizes at every forward; at the stored grid that is an exact copy
     spatial_pos = resample_grid_rows(b, spatial_pos, g0, gh, gw, p + ".spatial_pos",
                                      [](const Tensor& src, Tensor& dst) { kernels::resize_bilinear(src, dst); });
@@ -166,7 +166,7 @@ BackboneOutputs build_backbone_outputs(Builder& b, const ModelConfig& cfg, const
   const int64_t e = cfg.vision.output_dim;
   x = b.matmul(b.reshape(x, {batch * tokens, c}), b.param(p + ".proj", {c, e}), false, p + ".proj.matmul");
   const auto emb = b.split(b.reshape(x, {batch, tokens, e}), {1, tokens - 1}, 1, p + ".embeddings");
-  out.global_embedding = b.graph().reshape(emb[0], {batch, 1, e}, p + ".global_embedding");
+  out.global_embedding = b.reshape(emb[0], {batch, 1, e}, p + ".global_embedding");
   out.visual_embedding = b.permute(b.reshape(emb[1], {batch, gh, gw, e}), {0, 3, 1, 2}, p + ".visual_embedding");
   return out;
 }

@@ -2,6 +2,7 @@
 
 #include <numeric>
 
+#include "graph/model/grad_rules.h"
 #include "kernels/attention/attention.h"
 #include "kernels/batchnorm/batchnorm.h"
 #include "kernels/cast/cast.h"
@@ -71,9 +72,21 @@ int64_t Builder::stored_dim(const std::string& name, int dim, int64_t fallback) 
   return (*shape)[size_t(d)];
 }
 
+ValueId Builder::add_node(const std::string& op, const std::string& name, std::vector<ValueId> inputs,
+                          const Shape& out, graph::Kernel run, std::optional<DType> dtype) {
+  return g_.add1(op, name, std::move(inputs), {out, dtype.value_or(storage_)}, std::move(run));
+}
+
 ValueId Builder::node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
                       graph::Kernel run, std::optional<DType> dtype) {
-  return g_.add1(op, name, std::move(inputs), {out, dtype.value_or(storage_)}, std::move(run));
+  const std::vector<ValueId> ins = inputs;
+  const ValueId y = add_node(op, name, std::move(inputs), out, std::move(run), dtype);
+  record(ins, {y}, grad::unsupported(y, op));
+  return y;
+}
+
+void Builder::record(std::vector<ValueId> inputs, std::vector<ValueId> outputs, BackwardRule rule) {
+  if (tape_) tape_->record(std::move(inputs), std::move(outputs), std::move(rule));
 }
 
 // ---- dense ----
@@ -95,9 +108,11 @@ ValueId Builder::linear(ValueId x, ValueId weight, ValueId bias, const std::stri
   const bool has_bias = bias != kNoValue;
   std::vector<ValueId> inputs = {x, weight};
   if (has_bias) inputs.push_back(bias);
-  return node("linear", name, inputs, out, [has_bias](Ins in, Outs o) {
+  const ValueId y = add_node("linear", name, inputs, out, [has_bias](Ins in, Outs o) {
     kernels::linear(in[0], in[1], optional_input(in, has_bias, 2), o[0]);
   });
+  record(inputs, {y}, grad::linear(x, weight, bias, y));
+  return y;
 }
 
 ValueId Builder::matmul(ValueId x, ValueId y, bool transpose_b, const std::string& name, float alpha) {
@@ -122,7 +137,9 @@ ValueId Builder::matmul(ValueId x, ValueId y, bool transpose_b, const std::strin
   p.stride_a = m * k;
   p.stride_b = k * n;
   p.stride_c = m * n;
-  return node("matmul", name, {x, y}, out, [p](Ins in, Outs o) { kernels::gemm(in[0], in[1], o[0], p); });
+  const ValueId z = add_node("matmul", name, {x, y}, out, [p](Ins in, Outs o) { kernels::gemm(in[0], in[1], o[0], p); });
+  record({x, y}, {z}, grad::matmul(x, y, z, p));
+  return z;
 }
 
 // ---- normalization ----
@@ -131,16 +148,21 @@ ValueId Builder::layernorm(ValueId x, const std::string& prefix, float eps, cons
   const int64_t c = shape(x)[-1];
   const ValueId w = param(prefix + ".weight", {c});
   const ValueId b = param(prefix + ".bias", {c});
-  return node("layernorm", name.empty() ? prefix : name, {x, w, b}, shape(x),
-              [eps](Ins in, Outs o) { kernels::layernorm(in[0], in[1], in[2], o[0], eps); });
+  const ValueId y = add_node("layernorm", name.empty() ? prefix : name, {x, w, b}, shape(x),
+                             [eps](Ins in, Outs o) { kernels::layernorm(in[0], in[1], in[2], o[0], eps); });
+  record({x, w, b}, {y}, grad::layernorm(x, w, b, y, eps));
+  return y;
 }
 
 ValueId Builder::groupnorm(ValueId x, const std::string& prefix, int num_groups, float eps) {
   const int64_t c = shape(x)[1];
   const ValueId w = param(prefix + ".weight", {c});
   const ValueId b = param(prefix + ".bias", {c});
-  return node("groupnorm", prefix, {x, w, b}, shape(x),
-              [num_groups, eps](Ins in, Outs o) { kernels::groupnorm(in[0], in[1], in[2], o[0], num_groups, eps); });
+  const ValueId y = add_node("groupnorm", prefix, {x, w, b}, shape(x), [num_groups, eps](Ins in, Outs o) {
+    kernels::groupnorm(in[0], in[1], in[2], o[0], num_groups, eps);
+  });
+  record({x, w, b}, {y}, grad::groupnorm(x, w, b, y, num_groups, eps));
+  return y;
 }
 
 ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
@@ -150,45 +172,61 @@ ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
   const ValueId w = param(prefix + ".weight", {c});
   const ValueId b = param(prefix + ".bias", {c});
   w_.ignore(prefix + ".num_batches_tracked", {}, DType::i64);  // a training counter, unused at inference
-  return node("batchnorm", prefix, {x, mean, var, w, b}, shape(x),
+  return add_node("batchnorm", prefix, {x, mean, var, w, b}, shape(x),
               [eps](Ins in, Outs o) { kernels::batchnorm(in[0], in[1], in[2], in[3], in[4], o[0], eps); });
 }
 
 ValueId Builder::rmsnorm_gated(ValueId x, ValueId z, const std::string& prefix, float eps) {
   const ValueId w = param(prefix + ".weight", {shape(x)[-1]});
-  return node("rmsnorm_gated", prefix, {x, z, w}, shape(x),
-              [eps](Ins in, Outs o) { kernels::rmsnorm_gated(in[0], in[1], in[2], o[0], eps); });
+  const ValueId y = add_node("rmsnorm_gated", prefix, {x, z, w}, shape(x),
+                             [eps](Ins in, Outs o) { kernels::rmsnorm_gated(in[0], in[1], in[2], o[0], eps); });
+  record({x, z, w}, {y}, grad::rmsnorm_gated(x, z, w, y, eps));
+  return y;
 }
 
 ValueId Builder::l2norm(ValueId x, int dim, const std::string& name) {
-  return node("l2norm", name, {x}, shape(x), [dim](Ins in, Outs o) { kernels::l2norm(in[0], o[0], dim); });
+  const ValueId y = add_node("l2norm", name, {x}, shape(x), [dim](Ins in, Outs o) { kernels::l2norm(in[0], o[0], dim); });
+  record({x}, {y}, grad::l2norm(x, y, dim));
+  return y;
 }
 
 // ---- elementwise ----
 
 ValueId Builder::activation(ValueId x, kernels::Activation kind, const std::string& name) {
-  return node("activation", name, {x}, shape(x), [kind](Ins in, Outs o) { kernels::activation(in[0], o[0], kind); });
+  const ValueId y =
+      add_node("activation", name, {x}, shape(x), [kind](Ins in, Outs o) { kernels::activation(in[0], o[0], kind); });
+  record({x}, {y}, grad::activation(x, y, kind));
+  return y;
 }
 
 ValueId Builder::add(ValueId a, ValueId b, const std::string& name) {
-  return node("add", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::add(in[0], in[1], o[0]); });
+  const ValueId y = add_node("add", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::add(in[0], in[1], o[0]); });
+  record({a, b}, {y}, grad::add(a, b, y));
+  return y;
 }
 
 ValueId Builder::mul(ValueId a, ValueId b, const std::string& name) {
-  return node("mul", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::mul(in[0], in[1], o[0]); });
+  const ValueId y = add_node("mul", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::mul(in[0], in[1], o[0]); });
+  record({a, b}, {y}, grad::mul(a, b, y));
+  return y;
 }
 
 ValueId Builder::scale(ValueId x, float factor, const std::string& name, float bias) {
-  return node("scale", name, {x}, shape(x),
-              [factor, bias](Ins in, Outs o) { kernels::scale(in[0], o[0], factor, bias); });
+  const ValueId y = add_node("scale", name, {x}, shape(x),
+                             [factor, bias](Ins in, Outs o) { kernels::scale(in[0], o[0], factor, bias); });
+  record({x}, {y}, grad::scale(x, y, factor));
+  return y;
 }
 
 ValueId Builder::softmax(ValueId x, ValueId mask, const std::string& name) {
   const bool has_mask = mask != kNoValue;
   std::vector<ValueId> inputs = {x};
   if (has_mask) inputs.push_back(mask);
-  return node("softmax", name, inputs, shape(x),
-              [has_mask](Ins in, Outs o) { kernels::softmax(in[0], optional_input(in, has_mask, 1), o[0]); });
+  const ValueId y = add_node("softmax", name, inputs, shape(x), [has_mask](Ins in, Outs o) {
+    kernels::softmax(in[0], optional_input(in, has_mask, 1), o[0]);
+  });
+  record({x}, {y}, grad::softmax(x, mask, y));
+  return y;
 }
 
 // ---- attention ----
@@ -199,10 +237,12 @@ ValueId Builder::attention(ValueId q, ValueId k, ValueId v, const std::string& n
   std::vector<ValueId> inputs = {q, k, v};
   if (has_bool) inputs.push_back(bool_mask);
   if (has_float) inputs.push_back(float_mask);
-  return node("attention", name, inputs, shape(q), [causal, has_bool, has_float](Ins in, Outs o) {
+  const ValueId y = add_node("attention", name, inputs, shape(q), [causal, has_bool, has_float](Ins in, Outs o) {
     kernels::attention(in[0], in[1], in[2], o[0], causal, optional_input(in, has_bool, 3),
                        optional_input(in, has_float, has_bool ? 4 : 3));
   });
+  record({q, k, v}, {y}, grad::attention(q, k, v, y, causal, bool_mask, float_mask));
+  return y;
 }
 
 // ---- convolution and resampling ----
@@ -215,9 +255,12 @@ ValueId Builder::conv2d(ValueId x, const std::string& prefix, int64_t out_channe
   const int64_t oh = (xs[2] + 2 * padding - kernel) / stride + 1, ow = (xs[3] + 2 * padding - kernel) / stride + 1;
   std::vector<ValueId> inputs = {x, w};
   if (has_bias) inputs.push_back(b);
-  return node("conv2d", prefix, inputs, {xs[0], out_channels, oh, ow}, [has_bias, stride, padding](Ins in, Outs o) {
-    kernels::conv2d(in[0], in[1], optional_input(in, has_bias, 2), o[0], stride, padding);
-  });
+  const ValueId y =
+      add_node("conv2d", prefix, inputs, {xs[0], out_channels, oh, ow}, [has_bias, stride, padding](Ins in, Outs o) {
+        kernels::conv2d(in[0], in[1], optional_input(in, has_bias, 2), o[0], stride, padding);
+      });
+  record(inputs, {y}, grad::conv2d(x, w, b, y, stride, padding));
+  return y;
 }
 
 ValueId Builder::conv_transpose2d(ValueId x, const std::string& prefix, int64_t out_channels, bool has_bias) {
@@ -226,22 +269,28 @@ ValueId Builder::conv_transpose2d(ValueId x, const std::string& prefix, int64_t 
   const ValueId b = has_bias ? param(prefix + ".bias", {out_channels}) : kNoValue;
   std::vector<ValueId> inputs = {x, w};
   if (has_bias) inputs.push_back(b);
-  return node("conv_transpose2d", prefix, inputs, {xs[0], out_channels, 2 * xs[2], 2 * xs[3]},
-              [has_bias](Ins in, Outs o) {
-                kernels::conv_transpose2d(in[0], in[1], optional_input(in, has_bias, 2), o[0]);
-              });
+  const ValueId y = add_node("conv_transpose2d", prefix, inputs, {xs[0], out_channels, 2 * xs[2], 2 * xs[3]},
+                             [has_bias](Ins in, Outs o) {
+                               kernels::conv_transpose2d(in[0], in[1], optional_input(in, has_bias, 2), o[0]);
+                             });
+  record(inputs, {y}, grad::conv_transpose2d(x, w, b, y));
+  return y;
 }
 
 ValueId Builder::maxpool2d(ValueId x, const std::string& name) {
   const Shape xs = shape(x);
-  return node("maxpool2d", name, {x}, {xs[0], xs[1], xs[2] / 2, xs[3] / 2},
-              [](Ins in, Outs o) { kernels::maxpool2d(in[0], o[0]); });
+  const ValueId y = add_node("maxpool2d", name, {x}, {xs[0], xs[1], xs[2] / 2, xs[3] / 2},
+                             [](Ins in, Outs o) { kernels::maxpool2d(in[0], o[0]); });
+  record({x}, {y}, grad::maxpool2d(x, y));
+  return y;
 }
 
 ValueId Builder::resize_bilinear(ValueId x, int64_t height, int64_t width, const std::string& name) {
   const Shape xs = shape(x);
-  return node("resize_bilinear", name, {x}, {xs[0], xs[1], height, width},
-              [](Ins in, Outs o) { kernels::resize_bilinear(in[0], o[0]); });
+  const ValueId y = add_node("resize_bilinear", name, {x}, {xs[0], xs[1], height, width},
+                             [](Ins in, Outs o) { kernels::resize_bilinear(in[0], o[0]); });
+  record({x}, {y}, grad::resize_bilinear(x, y));
+  return y;
 }
 
 // ---- sequence models ----
@@ -249,11 +298,14 @@ ValueId Builder::resize_bilinear(ValueId x, int64_t height, int64_t width, const
 ValueId Builder::dwconv1d(ValueId x, const std::string& prefix, int kernel, bool has_bias) {
   const int64_t c = shape(x)[-1];
   const ValueId w = param(prefix + ".weight", {c, 1, kernel});
+  const ValueId bias = has_bias ? param(prefix + ".bias", {c}) : kNoValue;
   std::vector<ValueId> inputs = {x, w};
-  if (has_bias) inputs.push_back(param(prefix + ".bias", {c}));
-  return node("dwconv1d", prefix, inputs, shape(x), [has_bias](Ins in, Outs o) {
+  if (has_bias) inputs.push_back(bias);
+  const ValueId y = add_node("dwconv1d", prefix, inputs, shape(x), [has_bias](Ins in, Outs o) {
     kernels::dwconv1d(in[0], in[1], optional_input(in, has_bias, 2), o[0]);
   });
+  record(inputs, {y}, grad::dwconv1d(x, w, bias, y));
+  return y;
 }
 
 ValueId Builder::selective_scan(ValueId u, ValueId delta, ValueId A, ValueId Bm, ValueId Cm, ValueId D,
@@ -262,10 +314,12 @@ ValueId Builder::selective_scan(ValueId u, ValueId delta, ValueId A, ValueId Bm,
   std::vector<ValueId> inputs = {u, delta, A, Bm, Cm};
   if (has_d) inputs.push_back(D);
   if (has_bias) inputs.push_back(delta_bias);
-  return node("selective_scan", name, inputs, shape(u), [has_d, has_bias](Ins in, Outs o) {
+  const ValueId y = add_node("selective_scan", name, inputs, shape(u), [has_d, has_bias](Ins in, Outs o) {
     kernels::selective_scan(in[0], in[1], in[2], in[3], in[4], optional_input(in, has_d, 5),
                             optional_input(in, has_bias, has_d ? 6 : 5), o[0], nullptr, /*delta_softplus=*/true);
   });
+  record(inputs, {y}, grad::selective_scan(u, delta, A, Bm, Cm, D, delta_bias, y));
+  return y;
 }
 
 ValueId Builder::msdeform_attn(ValueId value, const std::vector<std::array<int64_t, 2>>& level_shapes,
@@ -282,8 +336,11 @@ ValueId Builder::msdeform_attn(ValueId value, const std::vector<std::array<int64
   const ValueId starts_v = g_.constant(name + ".level_start_index", Tensor::from_vector(starts, {levels}));
   const Shape vs = shape(value);
   const Shape ls = shape(locations);
-  return node("msdeform_attn", name, {value, shapes_v, starts_v, locations, weights}, {vs[0], ls[1], vs[2] * vs[3]},
-              [](Ins in, Outs o) { kernels::msdeform_attn(in[0], in[1], in[2], in[3], in[4], o[0]); });
+  const ValueId y =
+      add_node("msdeform_attn", name, {value, shapes_v, starts_v, locations, weights}, {vs[0], ls[1], vs[2] * vs[3]},
+               [](Ins in, Outs o) { kernels::msdeform_attn(in[0], in[1], in[2], in[3], in[4], o[0]); });
+  record({value, locations, weights}, {y}, grad::msdeform_attn(value, shapes_v, starts_v, locations, weights, y));
+  return y;
 }
 
 ValueId Builder::posenc(int64_t batch, int64_t num_feats, int64_t height, int64_t width, const std::string& name) {
@@ -294,12 +351,26 @@ ValueId Builder::posenc(int64_t batch, int64_t num_feats, int64_t height, int64_
 
 // ---- layout ----
 
+ValueId Builder::reshape(ValueId x, const Shape& shape, const std::string& name) {
+  const ValueId y = g_.reshape(x, shape, name);
+  record({x}, {y}, grad::reshape(x, y));
+  return y;
+}
+
+ValueId Builder::slice_rows(ValueId x, int64_t begin, int64_t end, const std::string& name) {
+  const ValueId y = g_.slice_rows(x, begin, end, name);
+  record({x}, {y}, grad::slice_rows(x, y, begin));
+  return y;
+}
+
 ValueId Builder::permute(ValueId x, std::vector<int> perm, const std::string& name) {
   const Shape xs = shape(x);
   MFUSER_CHECK(int(perm.size()) == xs.ndim(), "permute '", name, "': ", perm.size(), " axes for ", xs.str());
   Shape out = xs;
   for (size_t i = 0; i < perm.size(); ++i) out[int(i)] = xs[perm[i]];
-  return node("permute", name, {x}, out, [perm](Ins in, Outs o) { kernels::permute(in[0], o[0], perm); });
+  const ValueId y = add_node("permute", name, {x}, out, [perm](Ins in, Outs o) { kernels::permute(in[0], o[0], perm); });
+  record({x}, {y}, grad::permute(x, y, perm));
+  return y;
 }
 
 ValueId Builder::concat(const std::vector<ValueId>& xs, int dim, const std::string& name) {
@@ -308,7 +379,9 @@ ValueId Builder::concat(const std::vector<ValueId>& xs, int dim, const std::stri
   const int d = dim < 0 ? dim + out.ndim() : dim;
   out[d] = 0;
   for (ValueId x : xs) out[d] += shape(x)[d];
-  return node("concat", name, xs, out, [d](Ins in, Outs o) { kernels::concat(in, o[0], d); });
+  const ValueId y = add_node("concat", name, xs, out, [d](Ins in, Outs o) { kernels::concat(in, o[0], d); });
+  record(xs, {y}, grad::concat(xs, y, d));
+  return y;
 }
 
 std::vector<ValueId> Builder::split(ValueId x, const std::vector<int64_t>& sizes, int dim, const std::string& name) {
@@ -322,14 +395,19 @@ std::vector<ValueId> Builder::split(ValueId x, const std::vector<int64_t>& sizes
     part[d] = s;
     outs.push_back({part, g_.value(x).dtype});
   }
-  return g_.add("split", name, {x}, outs, [d](Ins in, Outs o) { kernels::split(in[0], o, d); });
+  std::vector<ValueId> parts = g_.add("split", name, {x}, outs, [d](Ins in, Outs o) { kernels::split(in[0], o, d); });
+  record({x}, parts, grad::split(x, parts, d));
+  return parts;
 }
 
 ValueId Builder::embedding(ValueId ids, ValueId table, const std::string& name) {
   const Shape is = shape(ids);
   std::vector<int64_t> dims(is.dims().begin(), is.dims().end());
   dims.push_back(shape(table)[1]);
-  return node("embedding", name, {ids, table}, Shape(dims), [](Ins in, Outs o) { kernels::embedding(in[0], in[1], o[0]); });
+  const ValueId y = add_node("embedding", name, {ids, table}, Shape(dims),
+                             [](Ins in, Outs o) { kernels::embedding(in[0], in[1], o[0]); });
+  record({table}, {y}, grad::embedding(ids, table, y));
+  return y;
 }
 
 }  // namespace mfuser::model

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "graph/graph.h"
+#include "graph/model/backward.h"
 #include "graph/model/weights.h"
 #include "kernels/activation/activation.h"
 
@@ -37,6 +38,13 @@ class Builder {
   Graph& graph() { return g_; }
   WeightStore& weights() { return w_; }
   DType storage() const { return storage_; }
+
+  // Training: with a tape, every op also records its backward rule (backward.h); `training` switches the
+  // ops whose forward differs in training (BatchNorm: batch statistics).
+  void set_tape(Tape* tape) { tape_ = tape; }
+  Tape* tape() const { return tape_; }
+  void set_training(bool training) { training_ = training; }
+  bool training() const { return training_; }
   Shape shape(ValueId v) const { return g_.value(v).shape; }  // a copy: adding values may move the originals
 
   // A weight by its state-dict name, loaded once (a second request returns the same value), in the storage
@@ -99,21 +107,29 @@ class Builder {
   ValueId posenc(int64_t batch, int64_t num_feats, int64_t height, int64_t width, const std::string& name);
 
   // ---- layout ----
-  ValueId reshape(ValueId x, const Shape& shape) { return g_.reshape(x, shape); }
+  // Zero-cost views (graph.h): another shape of the same bytes, rows [begin, end) of dim 0.
+  ValueId reshape(ValueId x, const Shape& shape, const std::string& name = {});
+  ValueId slice_rows(ValueId x, int64_t begin, int64_t end, const std::string& name = {});
   ValueId permute(ValueId x, std::vector<int> perm, const std::string& name);
   ValueId concat(const std::vector<ValueId>& xs, int dim, const std::string& name);
   std::vector<ValueId> split(ValueId x, const std::vector<int64_t>& sizes, int dim, const std::string& name);
   ValueId embedding(ValueId ids, ValueId table, const std::string& name);
 
-  // Appends a node running `run`; the generic form behind every op above, for ops with no helper. The output
-  // is in the storage type unless `dtype` says otherwise.
+  // Appends a node running `run`, for ops with no helper above. The output is in the storage type unless
+  // `dtype` says otherwise. Such a node has no backward rule: a backward through it fails, naming it.
   ValueId node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
                graph::Kernel run, std::optional<DType> dtype = std::nullopt);
 
  private:
+  ValueId add_node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
+                   graph::Kernel run, std::optional<DType> dtype = std::nullopt);
+  void record(std::vector<ValueId> inputs, std::vector<ValueId> outputs, BackwardRule rule);
+
   Graph& g_;
   WeightStore& w_;
   DType storage_;
+  Tape* tape_ = nullptr;
+  bool training_ = false;
 };
 
 }  // namespace mfuser::model

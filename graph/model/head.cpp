@@ -47,7 +47,7 @@ ValueId sine_pos_tokens(Builder& b, int64_t batch, int64_t feats, Level l, const
 
 // Row i of an embedding table [n, C] as a [C] vector (a free view).
 ValueId table_row(Builder& b, ValueId table, int64_t i) {
-  return b.reshape(b.graph().slice_rows(table, i, i + 1), {b.shape(table)[1]});
+  return b.reshape(b.slice_rows(table, i, i + 1), {b.shape(table)[1]});
 }
 
 // mmcv MultiheadAttention: identity + attn(query + query_pos, key + key_pos, value), output named `prefix`.
@@ -173,7 +173,7 @@ PixelDecoderOutputs pixel_decoder(Builder& b, const ModelConfig& cfg, const std:
   std::vector<ValueId> outs;
   for (int i = 0; i < nl; ++i) {
     const Level& l = out.levels[size_t(i)];
-    outs.push_back(b.graph().reshape(flat[size_t(i)], {batch, c, l.h, l.w}, str_cat(p, ".memory.", i)));
+    outs.push_back(b.reshape(flat[size_t(i)], {batch, c, l.h, l.w}, str_cat(p, ".memory.", i)));
   }
 
   // FPN on the remaining higher-resolution inputs: lateral conv + upsampled coarser output, output conv.
@@ -209,7 +209,7 @@ Prediction predict(Builder& b, int j, int64_t classes, ValueId x, ValueId mask_f
   }
   // einsum("bqc,bchw->bqhw")
   const ValueId masks = b.matmul(e, mask_feature, false, tag + ".masks");
-  out.mask = b.graph().reshape(masks, {batch, queries, mask_size.h, mask_size.w}, str_cat(h, ".mask_pred.", j));
+  out.mask = b.reshape(masks, {batch, queries, mask_size.h, mask_size.w}, str_cat(h, ".mask_pred.", j));
   out.attn_mask = kNoValue;
   if (next_level) {
     const ValueId resized = b.resize_bilinear(out.mask, next_level->h, next_level->w, tag + ".resized");
@@ -275,7 +275,7 @@ HeadOutputs build_decode_head(Builder& b, const ModelConfig& cfg, const std::arr
   const ValueId sig = b.activation(b.reshape(pred.mask, {fs[0], b.shape(x)[1], mask_size.size()}),
                                    Activation::sigmoid, h + ".semantic.mask_sigmoid");
   const ValueId sem = b.matmul(cls_t, sig, false, h + ".semantic.flat");
-  out.semantic = b.graph().reshape(sem, {fs[0], classes, mask_size.h, mask_size.w}, h + ".semantic");
+  out.semantic = b.reshape(sem, {fs[0], classes, mask_size.h, mask_size.w}, h + ".semantic");
   return out;
 }
 

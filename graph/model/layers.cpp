@@ -2,7 +2,7 @@
 
 namespace mfuser::model {
 
-ValueId name_output(Builder& b, ValueId x, const std::string& name) { return b.graph().reshape(x, b.shape(x), name); }
+ValueId name_output(Builder& b, ValueId x, const std::string& name) { return b.reshape(x, b.shape(x), name); }
 
 ValueId split_heads(Builder& b, ValueId x, int64_t heads, const std::string& name) {
   const Shape s = b.shape(x);
@@ -25,7 +25,7 @@ ValueId fused_self_attention(Builder& b, ValueId x, ValueId qkv_weight, ValueId 
   const ValueId qkv = b.linear(x, qkv_weight, qkv_bias, name + ".qkv");
   const ValueId t = b.permute(b.reshape(qkv, {s[0], s[1], 3, heads, dh}), {2, 0, 3, 1, 4}, name + ".qkv_t");
   const Shape head_shape{s[0], heads, s[1], dh};
-  const auto part = [&](int64_t i) { return b.reshape(b.graph().slice_rows(t, i, i + 1), head_shape); };
+  const auto part = [&](int64_t i) { return b.reshape(b.slice_rows(t, i, i + 1), head_shape); };
   const ValueId o = b.attention(part(0), part(1), part(2), name + ".sdpa", causal, bool_mask);
   return merge_heads(b, o, name + ".heads_merged");
 }

@@ -1,0 +1,85 @@
+// The backward pass, built into the same graph as more nodes (ggml's way: build_backward_expand).
+//
+// While a Builder with a Tape builds the forward, every op it appends also records a backward rule: a
+// hand-written function (graph/model/grad_rules.h) that, given the gradient of the op's outputs, appends the
+// op's backward-kernel nodes and hands each input its gradient. `build_backward` then
+//   1. marks which values need a gradient: the trainable parameters and everything computed from them;
+//   2. walks the tape in reverse, calling the rule of every entry that has an output gradient and an input
+//      that needs one (gradients nobody needs are never computed: a frozen weight gets no weight gradient,
+//      but the activations flowing through a frozen layer do);
+//   3. sums the contributions of values used more than once (`add` nodes, in tape order, deterministic).
+// Backward nodes are named after their forward node plus ".grad", so errors, NVTX ranges and profiles name
+// them. Forward values a rule reads simply stay alive longer (the planner sees the reads): that is the
+// "saved for backward" memory.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "graph/graph.h"
+
+namespace mfuser::model {
+
+class Builder;
+class GradContext;
+
+using graph::ValueId;
+
+// Appends the backward nodes of one forward op (see GradContext for what it may ask).
+using BackwardRule = std::function<void(GradContext&)>;
+
+struct TapeEntry {
+  std::vector<ValueId> inputs, outputs;  // the forward op's float inputs and outputs
+  BackwardRule rule;
+};
+
+// Forward ops in build order, with their backward rules.
+class Tape {
+ public:
+  void record(std::vector<ValueId> inputs, std::vector<ValueId> outputs, BackwardRule rule) {
+    entries_.push_back({std::move(inputs), std::move(outputs), std::move(rule)});
+  }
+  const std::vector<TapeEntry>& entries() const { return entries_; }
+
+ private:
+  std::vector<TapeEntry> entries_;
+};
+
+// What a rule sees: the gradients of its outputs, which inputs want one, and where to put them.
+class GradContext {
+ public:
+  GradContext(Builder& b, const std::vector<bool>& requires_grad, std::map<ValueId, ValueId>& grads)
+      : b_(b), requires_grad_(requires_grad), grads_(grads) {}
+
+  Builder& builder() { return b_; }
+  // d loss / d `forward_output`, or kNoValue when nothing downstream depends on it (treat as zeros).
+  ValueId grad(ValueId forward_output) const;
+  // Whether `forward_input` needs a gradient (kNoValue inputs never do).
+  bool wants(ValueId forward_input) const;
+  // Adds `grad` (same shape as `forward_input`) to the gradient of `forward_input`.
+  void accumulate(ValueId forward_input, ValueId grad);
+  // The name of a backward node of the forward value `forward`: "<forward name>.grad<suffix>".
+  std::string name(ValueId forward, const std::string& suffix = {}) const;
+
+ private:
+  Builder& b_;
+  const std::vector<bool>& requires_grad_;
+  std::map<ValueId, ValueId>& grads_;
+};
+
+struct Gradients {
+  std::map<ValueId, ValueId> of;  // forward value -> its gradient value, for every value that got one
+  ValueId at(ValueId forward) const;  // throws when `forward` got no gradient
+};
+
+// Appends the backward of everything recorded on `tape` to b's graph. `seeds` are the starting gradients:
+// forward value -> a value holding d loss / d it (a constant 1 for a scalar loss, or any upstream gradient).
+// `wrt` are the values gradients are wanted for (trainable parameters; inputs of interest); they and the
+// values computed from them are the only ones that get gradients. Each gradient of a `wrt` value is marked
+// as a graph output named "grad.<value name>".
+Gradients build_backward(Builder& b, const Tape& tape, const std::map<ValueId, ValueId>& seeds,
+                         const std::vector<ValueId>& wrt);
+
+}  // namespace mfuser::model
