@@ -33,13 +33,20 @@ ValueId build_mvfuser(Builder& b, const ModelConfig& cfg, ValueId x, const std::
   const ValueId delta_t = b.permute(delta, {0, 2, 1}, prefix + ".delta_t");
   const auto bc = b.split(b.permute(dt_bc[1], {0, 2, 1}, prefix + ".bc_t"), {n, n}, 1, prefix + ".bc");
 
-  // A = -exp(A_log) depends on the weights only: computed once here, bound as a constant.
-  const Tensor a_log = b.weights().get(prefix + ".A_log", {half, n});
-  Tensor a = Tensor::empty({half, n}, DType::f32);
-  const float* src = a_log.data<float>();
-  float* dst = a.data<float>();
-  for (int64_t i = 0; i < a.numel(); ++i) dst[i] = -std::exp(src[i]);
-  const ValueId a_v = b.constant(prefix + ".A", std::move(a));
+  // A = -exp(A_log). At inference it depends on the weights only: computed once here, bound as a constant.
+  // In training A_log is a trained parameter, so A is computed in the graph (and differentiated).
+  ValueId a_v = kNoValue;
+  if (b.training()) {
+    const ValueId a_log = b.param(prefix + ".A_log", {half, n});
+    a_v = b.scale(b.activation(a_log, kernels::Activation::exp, prefix + ".A_exp"), -1.f, prefix + ".A");
+  } else {
+    const Tensor a_log = b.weights().get(prefix + ".A_log", {half, n});
+    Tensor a = Tensor::empty({half, n}, DType::f32);
+    const float* src = a_log.data<float>();
+    float* dst = a.data<float>();
+    for (int64_t i = 0; i < a.numel(); ++i) dst[i] = -std::exp(src[i]);
+    a_v = b.constant(prefix + ".A", std::move(a));
+  }
   const ValueId d_skip = b.param(prefix + ".D", {half});
 
   const ValueId y_t = b.selective_scan(u_t, delta_t, a_v, bc[0], bc[1], d_skip, delta_bias, prefix + ".scan");

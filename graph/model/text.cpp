@@ -6,21 +6,16 @@
 
 #include "graph/model/layers.h"
 #include "graph/model/modules.h"
-#include "kernels/layout/layout.h"
 
 namespace mfuser::model {
 
 namespace {
 
-// x [1, ...] repeated n times along dim 0 (torch's expand, materialized).
+// x [1, ...] repeated n times along dim 0 (torch's expand, materialized): a concat of n copies, whose
+// backward sums the copies' gradients.
 ValueId repeat_rows(Builder& b, ValueId x, int64_t n, const std::string& name) {
-  Shape out = b.shape(x);
-  MFUSER_CHECK(out[0] == 1, "repeat_rows '", name, "': ", out.str(), " does not start with 1");
-  out[0] = n;
-  return b.node("repeat", name, {x}, out, [n](std::span<const Tensor> in, std::span<Tensor> o) {
-    const std::vector<Tensor> copies(size_t(n), in[0]);
-    kernels::concat(copies, o[0], 0);
-  });
+  MFUSER_CHECK(b.shape(x)[0] == 1, "repeat_rows '", name, "': ", b.shape(x).str(), " does not start with 1");
+  return b.concat(std::vector<ValueId>(size_t(n), x), 0, name);
 }
 
 // LayerNorm then Linear, the head of memory_proj / text_proj / out_proj (nn.Sequential: .0 LN, .1 Linear).

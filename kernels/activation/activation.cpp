@@ -65,6 +65,7 @@ double derivative(double x, Activation kind) {
       return s * (1.0 - s);
     }
     case Activation::softplus: return x > kSoftplusThreshold ? 1.0 : sigmoid64(x);
+    case Activation::exp: return std::exp(x);
   }
   return 0.0;
 }
@@ -79,6 +80,7 @@ std::string_view activation_name(Activation kind) {
     case Activation::relu: return "relu";
     case Activation::sigmoid: return "sigmoid";
     case Activation::softplus: return "softplus";
+    case Activation::exp: return "exp";
   }
   return "unknown";
 }
@@ -96,6 +98,7 @@ void cpu::activation(const Tensor& x, Tensor& out, Activation kind) {
     case Activation::softplus:
       map(x, out, [](float v) { return v > kSoftplusThreshold ? v : std::log1p(std::exp(v)); });
       break;
+    case Activation::exp: map(x, out, [](float v) { return std::exp(v); }); break;
   }
 }
 

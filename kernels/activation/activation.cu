@@ -36,9 +36,11 @@ struct Apply {
       return x < 0.f ? 0.f : x;  // NaN compares false and passes, as in PyTorch
     } else if constexpr (kind == Activation::sigmoid) {
       return sigmoid(x);
-    } else {
-      static_assert(kind == Activation::softplus);
+    } else if constexpr (kind == Activation::softplus) {
       return x > kSoftplusThreshold ? x : log1pf(expf(x));
+    } else {
+      static_assert(kind == Activation::exp);
+      return expf(x);
     }
   }
 };
@@ -60,6 +62,7 @@ void cuda::activation(const Tensor& x, Tensor& out, Activation kind) {
       case Activation::relu: launch<T, Activation::relu>(x, out); break;
       case Activation::sigmoid: launch<T, Activation::sigmoid>(x, out); break;
       case Activation::softplus: launch<T, Activation::softplus>(x, out); break;
+      case Activation::exp: launch<T, Activation::exp>(x, out); break;
     }
   });
 }

@@ -8,6 +8,7 @@
 //   relu        max(x, 0), NaN stays NaN                  F.relu
 //   sigmoid     1 / (1 + exp(-x))                         torch.sigmoid
 //   softplus    log(1 + exp(x)), and x itself for x > 20  F.softplus(x, beta=1, threshold=20); Mamba's dt
+//   exp         exp(x)                                    torch.exp; Mamba's A = -exp(A_log) when training
 //
 // The reference evaluates each in f32 in a form without cancellation (gelu through erfc, sigmoid through
 // exp of a non-positive argument), so it tracks PyTorch's f64 results to about an ulp; infinities and NaN
@@ -19,6 +20,7 @@
 //   gelu        Phi(x) + x phi(x)                 quick_gelu  s + 1.702 x s (1 - s), s = sigmoid(1.702 x)
 //   silu        s + x s (1 - s), s = sigmoid(x)   relu        0 where x <= 0, else 1 (NaN x passes grad_out)
 //   sigmoid     s (1 - s)                         softplus    sigmoid(x), and 1 for x > 20 (the threshold)
+//   exp         exp(x)
 // evaluated in f64 and rounded once, so the result tracks PyTorch's f64 autograd to about an ulp.
 #pragma once
 
@@ -28,7 +30,7 @@
 
 namespace mfuser::kernels {
 
-enum class Activation { gelu, quick_gelu, silu, relu, sigmoid, softplus };
+enum class Activation { gelu, quick_gelu, silu, relu, sigmoid, softplus, exp };
 
 std::string_view activation_name(Activation kind);
 

@@ -12,6 +12,7 @@ ACTIVATIONS = {
     "relu": F.relu,
     "sigmoid": torch.sigmoid,
     "softplus": lambda x: F.softplus(x, beta=1, threshold=20),
+    "exp": torch.exp,
 }
 
 # Row blocks stored of the real-size gradient: first, middle, last rows.
