@@ -172,8 +172,32 @@ ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
   const ValueId w = param(prefix + ".weight", {c});
   const ValueId b = param(prefix + ".bias", {c});
   w_.ignore(prefix + ".num_batches_tracked", {}, DType::i64);  // a training counter, unused at inference
-  return add_node("batchnorm", prefix, {x, mean, var, w, b}, shape(x),
-              [eps](Ins in, Outs o) { kernels::batchnorm(in[0], in[1], in[2], in[3], in[4], o[0], eps); });
+  if (!training_)  // running statistics; not trained through, so no backward rule is recorded
+    return add_node("batchnorm", prefix, {x, mean, var, w, b}, shape(x),
+                    [eps](Ins in, Outs o) { kernels::batchnorm(in[0], in[1], in[2], in[3], in[4], o[0], eps); });
+  // Training: batch statistics (F.batch_norm(training=True), momentum 0.1 as PyTorch / mmcv). One node writes
+  // out, the batch statistics saved for the backward, and the updated running statistics (f32 [C] copies of
+  // the read-only running-stat weights, updated in place by the kernel), marked as graph outputs for the
+  // trainer to read back.
+  constexpr float kMomentum = 0.1f;
+  const Shape channels{c};
+  const std::vector<ValueId> outs =
+      g_.add("batchnorm_train", prefix, {x, w, b, mean, var},
+             {{shape(x), storage_}, {channels, DType::f32}, {channels, DType::f32}, {channels, DType::f32},
+              {channels, DType::f32}},
+             [eps](Ins in, Outs o) {
+               kernels::cast(in[3], o[3]);  // running stats -> f32 copies (a plain copy when already f32)
+               kernels::cast(in[4], o[4]);
+               kernels::batchnorm_train(in[0], in[1], in[2], o[3], o[4], o[0], o[1], o[2], kMomentum, eps);
+             });
+  // Views naming the outputs (a multi-output node's values are "<prefix>.<k>").
+  const ValueId y = g_.reshape(outs[0], shape(x), prefix);  // named as in eval mode
+  const ValueId save_mean = g_.reshape(outs[1], channels, prefix + ".save_mean");
+  const ValueId save_rstd = g_.reshape(outs[2], channels, prefix + ".save_rstd");
+  g_.mark_output(g_.reshape(outs[3], channels, prefix + ".running_mean.updated"));
+  g_.mark_output(g_.reshape(outs[4], channels, prefix + ".running_var.updated"));
+  record({x, w, b}, {y}, grad::batchnorm_train(x, w, b, y, save_mean, save_rstd));
+  return y;
 }
 
 ValueId Builder::rmsnorm_gated(ValueId x, ValueId z, const std::string& prefix, float eps) {

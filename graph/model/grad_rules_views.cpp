@@ -22,7 +22,7 @@ BackwardRule slice_rows(ValueId x, ValueId out, int64_t begin) {
     const auto zeros = [&](int64_t n, const char* where) {
       Shape s = xs;
       s[0] = n;
-      parts.push_back(b.constant(c.name(out, where), Tensor::zeros(s, DType::f32)));
+      parts.push_back(b.graph().constant(c.name(out, where), Tensor::zeros(s, DType::f32)));  // gradients are f32
     };
     if (begin > 0) zeros(begin, ".zeros_before");
     parts.push_back(c.grad(out));

@@ -39,10 +39,9 @@ ValueId multihead_attention(Builder& b, const std::string& prefix, ValueId query
   if (query == key && key == value) {
     merged = fused_self_attention(b, query, w, bias, heads, prefix, causal, bool_mask);
   } else {
-    Graph& g = b.graph();
     const auto project = [&](ValueId x, int64_t part, const char* tag) {
-      const ValueId y = b.linear(x, g.slice_rows(w, part * c, (part + 1) * c),
-                                 g.slice_rows(bias, part * c, (part + 1) * c), prefix + "." + tag);
+      const ValueId y = b.linear(x, b.slice_rows(w, part * c, (part + 1) * c),
+                                 b.slice_rows(bias, part * c, (part + 1) * c), prefix + "." + tag);
       return split_heads(b, y, heads, prefix + "." + tag + "_heads");
     };
     const ValueId o = b.attention(project(query, 0, "q"), project(key, 1, "k"), project(value, 2, "v"),

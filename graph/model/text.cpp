@@ -82,9 +82,13 @@ ValueId build_text_encoder(Builder& b, const ModelConfig& cfg, ValueId token_ids
     x = clip_residual_block(b, x, t.heads, str_cat("text_encoder.transformer.resblocks.", i), /*causal=*/true);
   x = b.layernorm(x, "text_encoder.ln_final", 1e-5f);
 
-  // Gather the EOT rows (an embedding lookup into the flattened tokens), then @ text_projection.
-  const ValueId rows = b.constant("text_encoder.eot_rows", Tensor::from_vector(eot_rows, {classes}));
-  const ValueId eot = b.embedding(rows, b.reshape(x, {classes * len, c}), "text_encoder.eot");
+  // Gather the EOT rows of the flattened tokens (their positions are known at build time: row views joined
+  // by one concat, which carries the gradient back to `contexts` in training), then @ text_projection.
+  const ValueId flat = b.reshape(x, {classes * len, c});
+  std::vector<ValueId> eot_tokens;
+  for (size_t k = 0; k < eot_rows.size(); ++k)
+    eot_tokens.push_back(b.slice_rows(flat, eot_rows[k], eot_rows[k] + 1, str_cat("text_encoder.eot.", k)));
+  const ValueId eot = b.concat(eot_tokens, 0, "text_encoder.eot");
   const ValueId proj = b.param("text_encoder.text_projection", {c, t.embed_dim});
   return b.matmul(b.reshape(eot, {1, classes, c}), b.reshape(proj, {1, c, t.embed_dim}), false, "text_encoder");
 }

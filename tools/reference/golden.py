@@ -417,33 +417,51 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     order = list(rec.order)
 
     train_info = None
+    oracle_fp32_grad_error = OrderedDict()
     if train:
-        model.train()
-        model.set_deterministic(True)
-        rec = Recorder(model, patterns, prefix="train.", input_grads=True)
+        # With float64, the training step too runs on a float64 copy (same float32 weights): the gradients are
+        # the exact function of the stored weights, inputs and point draws, stored as float32.
+        train_model = copy.deepcopy(model).double() if float64 else model
+        train_model.train()
+        train_model.set_deterministic(True)
+        rec = Recorder(train_model, patterns, prefix="train.", input_grads=True)
         extras = OrderedDict()
-        with record_point_draws() as draws, record_after_extract_feat(model, extras, "train."):
-            losses = model(inputs["img"], gt_semantic_seg=inputs["gt_semantic_seg"])
+        with record_point_draws() as draws, record_after_extract_feat(train_model, extras, "train."):
+            losses = train_model(inputs["img"].to(torch.float64 if float64 else torch.float32),
+                                 gt_semantic_seg=inputs["gt_semantic_seg"])
             total = total_loss(losses)
-            model.zero_grad(set_to_none=True)
+            train_model.zero_grad(set_to_none=True)
             total.backward()
         rec.remove()
-        golden.update(rec.outputs)
-        golden.update(extras)
+        golden.update((k, v.float()) for k, v in rec.outputs.items())
+        golden.update((k, v.float()) for k, v in extras.items())
         for k, v in losses.items():
             golden["loss." + k] = torch.as_tensor(v).detach().clone().float()
-        golden["loss.total"] = total.detach().clone()
+        golden["loss.total"] = total.detach().clone().float()
         unused = []
-        for name, p in model.named_parameters():
+        for name, p in train_model.named_parameters():
             if not p.requires_grad:
                 continue
             if p.grad is None:
                 unused.append(name)
-                golden["grad." + name] = torch.zeros_like(p)
+                golden["grad." + name] = torch.zeros_like(p).float()
             else:
-                golden["grad." + name] = p.grad.detach().clone()
+                golden["grad." + name] = p.grad.detach().clone().float()
         for k, v in rec.input_grads.items():
-            golden["input_grad." + k] = v
+            golden["input_grad." + k] = v.float()
+        if float64:
+            # The oracle's own float32 step against the float64 one, per parameter gradient: the rounding noise
+            # an fp32 implementation has on these weights (tests bound theirs by a multiple of it).
+            model.train()
+            model.set_deterministic(True)
+            model.zero_grad(set_to_none=True)
+            total_loss(model(inputs["img"], gt_semantic_seg=inputs["gt_semantic_seg"])).backward()
+            for name, p in model.named_parameters():
+                if p.requires_grad and p.grad is not None:
+                    ref = golden["grad." + name].double()
+                    err = (p.grad.double() - ref).norm() / ref.norm().clamp_min(1e-30)
+                    oracle_fp32_grad_error[name] = float(err)
+            model.zero_grad(set_to_none=True)
         n_draws = 0
         for r in draws:
             for t in r.draws:
@@ -451,7 +469,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
                 n_draws += 1
         train_info = {"losses": {k: float(v) for k, v in losses.items()}, "total": float(total),
                       "unused_trainable": unused, "point_draws": n_draws, "point_seed": point_seed,
-                      "trainable": sum(1 for _, p in model.named_parameters() if p.requires_grad)}
+                      "trainable": sum(1 for _, p in train_model.named_parameters() if p.requires_grad)}
 
     # RMS table and check
     lo, hi = rms_range
@@ -501,6 +519,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
         ("eval_dtype", "float64" if float64 else "float32"),
         ("residual_gain", residual_gain),
         ("oracle_fp32_rel_error", oracle_fp32_error),
+        ("oracle_fp32_grad_rel_error", oracle_fp32_grad_error),
         ("weights", "golden_init_ (see golden.py); constructor values kept for: " + ", ".join(
             sorted({re.sub(r"\.\d+\.", ".N.", k) for k in untouched}))),
         ("modules", order),
@@ -534,7 +553,8 @@ def main(argv=None):
     p.add_argument("--residual-gain", type=float, default=None,
                    help="scale of each backbone layer's residual branches (default: min(1, 4 / layers))")
     p.add_argument("--float64", action="store_true",
-                   help="compute the eval outputs in float64 (stored as float32); weights stay float32")
+                   help="compute the eval outputs and the training step in float64 (stored as float32); weights "
+                        "stay float32")
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = int(os.environ.get("MFUSER_SEED", random.getrandbits(31)))

@@ -83,8 +83,9 @@ class PointRandomness:
 def point_sample(input, points, align_corners=False):
     """mmcv ``point_sample``: bilinear samples of ``input`` [N, C, H, W] at ``points`` [N, P, 2]
     ((x, y) in [0, 1] of the whole map, align_corners=False, zero padding) -> [N, C, P]."""
-    out = F.grid_sample(input, points.unsqueeze(2) * 2.0 - 1.0, mode="bilinear", padding_mode="zeros",
-                        align_corners=align_corners)
+    # the points in the input's dtype (grid_sample wants one dtype): float32 draws sample a float64 map exactly
+    grid = points.to(input.dtype).unsqueeze(2) * 2.0 - 1.0
+    out = F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
     return out.squeeze(3)
 
 

@@ -1,0 +1,58 @@
+// The MFuser-CLIP training step as one graph: the training-mode forward (BatchNorm on batch statistics; the
+// random masks of dropout / drop path are off, see below), the official losses, and the backward of their
+// sum into every trainable parameter (backward.h), each gradient a graph output "grad.<parameter name>".
+//
+// Inputs:
+//   "image"            f32 [B, 3, H, W], CLIP-normalized
+//   "gt_semantic_seg"  i64 [B, H, W], trainIds, 255 = ignore
+//   "points.candidates.<i>" / "points.randoms.<i>" for each decode-head prediction i (decoder_layers + 1):
+//                      uniform [0, 1) draws of the mask losses' point sampling (kernels/mask_loss), drawn
+//                      by the trainer each step (the graph itself is deterministic)
+// Outputs: "loss.total" [1, 1] and its parts, named as the official loss dict ("loss.scr_map.loss_seg",
+// "loss.decode.loss_cls", "loss.decode.d0.loss_mask", ...); "grad.<name>" for every trainable parameter;
+// "<prefix>.running_mean.updated" / "...running_var.updated" of the FPN BatchNorms.
+//
+// Trainable (upstream's freezing): everything but the text encoder and the backbone parameters whose name
+// holds neither "adapter" nor "fpn" (the CLIP and DINOv2 towers). Gradients still flow through the frozen
+// towers' activations to the adapters and, through the text encoder, to `contexts`.
+//
+// Not modelled (yet): dropout (MVFuser proj_drop, the context decoder's) and the CLIP blocks' drop path are
+// active in upstream training; this graph runs them as identities, which is what the gradient parity tests
+// need (the oracle's set_deterministic) and what a deterministic step gives.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "graph/graph.h"
+#include "graph/model/backward.h"
+#include "graph/model/config.h"
+#include "graph/model/weights.h"
+#include "kernels/mask_loss/mask_loss.h"
+
+namespace mfuser::model {
+
+struct TrainingGraph {
+  std::unique_ptr<graph::Graph> graph;
+  ValueId total_loss = graph::kNoValue;
+  std::vector<std::pair<std::string, ValueId>> losses;  // official loss-dict names (without "loss.")
+  std::vector<ValueId> parameters;                      // trainable weights that got a gradient
+  Gradients gradients;
+  kernels::MaskLossConfig mask_loss;  // the decode head's loss settings (sizes of the point inputs)
+  int predictions = 0;                // decode-head predictions with a loss (decoder_layers + 1)
+};
+
+// Upstream's set_trainable, by state-dict name.
+bool is_trainable(std::string_view parameter_name);
+
+// The decode head's loss settings for `cfg` (the official ones: 12544 points, oversample 3, importance
+// 0.75, class weight 0.1 for "no object", loss weights 2 / 5 / 5).
+kernels::MaskLossConfig mask_loss_config(const ModelConfig& cfg);
+
+TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg, int64_t batch, int64_t height,
+                                   int64_t width);
+
+}  // namespace mfuser::model

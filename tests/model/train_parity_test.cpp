@@ -1,0 +1,104 @@
+// One training step of the tiny config against PyTorch autograd (golden.py --train, fresh seed per run): the
+// training graph's losses and the gradient of the total loss for every trainable parameter, with the oracle's
+// recorded point draws fed to the mask losses.
+#include <algorithm>
+#include <cstdio>
+
+#include "graph/executor.h"
+#include "graph/model/training.h"
+#include "loaders/config.h"
+#include "tests/model/parity.h"
+
+namespace mfuser {
+namespace {
+
+using graph::ValueId;
+
+// The oracle's draws, in order, per prediction: one [1, P, 2] per image (ignored by the identity assigner),
+// then, when the batch has positives, [N, S, 2] candidates and [N, R, 2] randoms. Ours are [B*Q, S|R, 2]
+// buffers whose first N rows are used; the rest is filled with the unused remainder (any values do).
+void feed_point_draws(const test::GoldenModel& g, const model::TrainingGraph& t, int64_t batch,
+                      graph::Executor& ex) {
+  int64_t draw = 0;
+  const auto next = [&] { return g.golden->load(str_cat("points.", draw++)); };
+  for (int i = 0; i < t.predictions; ++i) {
+    for (int64_t b = 0; b < batch; ++b) next();
+    for (const char* kind : {"candidates", "randoms"}) {
+      const std::string name = str_cat("points.", kind, ".", i);
+      const Shape shape = t.graph->value(t.graph->at(name)).shape;
+      Tensor buffer = Tensor::zeros(shape, DType::f32);
+      if (g.golden->find(str_cat("points.", draw)) && g.golden->view(str_cat("points.", draw)).dim(1) == shape[1]) {
+        const Tensor d = next();
+        buffer.slice_rows(0, d.dim(0)).copy_from(d);
+      }
+      ex.set_input(name, buffer);
+    }
+  }
+}
+
+TEST(TrainParity, TinyLossesAndGradientsMatchAutograd) {
+  const test::GoldenModel g = test::load_golden_model("tiny_train");
+  SCOPED_TRACE("golden seed " + g.seed);
+  model::WeightStore weights(g.weights_path());
+  const Tensor image = g.inputs->load("img");
+  const int64_t batch = image.dim(0), h = image.dim(2), w = image.dim(3);
+  model::TrainingGraph t = model::build_training_graph(weights, g.config, batch, h, w);
+  graph::Executor ex(*t.graph, Device::cpu());
+  ex.set_input("image", image);
+  ex.set_input("gt_semantic_seg", g.inputs->load("gt_semantic_seg").reshape({batch, h, w}));
+  feed_point_draws(g, t, batch, ex);
+  ex.run();
+
+  // Losses are 0-d in the oracle, [1] here: compared element by element.
+  const auto expect_loss = [&](const std::string& name, const Tensor& ours) {
+    const Tensor ref = g.golden->view("loss." + name);
+    ASSERT_EQ(ref.numel(), 1) << name;
+    const test::ErrorStats e = test::compare(ours, ref);
+    std::printf("[ loss     ] %-28s %12.6g  rel %.2e\n", name.c_str(), test::value_at(ours, 0), e.rel_l2);
+    EXPECT_LE(e.rel_l2, 1e-5) << name;
+  };
+  for (const auto& [name, value] : t.losses) expect_loss(name, ex.get(t.graph->value(value).name));
+  expect_loss("total", ex.get("loss.total"));
+
+  // Every trainable parameter of the oracle has a gradient here (or is unused on both sides: zero there),
+  // within 1e-4 relative of the float64 oracle, or within 3x the oracle's own float32 error on that
+  // gradient where that is larger (a deep chain's f32 rounding, e.g. through the first adapters).
+  const nlohmann::json oracle_fp32 =
+      Config::load(g.dir + "/manifest.json").section("oracle_fp32_grad_rel_error").json();
+  double worst = 0, worst_ratio = 0;
+  std::string worst_name;
+  int compared = 0;
+  for (const SafetensorsEntry& e : g.golden->entries()) {
+    if (!e.name.starts_with("grad.")) continue;
+    const std::string param = e.name.substr(5);
+    if (t.graph->find(e.name) == graph::kNoValue) {
+      EXPECT_EQ(test::compare(g.golden->view(e.name), Tensor::zeros(Shape(std::span(e.shape)), DType::f32)).max_abs, 0.0)
+          << param << " has a gradient in the oracle but none here";
+      continue;
+    }
+    const Tensor ref = g.golden->view(e.name);
+    const test::ErrorStats err = test::compare(ex.get(e.name), ref);
+    ++compared;
+    // A bias right before a batch-statistics BatchNorm has exactly zero gradient (the mean is subtracted):
+    // both sides hold rounding noise there (~1e-8), which only an absolute bound can judge.
+    const double ref_max = test::compare(ref, Tensor::zeros(ref.shape(), DType::f32)).max_abs;
+    if (ref_max < 1e-6) {
+      EXPECT_LE(err.max_abs, 1e-6) << param << " (zero gradient): " << test::describe(err);
+      continue;
+    }
+    const double fp32_noise = oracle_fp32.contains(param) ? oracle_fp32[param].get<double>() : 0.0;
+    if (err.rel_l2 > worst) worst = err.rel_l2, worst_name = param;
+    if (fp32_noise > 0) worst_ratio = std::max(worst_ratio, err.rel_l2 / fp32_noise);
+    EXPECT_LE(err.rel_l2, std::max(1e-4, 3 * fp32_noise))
+        << param << ": " << test::describe(err) << " (PyTorch's own fp32 error " << fp32_noise << ")";
+  }
+  std::printf("[ grads    ] %d parameter gradients compared, worst rel %.2e (%s), at most %.2fx PyTorch's own "
+              "fp32 error\n", compared, worst, worst_name.c_str(), worst_ratio);
+  for (ValueId p : t.parameters)
+    EXPECT_TRUE(g.golden->contains("grad." + t.graph->value(p).name))
+        << t.graph->value(p).name << " is trained here but not in the oracle";
+  EXPECT_EQ(compared, int(t.parameters.size()));
+}
+
+}  // namespace
+}  // namespace mfuser
