@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -20,6 +21,7 @@
 
 #include "graph/executor.h"
 #include "graph/model/mfuser.h"
+#include "graph/model/training.h"
 #include "kernels/cast/cast.h"
 #include "kernels/gemm/gemm.h"
 #include "runtime/log.h"
@@ -35,14 +37,16 @@ struct BenchArgs {
   std::vector<std::string> precisions;  // default: fp32 on the CPU; fp32 and bf16 on CUDA
   int size = 0, threads = 0, runs = 0, oracle_runs = 3, top = 12;
   bool oracle = true;
+  bool train = false;  // time a training step (forward + losses + backward) instead of the forward
 };
 
 constexpr const char* kBenchUsage =
     "usage: mfuser bench --weights FILE.safetensors [--config CONFIG.json] [--device cpu|cuda]\n"
     "                    [--batch N[,N..]] [--precision fp32|bf16|fp32,bf16] [--size PIXELS] [--threads N]\n"
-    "                    [--runs N] [--oracle-runs N] [--top N] [--no-oracle]\n"
+    "                    [--runs N] [--oracle-runs N] [--top N] [--no-oracle] [--train]\n"
     "Times the forward of N crops (default: 1 crop on the CPU; 1 and 18 crops, fp32 and bf16, on CUDA) and the\n"
-    "PyTorch oracle beside it (fp32 eager; bf16 = autocast). --config defaults to config.json next to the\n"
+    "PyTorch oracle beside it (fp32 eager; bf16 = autocast). --train times one training step of 2 crops\n"
+    "(forward, losses, backward) against PyTorch autograd. --config defaults to config.json next to the\n"
     "weights; `mfuser init --config tools/configs/mfuser_clip_vitl_512.json` makes random real-size weights.\n";
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -71,12 +75,16 @@ BenchArgs parse(const std::vector<std::string>& args) {
     else if (k == "--oracle-runs") a.oracle_runs = parse_int(k, value(), 1);
     else if (k == "--top") a.top = parse_int(k, value(), 0);
     else if (k == "--no-oracle") a.oracle = false;
+    else if (k == "--train") a.train = true;
     else MFUSER_CHECK(false, "bench: unknown option '", k, "'\n", kBenchUsage);
   }
   MFUSER_CHECK(!a.weights.empty(), "bench: --weights is required\n", kBenchUsage);
   MFUSER_CHECK(a.device == "cpu" || a.device == "cuda", "bench: --device must be cpu or cuda");
   const bool cuda = a.device == "cuda";
-  if (a.batches.empty()) a.batches = cuda ? std::vector<int>{1, 18} : std::vector<int>{1};
+  if (a.batches.empty()) a.batches = a.train ? std::vector<int>{2} : cuda ? std::vector<int>{1, 18} : std::vector<int>{1};
+  if (a.train && a.precisions.empty()) a.precisions = {"fp32"};
+  MFUSER_CHECK(!a.train || a.precisions == std::vector<std::string>{"fp32"},
+               "bench --train: the backward runs in fp32 (--precision fp32)");
   if (a.precisions.empty()) a.precisions = cuda ? std::vector<std::string>{"fp32", "bf16"} : std::vector<std::string>{"fp32"};
   for (const std::string& p : a.precisions) {
     MFUSER_CHECK(p == "fp32" || p == "bf16", "bench: --precision takes fp32 and/or bf16, got '", p, "'");
@@ -185,16 +193,14 @@ Tensor random_image(int batch, int size) {
   return image;
 }
 
-Measured time_ours(model::MfuserModel& model, const BenchArgs& a, Device device, int batch, int size,
-                   const std::string& precision) {
-  if (device.is_cuda()) cuda::reset_peak(device.index);
-  auto graph = model.build(batch, size, size, precision == "bf16" ? DType::bf16 : DType::f32);
-  graph::Executor executor(*graph, device);
-  executor.set_input("image", random_image(batch, size));
-  executor.run();  // warm-up: library handles, workspaces; on CUDA the second run is captured as a graph
+// Two warm-up runs (library handles and workspaces; on CUDA the second run is captured as a graph), then the
+// median of `runs` timed runs, with the graph's FLOPs and the memory it took.
+Measured measure(const graph::Graph& graph, graph::Executor& executor, Device device, int runs, int batch,
+                 const std::string& precision) {
+  executor.run();
   executor.run();
   std::vector<double> ms;
-  for (int r = 0; r < a.runs; ++r) {
+  for (int r = 0; r < runs; ++r) {
     const auto start = std::chrono::steady_clock::now();
     executor.run();
     ms.push_back(seconds_since(start) * 1e3);
@@ -203,11 +209,20 @@ Measured time_ours(model::MfuserModel& model, const BenchArgs& a, Device device,
   m.batch = batch;
   m.precision = precision;
   m.median_ms = median(ms);
-  m.flops = graph_flops(*graph);
+  m.flops = graph_flops(graph);
   m.peak_bytes = device.is_cuda() ? cuda::memory_stats(device.index).peak : 0;
   m.arena_bytes = executor.plan().arena_bytes;
   m.naive_bytes = executor.plan().naive_bytes;
   return m;
+}
+
+Measured time_ours(model::MfuserModel& model, const BenchArgs& a, Device device, int batch, int size,
+                   const std::string& precision) {
+  if (device.is_cuda()) cuda::reset_peak(device.index);
+  auto graph = model.build(batch, size, size, precision == "bf16" ? DType::bf16 : DType::f32);
+  graph::Executor executor(*graph, device);
+  executor.set_input("image", random_image(batch, size));
+  return measure(*graph, executor, device, a.runs, batch, precision);
 }
 
 // Runs tools/reference/bench_oracle.py for every batch and precision in one process; its JSON (null on
@@ -225,7 +240,8 @@ nlohmann::json run_oracle(const BenchArgs& a, int size, int threads) {
   const std::string script = std::string(MFUSER_SOURCE_DIR) + "/tools/reference/bench_oracle.py";
   const std::string cmd = str_cat("'", python, "' '", script, "' --weights '", a.weights, "' --config '", a.config,
                                   "' --batches ", batches, " --precisions ", precisions, " --size ", size,
-                                  " --threads ", threads, " --runs ", a.oracle_runs, " --device ", a.device, " 2>&1");
+                                  " --threads ", threads, " --runs ", a.oracle_runs, " --device ", a.device,
+                                  a.train ? " --train" : "", " 2>&1");
   std::printf("  running the PyTorch oracle: %s\n", cmd.c_str());
   std::fflush(stdout);
   std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd.c_str(), "r"), pclose);
@@ -251,33 +267,120 @@ const nlohmann::json* oracle_result(const nlohmann::json& oracle, int batch, con
   return nullptr;
 }
 
-void print_breakdown(model::MfuserModel& model, Device device, int batch, int size, const std::string& precision,
-                     int top) {
-  auto graph = model.build(batch, size, size, precision == "bf16" ? DType::bf16 : DType::f32);
-  graph::Executor profiled(*graph, device, {.profile = true});
-  profiled.set_input("image", random_image(batch, size));
+// One run synchronized after every node, its time summed per op kind, the `top` largest printed.
+void print_breakdown(const graph::Graph& graph, Device device, const std::function<void(graph::Executor&)>& bind,
+                     const std::string& what, int top) {
+  graph::Executor profiled(graph, device, {.profile = true});
+  bind(profiled);
   profiled.run();  // warm-up (library workspaces)
   profiled.run();
   std::map<std::string, std::array<double, 3>> by_op;  // seconds, nodes, flops
   double total = 0;
-  for (size_t i = 0; i < graph->nodes().size(); ++i) {
-    auto& [seconds, count, flops] = by_op[graph->nodes()[i].op];
+  for (size_t i = 0; i < graph.nodes().size(); ++i) {
+    auto& [seconds, count, flops] = by_op[graph.nodes()[i].op];
     seconds += profiled.node_seconds()[i];
     count += 1;
-    flops += node_flops(*graph, graph->nodes()[i]);
+    flops += node_flops(graph, graph.nodes()[i]);
     total += profiled.node_seconds()[i];
   }
   std::vector<std::pair<std::string, std::array<double, 3>>> rows(by_op.begin(), by_op.end());
   std::sort(rows.begin(), rows.end(), [](const auto& x, const auto& y) { return x.second[0] > y.second[0]; });
-  std::printf("\n  per-op time of ours, %d crop(s) %s (one run synchronized after every node: %.1f ms in all)\n",
-              batch, precision.c_str(), total * 1e3);
-  std::printf("  %-20s %10s %7s %7s %9s\n", "op", "ms", "share", "nodes", "TFLOP/s");
+  std::printf("\n  per-op time of ours, %s (one run synchronized after every node: %.1f ms in all)\n", what.c_str(),
+              total * 1e3);
+  std::printf("  %-24s %10s %7s %7s %9s\n", "op", "ms", "share", "nodes", "TFLOP/s");
   for (size_t i = 0; i < rows.size() && int(i) < top; ++i) {
     const auto& [seconds, count, flops] = rows[i].second;
-    std::printf("  %-20s %10.2f %6.1f%% %7d", rows[i].first.c_str(), seconds * 1e3, 100 * seconds / total, int(count));
+    std::printf("  %-24s %10.2f %6.1f%% %7d", rows[i].first.c_str(), seconds * 1e3, 100 * seconds / total, int(count));
     if (flops > 0) std::printf(" %9.1f", flops / seconds / 1e12);
     std::printf("\n");
   }
+}
+
+// Uniform [0, 1) host values (the mask losses' point draws), a fixed stream.
+Tensor uniform_host(const Shape& shape, uint64_t seed) {
+  Tensor t = Tensor::empty(shape, DType::f32);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = u(rng);
+  return t;
+}
+
+// Blocky label maps (8x8-pixel regions) over all classes, as the golden data's.
+Tensor random_labels(int batch, int size, int classes) {
+  Tensor t = Tensor::empty({batch, size, size}, DType::i64);
+  std::mt19937 rng(1);
+  const int cells = std::max(1, size / 8);
+  std::vector<int64_t> coarse(size_t(batch * cells * cells));
+  for (int64_t& c : coarse) c = int64_t(rng() % uint32_t(classes));
+  for (int n = 0; n < batch; ++n)
+    for (int y = 0; y < size; ++y)
+      for (int x = 0; x < size; ++x)
+        t.data<int64_t>()[(int64_t(n) * size + y) * size + x] =
+            coarse[size_t((n * cells + std::min(cells - 1, y * cells / size)) * cells + std::min(cells - 1, x * cells / size))];
+  return t;
+}
+
+void bind_training_inputs(graph::Executor& ex, const model::TrainingGraph& t, const model::ModelConfig& config,
+                          int batch, int size) {
+  ex.set_input("image", random_image(batch, size));
+  ex.set_input("gt_semantic_seg", random_labels(batch, size, int(config.num_classes)));
+  for (int i = 0; i < t.predictions; ++i)
+    for (const char* kind : {"candidates", "randoms"}) {
+      const std::string name = str_cat("points.", kind, ".", i);
+      ex.set_input(name, uniform_host(t.graph->value(t.graph->at(name)).shape, uint64_t(i)));
+    }
+}
+
+Measured time_training_step(model::WeightStore& weights, const model::ModelConfig& config, const BenchArgs& a,
+                            Device device, int batch, int size) {
+  if (device.is_cuda()) cuda::reset_peak(device.index);
+  model::TrainingGraph t = model::build_training_graph(weights, config, batch, size, size);
+  graph::Executor executor(*t.graph, device);
+  bind_training_inputs(executor, t, config, batch, size);
+  const Measured m = measure(*t.graph, executor, device, a.runs, batch, "fp32");
+  std::printf("  training graph: %zu nodes, %zu trainable parameters, loss %.4f\n", t.graph->nodes().size(),
+              t.parameters.size(), double(executor.get("loss.total").to(Device::cpu()).data<float>()[0]));
+  return m;
+}
+
+// bench --train: one training step of ours (forward, losses, backward: the gradients of every trainable
+// parameter) beside PyTorch autograd's on the same weights and device.
+int bench_train(const BenchArgs& a, const model::ModelConfig& config, int size, int threads, Device device) {
+  model::WeightStore weights(a.weights);
+  const double gib = 1024.0 * 1024 * 1024;
+  std::vector<Measured> ours;
+  for (int batch : a.batches) {
+    ours.push_back(time_training_step(weights, config, a, device, batch, size));
+    std::printf("  ours: training step of %d crop(s): %.1f ms\n", batch, ours.back().median_ms);
+    std::fflush(stdout);
+  }
+  const nlohmann::json oracle = a.oracle ? run_oracle(a, size, threads) : nlohmann::json();
+  std::printf("\n  %5s | %10s %8s %10s %10s | %11s %9s | %8s\n", "crops", "step ms", "TFLOP/s", "arena GiB",
+              "peak GiB", "PyTorch ms", "peak GiB", "speed-up");
+  for (const Measured& m : ours) {
+    std::printf("  %5d | %10.1f %8.2f %10.2f ", m.batch, m.median_ms, m.flops / (m.median_ms * 1e-3) / 1e12,
+                double(m.arena_bytes) / gib);
+    if (device.is_cuda()) std::printf("%10.2f", double(m.peak_bytes) / gib);
+    else std::printf("%10s", "-");
+    if (const nlohmann::json* r = oracle_result(oracle, m.batch, "fp32")) {
+      const double theirs = (*r)["median_ms"].get<double>();
+      const double peak = device.is_cuda() ? (*r)["peak_cuda_bytes"].get<double>() : oracle["peak_rss_bytes"].get<double>();
+      std::printf(" | %11.1f %9.2f | %7.2fx\n", theirs, peak / gib, theirs / m.median_ms);
+    } else {
+      std::printf(" | %11s %9s | %8s\n", "-", "-", "-");
+    }
+  }
+  std::printf("  FLOPs counted: the matrix work of the forward and backward nodes (%.1f GFLOP per step of %d)\n",
+              ours.front().flops / 1e9, ours.front().batch);
+  std::printf("  memory: ours = the planned activation arena (forward values the backward reads stay in it);\n"
+              "  PyTorch = %s (weights included)\n", device.is_cuda() ? "max_memory_allocated" : "peak RSS");
+  if (a.top > 0) {
+    const int batch = a.batches.front();
+    const model::TrainingGraph t = model::build_training_graph(weights, config, batch, size, size);
+    print_breakdown(*t.graph, device, [&](graph::Executor& ex) { bind_training_inputs(ex, t, config, batch, size); },
+                    str_cat("training step of ", batch, " crop(s)"), a.top);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -290,6 +393,12 @@ int bench(const std::vector<std::string>& args) {
   set_num_threads(threads);
   const Device device = a.device == "cuda" ? Device::cuda() : Device::cpu();
   MFUSER_CHECK(device.is_cpu() || cuda::available(), "bench --device cuda: ", cuda::unavailable_reason());
+  if (a.train) {
+    std::printf("mfuser bench --train: %s\n  training step of 3 x %d x %d crops on %s, %d CPU threads, median of %d "
+                "runs (oracle: %d)\n",
+                config.description.c_str(), size, size, device.str().c_str(), threads, a.runs, a.oracle_runs);
+    return bench_train(a, config, size, threads, device);
+  }
 
   std::printf("mfuser bench: %s\n  crops of 3 x %d x %d on %s%s, %d CPU threads, median of %d runs (oracle: %d)\n",
               config.description.c_str(), size, size, device.str().c_str(),
@@ -348,7 +457,13 @@ int bench(const std::vector<std::string>& args) {
   if (!oracle.is_null() && device.is_cpu())
     std::printf("  PyTorch peak RSS %.2f GiB (weights included)\n", oracle["peak_rss_bytes"].get<double>() / gib);
 
-  if (a.top > 0) print_breakdown(model, device, a.batches.front(), size, a.precisions.back(), a.top);
+  if (a.top > 0) {
+    const int batch = a.batches.front();
+    const std::string& precision = a.precisions.back();
+    auto graph = model.build(batch, size, size, precision == "bf16" ? DType::bf16 : DType::f32);
+    print_breakdown(*graph, device, [&](graph::Executor& ex) { ex.set_input("image", random_image(batch, size)); },
+                    str_cat(batch, " crop(s) ", precision), a.top);
+  }
   return 0;
 }
 

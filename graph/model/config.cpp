@@ -40,7 +40,9 @@ ModelConfig ModelConfig::from(const Config& c) {
   m.decode_head = {h.get<int>("feat_channels"), h.get<int>("num_heads"),      h.get<int>("num_levels"),
                    h.get<int>("num_points"),    h.get<int>("encoder_layers"), h.get<int>("decoder_layers"),
                    h.get<int>("gn_groups"),     h.get<int>("pos_feats"),
-                   h.get_or<int>("encoder_ffn", 2048), h.get_or<int>("decoder_ffn", 2048)};
+                   h.get_or<int>("encoder_ffn", 2048), h.get_or<int>("decoder_ffn", 2048),
+                   h.get_or<int>("train_num_points", 12544), h.get_or<double>("oversample_ratio", 3.0),
+                   h.get_or<double>("importance_sample_ratio", 0.75)};
 
   m.tau = float(c.get_or<double>("tau", 0.07));
   if (c.has("slide")) {

@@ -33,6 +33,9 @@ struct DecodeHeadConfig {
   int encoder_layers = 6, decoder_layers = 9, gn_groups = 32, pos_feats = 128;
   // FFN widths: the checkpoint's shapes decide (see Builder::stored_dim); these serve synthesized weights.
   int encoder_ffn = 2048, decoder_ffn = 2048;
+  // Training loss point sampling (optional JSON keys; the official values by default).
+  int train_num_points = 12544;
+  double oversample_ratio = 3.0, importance_sample_ratio = 0.75;
 };
 
 struct ModelConfig {

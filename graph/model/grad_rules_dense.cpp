@@ -1,6 +1,6 @@
 // Backward rules of the dense and element-wise Builder ops.
 #include "graph/model/builder.h"
-#include "graph/model/grad_rules.h"
+#include "graph/model/grad_rules_util.h"
 #include "kernels/attention/attention.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/gemm/gemm.h"
@@ -17,25 +17,13 @@ using Outs = std::span<Tensor>;
 // alive) only when the weight gradient is wanted.
 BackwardRule linear(ValueId x, ValueId weight, ValueId bias, ValueId y) {
   return [=](GradContext& c) {
-    const bool want_x = c.wants(x), want_w = c.wants(weight), want_b = c.wants(bias);
-    Builder& b = c.builder();
+    const bool want_w = c.wants(weight);
     std::vector<ValueId> inputs = {weight, c.grad(y)};
     if (want_w) inputs.push_back(x);
-    std::vector<graph::OutputSpec> outs;
-    for (auto [wanted, v] : {std::pair{want_x, x}, {want_w, weight}, {want_b, bias}})
-      if (wanted) outs.push_back({b.shape(v), DType::f32});
-    const auto grads = b.graph().add("linear_backward", c.name(y), inputs, outs, [=](Ins in, Outs o) {
-      Tensor none_x, none_w, none_b;
-      size_t k = 0;
-      Tensor& gx = want_x ? o[k++] : none_x;
-      Tensor& gw = want_w ? o[k++] : none_w;
-      Tensor& gb = want_b ? o[k++] : none_b;
-      kernels::linear_backward(want_w ? in[2] : Tensor(), in[0], in[1], gx, gw, gb);
-    });
-    size_t k = 0;
-    if (want_x) c.accumulate(x, grads[k++]);
-    if (want_w) c.accumulate(weight, grads[k++]);
-    if (want_b) c.accumulate(bias, grads[k++]);
+    detail::backward_node(c, "linear_backward", y, inputs, {{x, false}, {weight, false}, {bias, false}},
+                          [want_w](Ins in, detail::Grads& g) {
+                            kernels::linear_backward(want_w ? in[2] : Tensor(), in[0], in[1], g[0], g[1], g[2]);
+                          });
   };
 }
 

@@ -1,7 +1,7 @@
 // Backward rules of the sequence-model Builder ops: the depthwise token conv and the selective scan of the
 // Mamba (MVFuser) block, and the deformable-attention sampling of the pixel decoder.
 #include "graph/model/builder.h"
-#include "graph/model/grad_rules.h"
+#include "graph/model/grad_rules_util.h"
 #include "kernels/dwconv1d/dwconv1d.h"
 #include "kernels/msdeform_attn/msdeform_attn.h"
 #include "kernels/selective_scan/selective_scan.h"
@@ -19,25 +19,13 @@ using Outs = std::span<Tensor>;
 // grad_out; grad_bias just grad_out, and the weight sums computed alongside it are discarded).
 BackwardRule dwconv1d(ValueId x, ValueId weight, ValueId bias, ValueId out) {
   return [=](GradContext& c) {
-    const bool want_x = c.wants(x), want_w = c.wants(weight), want_b = c.wants(bias);
-    Builder& b = c.builder();
+    const bool want_w = c.wants(weight);
     std::vector<ValueId> inputs = {weight, c.grad(out)};
     if (want_w) inputs.push_back(x);
-    std::vector<graph::OutputSpec> outs;
-    for (auto [wanted, v] : {std::pair{want_x, x}, {want_w, weight}, {want_b, bias}})
-      if (wanted) outs.push_back({b.shape(v), DType::f32});
-    const auto grads = b.graph().add("dwconv1d_backward", c.name(out), inputs, outs, [=](Ins in, Outs o) {
-      Tensor none_x, none_w, none_b;
-      size_t k = 0;
-      Tensor& gx = want_x ? o[k++] : none_x;
-      Tensor& gw = want_w ? o[k++] : none_w;
-      Tensor& gb = want_b ? o[k++] : none_b;
-      kernels::dwconv1d_backward(want_w ? in[2] : in[1], in[0], in[1], gx, gw, gb);
-    });
-    size_t k = 0;
-    if (want_x) c.accumulate(x, grads[k++]);
-    if (want_w) c.accumulate(weight, grads[k++]);
-    if (want_b) c.accumulate(bias, grads[k++]);
+    detail::backward_node(c, "dwconv1d_backward", out, inputs, {{x, false}, {weight, false}, {bias, false}},
+                          [want_w](Ins in, detail::Grads& g) {
+                            kernels::dwconv1d_backward(want_w ? in[2] : in[1], in[0], in[1], g[0], g[1], g[2]);
+                          });
   };
 }
 

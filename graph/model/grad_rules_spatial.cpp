@@ -1,6 +1,6 @@
 // Backward rules of the convolution, resampling and layout Builder ops.
 #include "graph/model/builder.h"
-#include "graph/model/grad_rules.h"
+#include "graph/model/grad_rules_util.h"
 #include "kernels/conv2d/conv2d.h"
 #include "kernels/conv_transpose2d/conv_transpose2d.h"
 #include "kernels/layout/layout.h"
@@ -19,26 +19,11 @@ using Outs = std::span<Tensor>;
 template <typename Backward>
 void conv_like(GradContext& c, const char* op, ValueId x, ValueId weight, ValueId bias, ValueId out,
                Backward backward) {
-  const bool want_x = c.wants(x), want_w = c.wants(weight), want_b = c.wants(bias);
-  if (!want_x && !want_w && !want_b) return;
-  Builder& b = c.builder();
-  std::vector<graph::OutputSpec> outs;
-  for (auto [wanted, v] : {std::pair{want_x, x}, {want_w, weight}, {want_b, bias}})
-    if (wanted) outs.push_back({b.shape(v), DType::f32});
+  if (!c.wants(x) && !c.wants(weight) && !c.wants(bias)) return;
   // The kernels read x and weight even for the gradients that do not need them (shapes, argument checks), so
   // both are inputs: x stays alive when only grad_x is wanted, weight when only grad_weight is.
-  const auto grads = b.graph().add(op, c.name(out), {x, weight, c.grad(out)}, outs, [=](Ins in, Outs o) {
-    Tensor none_x, none_w, none_b;
-    size_t k = 0;
-    Tensor& gx = want_x ? o[k++] : none_x;
-    Tensor& gw = want_w ? o[k++] : none_w;
-    Tensor& gb = want_b ? o[k++] : none_b;
-    backward(in[0], in[1], in[2], gx, gw, gb);
-  });
-  size_t k = 0;
-  if (want_x) c.accumulate(x, grads[k++]);
-  if (want_w) c.accumulate(weight, grads[k++]);
-  if (want_b) c.accumulate(bias, grads[k++]);
+  detail::backward_node(c, op, out, {x, weight, c.grad(out)}, {{x, false}, {weight, false}, {bias, false}},
+                        [backward](Ins in, detail::Grads& g) { backward(in[0], in[1], in[2], g[0], g[1], g[2]); });
 }
 
 }  // namespace

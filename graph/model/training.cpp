@@ -19,6 +19,9 @@ kernels::MaskLossConfig mask_loss_config(const ModelConfig& cfg) {
   c.num_classes = cfg.num_classes;
   c.class_weight.assign(size_t(cfg.num_classes), 1.f);
   c.class_weight.push_back(0.1f);  // "no object"
+  c.num_points = cfg.decode_head.train_num_points;
+  c.oversample_ratio = cfg.decode_head.oversample_ratio;
+  c.importance_sample_ratio = cfg.decode_head.importance_sample_ratio;
   return c;
 }
 

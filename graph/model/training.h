@@ -48,8 +48,8 @@ struct TrainingGraph {
 // Upstream's set_trainable, by state-dict name.
 bool is_trainable(std::string_view parameter_name);
 
-// The decode head's loss settings for `cfg` (the official ones: 12544 points, oversample 3, importance
-// 0.75, class weight 0.1 for "no object", loss weights 2 / 5 / 5).
+// The decode head's loss settings for `cfg`: class weight 0.1 for "no object", loss weights 2 / 5 / 5, and the
+// config's point sampling (official: 12544 points, oversample 3, importance 0.75).
 kernels::MaskLossConfig mask_loss_config(const ModelConfig& cfg);
 
 TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg, int64_t batch, int64_t height,

@@ -121,9 +121,9 @@ void cpu::activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& g
 }
 
 void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind) {
-  detail::check_same_f32("activation_backward", x, grad_in);
-  detail::check_same_f32("activation_backward", grad_out, grad_in);
-  MFUSER_CHECK(!x.device().is_cuda(), "activation_backward: no CUDA kernel yet");
+  detail::check_same_float("activation_backward", x, grad_in);
+  detail::check_same_float("activation_backward", grad_out, grad_in);
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::activation_backward(x, grad_out, grad_in, kind));
   cpu::activation_backward(x, grad_out, grad_in, kind);
 }
 

@@ -1,7 +1,7 @@
 // CUDA activations: one element-wise map per kind (elementwise_map.cuh), f32 arithmetic in the same
 // cancellation-free forms as the CPU reference (gelu through erfc, sigmoid through exp of a non-positive
 // argument), with the accurate expf / erfcf / log1pf (no fast-math intrinsics), so NaN and infinities give
-// what PyTorch gives.
+// what PyTorch gives. The backward (grad_out * f'(x)) is one grid-stride kernel per kind, f32 arithmetic.
 #include <cmath>
 
 #include "kernels/activation/activation.h"
@@ -45,9 +45,51 @@ struct Apply {
   }
 };
 
+// f'(x) in f32 (the CPU reference evaluates it in f64: f32 is within a few ulp for these O(1) factors).
+template <Activation kind>
+__device__ __forceinline__ float derivative(float x) {
+  if constexpr (kind == Activation::gelu) {
+    constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+    return 0.5f * erfcf(-x * kInvSqrt2) + x * kInvSqrt2Pi * expf(-0.5f * x * x);
+  } else if constexpr (kind == Activation::quick_gelu || kind == Activation::silu) {
+    constexpr float a = kind == Activation::silu ? 1.f : kQuickGeluScale;
+    const float s = sigmoid(a * x);
+    return s + a * x * s * (1.f - s);
+  } else if constexpr (kind == Activation::relu) {
+    return 1.f;  // x <= 0 is zeroed by the kernel (a NaN x passes grad_out, as in PyTorch)
+  } else if constexpr (kind == Activation::sigmoid) {
+    const float s = sigmoid(x);
+    return s * (1.f - s);
+  } else if constexpr (kind == Activation::softplus) {
+    return x > kSoftplusThreshold ? 1.f : sigmoid(x);
+  } else {
+    static_assert(kind == Activation::exp);
+    return expf(x);
+  }
+}
+
+// grad_in = grad_out * f'(x); grad_in may be grad_out or x (each element is read, then written, by one thread).
 template <class T, Activation kind>
-void launch(const Tensor& x, Tensor& out) {
-  launch_map(device_ptr<T>(x), device_ptr<T>(out), x.numel(), stream_of(x), Apply<kind>{});
+__global__ void activation_backward_kernel(const T* x, const T* grad_out, T* grad_in, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = to_float(x[i]);
+    const float g = kind == Activation::relu && v <= 0.f ? 0.f : to_float(grad_out[i]) * derivative<kind>(v);
+    grad_in[i] = from_float<T>(g);
+  }
+}
+
+// Calls f.template operator()<kind>() with the compile-time constant for `kind`.
+template <class F>
+void with_kind(Activation kind, F&& f) {
+  switch (kind) {
+    case Activation::gelu: f.template operator()<Activation::gelu>(); break;
+    case Activation::quick_gelu: f.template operator()<Activation::quick_gelu>(); break;
+    case Activation::silu: f.template operator()<Activation::silu>(); break;
+    case Activation::relu: f.template operator()<Activation::relu>(); break;
+    case Activation::sigmoid: f.template operator()<Activation::sigmoid>(); break;
+    case Activation::softplus: f.template operator()<Activation::softplus>(); break;
+    case Activation::exp: f.template operator()<Activation::exp>(); break;
+  }
 }
 
 }  // namespace
@@ -55,15 +97,23 @@ void launch(const Tensor& x, Tensor& out) {
 void cuda::activation(const Tensor& x, Tensor& out, Activation kind) {
   check_cuda_storage("activation", x.dtype(), {&x, &out});
   with_storage_type("activation", x.dtype(), [&]<class T>() {
-    switch (kind) {
-      case Activation::gelu: launch<T, Activation::gelu>(x, out); break;
-      case Activation::quick_gelu: launch<T, Activation::quick_gelu>(x, out); break;
-      case Activation::silu: launch<T, Activation::silu>(x, out); break;
-      case Activation::relu: launch<T, Activation::relu>(x, out); break;
-      case Activation::sigmoid: launch<T, Activation::sigmoid>(x, out); break;
-      case Activation::softplus: launch<T, Activation::softplus>(x, out); break;
-      case Activation::exp: launch<T, Activation::exp>(x, out); break;
-    }
+    with_kind(kind, [&]<Activation k>() {
+      launch_map(device_ptr<T>(x), device_ptr<T>(out), x.numel(), stream_of(x), Apply<k>{});
+    });
+  });
+}
+
+void cuda::activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind) {
+  check_cuda_storage("activation_backward", x.dtype(), {&x, &grad_out, &grad_in});
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  constexpr int kThreads = 256;
+  with_storage_type("activation_backward", x.dtype(), [&]<class T>() {
+    with_kind(kind, [&]<Activation k>() {
+      activation_backward_kernel<T, k><<<grid_for(n, kThreads), kThreads, 0, stream_of(x)>>>(
+          device_ptr<T>(x), device_ptr<T>(grad_out), device_ptr<T>(grad_in), n);
+      MFUSER_CUDA_CHECK_LAUNCH();
+    });
   });
 }
 

@@ -1,6 +1,6 @@
 // activation: element-wise nonlinearities, out = f(x), f32 (or bf16 on CUDA: x and out share one dtype; f32
-// arithmetic, one rounding on the store), any shape (x and out of one shape; out may be x). The backward is
-// f32 and CPU only.
+// arithmetic, one rounding on the store), any shape (x and out of one shape; out may be x). The backward too
+// (x, grad_out and grad_in of one dtype and shape).
 //
 //   gelu        x * Phi(x) with the exact erf form        F.gelu(x) (approximate='none'); DINOv2 MLP, FPN
 //   quick_gelu  x * sigmoid(1.702 x)                      CLIP's QuickGELU (its MLPs, the text encoder)
@@ -21,7 +21,8 @@
 //   silu        s + x s (1 - s), s = sigmoid(x)   relu        0 where x <= 0, else 1 (NaN x passes grad_out)
 //   sigmoid     s (1 - s)                         softplus    sigmoid(x), and 1 for x > 20 (the threshold)
 //   exp         exp(x)
-// evaluated in f64 and rounded once, so the result tracks PyTorch's f64 autograd to about an ulp.
+// evaluated in f64 and rounded once on the CPU, so the result tracks PyTorch's f64 autograd to about an ulp;
+// in f32 on CUDA (a few ulp).
 #pragma once
 
 #include <string_view>
@@ -43,6 +44,7 @@ void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_i
 }  // namespace cpu
 namespace cuda {
 void activation(const Tensor& x, Tensor& out, Activation kind);
-}
+void activation_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, Activation kind);
+}  // namespace cuda
 
 }  // namespace mfuser::kernels

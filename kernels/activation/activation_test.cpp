@@ -235,5 +235,39 @@ TEST(ActivationCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::activation_backward(x16, x16, out16, Activation::gelu), Error);  // backward: f32, CPU
 }
 
+// activation_backward on CUDA (f32 derivatives) against the f64 CPU reference, out of place and in place
+// over grad_out; inputs across the softplus threshold and exp's range up to e^25.
+TEST(ActivationCuda, BackwardMatchesCpuForEveryKind) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes) {
+    for (const Shape& shape : {Shape{1}, Shape{31}, Shape{1025, 4096}}) {
+      const Tensor x = test::random_host(shape, dtype, -25.f, 25.f), g = test::random_host(shape, dtype);
+      const Tensor x_cuda = test::to_cuda(x, dtype);
+      for (Activation kind : kAll) {
+        const std::string what = str_cat(kernels::activation_name(kind), "_backward ", shape.str());
+        Tensor ref = Tensor::empty(shape, DType::f32);
+        kernels::cpu::activation_backward(x, g, ref, kind);
+        Tensor out = test::poisoned_cuda(shape, dtype);
+        kernels::activation_backward(x_cuda, test::to_cuda(g, dtype), out, kind);
+        test::expect_cuda_close(out, ref, what);
+        Tensor in_place = test::to_cuda(g, dtype);
+        kernels::activation_backward(x_cuda, in_place, in_place, kind);
+        test::expect_cuda_close(in_place, ref, what + " in place");
+      }
+    }
+  }
+}
+
+TEST(ActivationCuda, BackwardRejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x16 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::bf16);
+  const Tensor g32 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::f32);
+  Tensor out16 = test::poisoned_cuda({4, 6}, DType::bf16), out32 = test::poisoned_cuda({4, 6}, DType::f32);
+  kernels::activation_backward(x16, x16, out16, Activation::gelu);  // the valid baseline
+  EXPECT_THROW(kernels::activation_backward(x16, g32, out16, Activation::gelu), Error);
+  EXPECT_THROW(kernels::activation_backward(x16, x16, out32, Activation::silu), Error);
+}
+
 }  // namespace
 }  // namespace mfuser

@@ -51,15 +51,16 @@ void check_backward_args(const Tensor& q, const Tensor& k, const Tensor& v, cons
                          const Tensor& grad_q, const Tensor& grad_k, const Tensor& grad_v, const Tensor& bool_mask,
                          const Tensor& float_mask, std::optional<float> scale) {
   constexpr const char* op = "attention_backward";
-  check_f32(op, "grad_out", grad_out);
-  check_f32(op, "grad_q", grad_q);
-  check_f32(op, "grad_k", grad_k);
-  check_f32(op, "grad_v", grad_v);
-  // The forward's checks cover q, k, v, the masks and the scale; grad_out stands in for `out` there (so q,
-  // k and v must be f32 like it).
+  // f32 anywhere or bf16 on CUDA, one dtype for every float tensor (gradients in the storage type).
+  check_float(op, "q", q);
+  check_float_like(op, "grad_out", grad_out, q);
+  check_float_like(op, "grad_q", grad_q, q);
+  check_float_like(op, "grad_k", grad_k, q);
+  check_float_like(op, "grad_v", grad_v, q);
+  // The forward's checks cover q, k, v, the masks and the scale; grad_out stands in for `out` there.
   check_args(q, k, v, grad_out, bool_mask, float_mask, scale);
   if (out.defined()) {
-    check_f32(op, "out", out);
+    check_float_like(op, "out", out, q);
     check_shape(op, "out", out, q.shape());
   }
   check_shape(op, "grad_q", grad_q, q.shape());
@@ -197,7 +198,9 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal, const Tensor& bool_mask,
                         const Tensor& float_mask, std::optional<float> scale) {
   check_backward_args(q, k, v, out, grad_out, grad_q, grad_k, grad_v, bool_mask, float_mask, scale);
-  if (q.device().is_cuda()) no_cuda_kernel_yet("attention_backward");
+  if (q.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::attention_backward(q, k, v, out, grad_out, grad_q, grad_k, grad_v, causal,
+                                                       bool_mask, float_mask, scale));
   cpu::attention_backward(q, k, v, out, grad_out, grad_q, grad_k, grad_v, causal, bool_mask, float_mask, scale);
 }
 

@@ -9,6 +9,7 @@
 // Masked keys (causal, boolean mask, past Lk) get the score -inf. While all keys seen so far are masked, the
 // exponentials are taken against 0 instead of the -inf running max, so they come out 0, not NaN; a row whose
 // keys are ALL masked ends with sum 0 and output 0 / 0 = NaN, PyTorch's answer.
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -419,6 +420,327 @@ __global__ void __launch_bounds__(kBf16Threads) attention_bf16_kernel(AttentionA
   }
 }
 
+// ---- backward: two launches, CUDA-core FMAs in f32 for both storage types ----------------------------------
+// Nothing from the forward is saved but (optionally) `out`, so probabilities are recomputed per 64 x 64 tile
+// from q, k and each query row's logsumexp (lse):  P = exp(S - lse),  dP = dO V^T,  dS = P (dP - delta),
+// delta = rowsum(dO * O) = rowsum(P * dP).
+//   query kernel (one block per 64 queries): lse by an online pass over the keys; delta from `out` or by a
+//     second pass; then dQ = scale dS K by a third pass. Writes lse and delta (f32 scratch) for:
+//   key kernel (one block per 64 keys, after it on the stream): dV = P^T dO and dK = scale dS^T Q over every
+//     query tile in order. Each gradient row is owned by one block: no atomics, bitwise reproducible.
+// 256 threads as a 16 x 16 grid (as the f32 forward): thread (ty, tx) computes score elements rows ty + 16 r,
+// columns tx + 16 j (r, j < 4) in registers, so each element's P and dS are formed where its dot product is;
+// row reductions (max, sums) over the 16 threads of a row are shuffles within a half warp (xor 1 ... 8). Row
+// tiles in shared memory are f32 of row stride 16 kDimChunks + 1 (odd: conflict-free column reads), zero-padded
+// past Lq / Lk / d, so padding contributes nothing; padding query rows also get P = 0 explicitly.
+// The key kernel visits every query tile even when causal (masked elements get P = 0), so a row whose keys are
+// all masked (lse = -inf, P = NaN) makes every grad_k / grad_v row NaN, as the contract says.
+constexpr int kBwdThreads = 256;
+constexpr int kBwdScoreLd = kKeyTile + 1;
+static_assert(kQueryTile == kKeyTile && kQueryTile == 64, "the 16 x 16 thread grid covers 64 x 64 tiles");
+
+template <class T>
+struct BackwardArgs {
+  AttentionArgs<T> f;  // q, k, v, masks, sizes, scale, causal, query_tiles (f.out is unused)
+  const T* out;        // the forward's output, or null: delta = rowsum(P * dP) then
+  const T* grad_out;
+  T* grad_q;
+  T* grad_k;
+  T* grad_v;
+  float* lse;    // [B * H * Lq] scratch: written by the query kernel, read by the key kernel
+  float* delta;  // [B * H * Lq] scratch, likewise
+  int key_tiles;
+};
+
+// Shared memory of both kernels: four [64, ld] f32 row tiles and two [64, 65] score tiles, in floats.
+struct BwdLayout {
+  int ld;
+  int tile0, tile1, tile2, tile3, scores0, scores1, size;
+  __host__ __device__ explicit BwdLayout(int dim_chunks) : ld(16 * dim_chunks + 1) {
+    tile0 = 0;
+    tile1 = tile0 + kQueryTile * ld;
+    tile2 = tile1 + kQueryTile * ld;
+    tile3 = tile2 + kQueryTile * ld;
+    scores0 = tile3 + kQueryTile * ld;
+    scores1 = scores0 + kQueryTile * kBwdScoreLd;
+    size = scores1 + kQueryTile * kBwdScoreLd;
+  }
+};
+
+// Rows [row0, row0 + 64) of a row-major [rows, d] matrix as f32 into a [64, ld] tile (width ld - 1), zero past
+// the matrix.
+template <class T>
+__device__ void load_rows_f32(float* tile, int ld, const T* src, int row0, int rows, int d) {
+  const int width = ld - 1;
+  for (int e = threadIdx.x; e < kQueryTile * width; e += kBwdThreads) {
+    const int r = e / width, c = e % width;
+    tile[r * ld + c] = row0 + r < rows && c < d ? to_float(src[int64_t(row0 + r) * d + c]) : 0.f;
+  }
+}
+
+// dot[r][j] = sum_c a[ty + 16 r][c] b[tx + 16 j][c]: this thread's 4 x 4 elements of A B^T.
+__device__ __forceinline__ void tile_dots(const float* a, const float* b, int ld, int d, int ty, int tx,
+                                          float (&dot)[4][4]) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) dot[r][j] = 0.f;
+  for (int c = 0; c < d; ++c) {
+    float av[4], bv[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) av[r] = a[(ty + 16 * r) * ld + c];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) bv[j] = b[(tx + 16 * j) * ld + c];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) dot[r][j] = fmaf(av[r], bv[j], dot[r][j]);
+  }
+}
+
+// acc[r][c] += sum_j s[ty + 16 r][j] m[j][tx + 16 c] over the 64 rows of m (a score tile times a row tile).
+template <int kDimChunks>
+__device__ __forceinline__ void accumulate_product(const float* s, const float* m, int ld, int ty, int tx,
+                                                   float (&acc)[4][kDimChunks]) {
+  for (int j = 0; j < kKeyTile; ++j) {
+    float sv[4], mv[kDimChunks];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) sv[r] = s[(ty + 16 * r) * kBwdScoreLd + j];
+#pragma unroll
+    for (int c = 0; c < kDimChunks; ++c) mv[c] = m[j * ld + tx + 16 * c];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < kDimChunks; ++c) acc[r][c] = fmaf(sv[r], mv[c], acc[r][c]);
+  }
+}
+
+// acc[r][c] += sum_i s[i][ty + 16 r] m[i][tx + 16 c] over the 64 rows of m (a transposed score tile).
+template <int kDimChunks>
+__device__ __forceinline__ void accumulate_transposed_product(const float* s, const float* m, int ld, int ty, int tx,
+                                                              float (&acc)[4][kDimChunks]) {
+  for (int i = 0; i < kQueryTile; ++i) {
+    float sv[4], mv[kDimChunks];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) sv[r] = s[i * kBwdScoreLd + ty + 16 * r];
+#pragma unroll
+    for (int c = 0; c < kDimChunks; ++c) mv[c] = m[i * ld + tx + 16 * c];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int c = 0; c < kDimChunks; ++c) acc[r][c] = fmaf(sv[r], mv[c], acc[r][c]);
+  }
+}
+
+// Sum / max over the 16 threads of one row (lanes tx = 0 ... 15 of a half warp); every one gets the result.
+__device__ __forceinline__ float row_sum16(float v) {
+  for (int offset = 1; offset < 16; offset <<= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ float row_max16(float v) {
+  for (int offset = 1; offset < 16; offset <<= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// P of query i (row lse) for key j from the raw dot product: 0 past Lq and for masked keys; NaN for every key
+// of an all-masked row (lse = -inf), as the CPU reference.
+template <class T>
+__device__ __forceinline__ float probability(const AttentionArgs<T>& a, const RowMasks<T>& m, int i, int j,
+                                             float dot, float lse) {
+  if (i >= a.lq) return 0.f;
+  return expf(masked_score(a, m, i, j, dot) - lse);
+}
+
+template <class T, int kDimChunks>
+__global__ void __launch_bounds__(kBwdThreads) attention_bwd_query_kernel(BackwardArgs<T> g) {
+  extern __shared__ __align__(16) float smem_bwd_q[];
+  const AttentionArgs<T>& a = g.f;
+  const BwdLayout lay(kDimChunks);
+  float* q_tile = smem_bwd_q + lay.tile0;
+  float* do_tile = smem_bwd_q + lay.tile1;
+  float* k_tile = smem_bwd_q + lay.tile2;
+  float* v_tile = smem_bwd_q + lay.tile3;
+  float* ds_tile = smem_bwd_q + lay.scores0;
+
+  const int64_t bh = blockIdx.x / a.query_tiles;
+  const int q0 = int(blockIdx.x % a.query_tiles) * kQueryTile;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16, d = a.d;
+  const T* k = a.k + bh * a.lk * d;
+  const T* v = a.v + bh * a.lk * d;
+  load_rows_f32(q_tile, lay.ld, a.q + bh * a.lq * d, q0, a.lq, d);
+  load_rows_f32(do_tile, lay.ld, g.grad_out + bh * a.lq * d, q0, a.lq, d);
+
+  int query[4];
+  RowMasks<T> masks[4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    query[r] = q0 + ty + 16 * r;
+    masks[r] = row_masks(a, bh, query[r]);
+  }
+  const int keys = key_end(a, q0);
+
+  // Pass 1: lse per row by an online max / sum (exponentials against 0 while every key so far is masked).
+  float lse[4];
+  {
+    float row_max[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, row_sum[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int k0 = 0; k0 < keys; k0 += kKeyTile) {
+      load_rows_f32(k_tile, lay.ld, k, k0, a.lk, d);
+      __syncthreads();
+      float dot[4][4];
+      tile_dots(q_tile, k_tile, lay.ld, d, ty, tx, dot);
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          dot[r][j] = masked_score(a, masks[r], query[r], k0 + tx + 16 * j, dot[r][j]);
+          tile_max = fmaxf(tile_max, dot[r][j]);
+        }
+        const float new_max = fmaxf(row_max[r], row_max16(tile_max));
+        const float reference = new_max == -INFINITY ? 0.f : new_max;
+        float tile_sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) tile_sum += expf(dot[r][j] - reference);
+        row_sum[r] = row_sum[r] * expf(row_max[r] - reference) + row_sum16(tile_sum);
+        row_max[r] = new_max;
+      }
+      __syncthreads();  // the next tile overwrites K
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) lse[r] = row_max[r] == -INFINITY ? -INFINITY : row_max[r] + logf(row_sum[r]);
+  }
+
+  // delta per row: rowsum(dO * O) from the saved output, else pass 2: rowsum(P * dP).
+  float delta[4] = {0.f, 0.f, 0.f, 0.f};
+  if (g.out) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      if (query[r] < a.lq) {
+        const T* o = g.out + (bh * a.lq + query[r]) * d;
+        for (int c = tx; c < d; c += 16) delta[r] = fmaf(do_tile[(ty + 16 * r) * lay.ld + c], to_float(o[c]), delta[r]);
+      }
+      delta[r] = row_sum16(delta[r]);
+    }
+  } else {
+    for (int k0 = 0; k0 < keys; k0 += kKeyTile) {
+      load_rows_f32(k_tile, lay.ld, k, k0, a.lk, d);
+      load_rows_f32(v_tile, lay.ld, v, k0, a.lk, d);
+      __syncthreads();
+      float dot[4][4], dp[4][4];
+      tile_dots(q_tile, k_tile, lay.ld, d, ty, tx, dot);
+      tile_dots(do_tile, v_tile, lay.ld, d, ty, tx, dp);
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          delta[r] = fmaf(probability(a, masks[r], query[r], k0 + tx + 16 * j, dot[r][j], lse[r]), dp[r][j], delta[r]);
+      __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) delta[r] = row_sum16(delta[r]);
+  }
+  if (tx == 0) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      if (query[r] < a.lq) {
+        g.lse[bh * a.lq + query[r]] = lse[r];
+        g.delta[bh * a.lq + query[r]] = delta[r];
+      }
+  }
+
+  // Pass 3: dQ = scale sum_j dS K.
+  float acc[4][kDimChunks] = {};
+  for (int k0 = 0; k0 < keys; k0 += kKeyTile) {
+    load_rows_f32(k_tile, lay.ld, k, k0, a.lk, d);
+    load_rows_f32(v_tile, lay.ld, v, k0, a.lk, d);
+    __syncthreads();
+    float dot[4][4], dp[4][4];
+    tile_dots(q_tile, k_tile, lay.ld, d, ty, tx, dot);
+    tile_dots(do_tile, v_tile, lay.ld, d, ty, tx, dp);
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float p = probability(a, masks[r], query[r], k0 + tx + 16 * j, dot[r][j], lse[r]);
+        ds_tile[(ty + 16 * r) * kBwdScoreLd + tx + 16 * j] = p * (dp[r][j] - delta[r]);
+      }
+    __syncthreads();
+    accumulate_product<kDimChunks>(ds_tile, k_tile, lay.ld, ty, tx, acc);
+    __syncthreads();  // the next tile overwrites K, V and dS
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    if (query[r] >= a.lq) continue;
+    T* dq = g.grad_q + (bh * a.lq + query[r]) * d;
+#pragma unroll
+    for (int c = 0; c < kDimChunks; ++c)
+      if (tx + 16 * c < d) dq[tx + 16 * c] = from_float<T>(acc[r][c] * a.scale);
+  }
+}
+
+template <class T, int kDimChunks>
+__global__ void __launch_bounds__(kBwdThreads) attention_bwd_key_kernel(BackwardArgs<T> g) {
+  extern __shared__ __align__(16) float smem_bwd_k[];
+  const AttentionArgs<T>& a = g.f;
+  const BwdLayout lay(kDimChunks);
+  float* k_tile = smem_bwd_k + lay.tile0;
+  float* v_tile = smem_bwd_k + lay.tile1;
+  float* q_tile = smem_bwd_k + lay.tile2;
+  float* do_tile = smem_bwd_k + lay.tile3;
+  float* p_tile = smem_bwd_k + lay.scores0;
+  float* ds_tile = smem_bwd_k + lay.scores1;
+
+  const int64_t bh = blockIdx.x / g.key_tiles;
+  const int k0 = int(blockIdx.x % g.key_tiles) * kKeyTile;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16, d = a.d;
+  const T* q = a.q + bh * a.lq * d;
+  const T* dout = g.grad_out + bh * a.lq * d;
+  load_rows_f32(k_tile, lay.ld, a.k + bh * a.lk * d, k0, a.lk, d);
+  load_rows_f32(v_tile, lay.ld, a.v + bh * a.lk * d, k0, a.lk, d);
+
+  float dk[4][kDimChunks] = {}, dv[4][kDimChunks] = {};
+  for (int q0 = 0; q0 < a.lq; q0 += kQueryTile) {
+    load_rows_f32(q_tile, lay.ld, q, q0, a.lq, d);
+    load_rows_f32(do_tile, lay.ld, dout, q0, a.lq, d);
+    __syncthreads();
+    // Score elements: query rows ty + 16 r of this query tile, key columns tx + 16 j of this block's keys.
+    float dot[4][4], dp[4][4];
+    tile_dots(q_tile, k_tile, lay.ld, d, ty, tx, dot);
+    tile_dots(do_tile, v_tile, lay.ld, d, ty, tx, dp);
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = q0 + ty + 16 * r;
+      const RowMasks<T> masks = row_masks(a, bh, i);
+      const float lse = i < a.lq ? g.lse[bh * a.lq + i] : 0.f;
+      const float delta = i < a.lq ? g.delta[bh * a.lq + i] : 0.f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float p = probability(a, masks, i, k0 + tx + 16 * j, dot[r][j], lse);
+        p_tile[(ty + 16 * r) * kBwdScoreLd + tx + 16 * j] = p;
+        ds_tile[(ty + 16 * r) * kBwdScoreLd + tx + 16 * j] = p * (dp[r][j] - delta);
+      }
+    }
+    __syncthreads();
+    // This thread's gradient rows are keys ty + 16 r, dims tx + 16 c.
+    accumulate_transposed_product<kDimChunks>(p_tile, do_tile, lay.ld, ty, tx, dv);
+    accumulate_transposed_product<kDimChunks>(ds_tile, q_tile, lay.ld, ty, tx, dk);
+    __syncthreads();  // the next query tile overwrites Q, dO, P and dS
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int j = k0 + ty + 16 * r;
+    if (j >= a.lk) continue;
+    T* gk = g.grad_k + (bh * a.lk + j) * d;
+    T* gv = g.grad_v + (bh * a.lk + j) * d;
+#pragma unroll
+    for (int c = 0; c < kDimChunks; ++c)
+      if (tx + 16 * c < d) {
+        gk[tx + 16 * c] = from_float<T>(dk[r][c] * a.scale);
+        gv[tx + 16 * c] = from_float<T>(dv[r][c]);
+      }
+  }
+}
+
 // ---- launch -----------------------------------------------------------------------------------------------
 
 // Dynamic shared memory beyond 48 KB must be allowed per kernel (and device) before the launch; cheap, and
@@ -496,6 +818,56 @@ void cuda::attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& 
       launch_f32(a, blocks, stream);
     else
       launch_bf16(a, blocks, stream);
+  });
+}
+
+void cuda::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                              const Tensor& grad_out, Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal,
+                              const Tensor& bool_mask, const Tensor& float_mask, std::optional<float> scale) {
+  check_cuda_storage("attention_backward", q.dtype(),
+                     {&q, &k, &v, &out, &grad_out, &grad_q, &grad_k, &grad_v, &float_mask});
+  MFUSER_CHECK(!bool_mask.defined() || bool_mask.device() == q.device(), "attention_backward: bool_mask ",
+               bool_mask.str(), " is not on ", q.str(), "'s device");
+  const int64_t batch = q.dim(0), heads = q.dim(1), lq = q.dim(2), lk = k.dim(2), d = q.dim(3);
+  MFUSER_CHECK(d <= kMaxHeadDim, "attention_backward: the CUDA kernel takes head dims up to ", kMaxHeadDim,
+               ", got q ", q.str());
+  const int64_t query_tiles = ceil_div<int64_t>(lq, kQueryTile), key_tiles = ceil_div<int64_t>(lk, kKeyTile);
+  MFUSER_CHECK(lq <= INT_MAX - kQueryTile && lk <= INT_MAX - kKeyTile &&
+                   batch * heads * std::max(query_tiles, key_tiles) <= INT_MAX,
+               "attention_backward: ", q.str(), " with k ", k.str(), " is too large for the CUDA kernel");
+  if (batch * heads == 0) return;
+  cudaStream_t stream = stream_of(q);
+  if (lq == 0) {  // no query: every key gets zero gradient
+    MFUSER_CUDA_CHECK(cudaMemsetAsync(grad_k.raw_data(), 0, grad_k.nbytes(), stream));
+    MFUSER_CUDA_CHECK(cudaMemsetAsync(grad_v.raw_data(), 0, grad_v.nbytes(), stream));
+    return;
+  }
+  const float alpha = scale.value_or(float(1.0 / std::sqrt(double(d))));
+  const auto [bool_batch, bool_head] = mask_strides(bool_mask);
+  const auto [float_batch, float_head] = mask_strides(float_mask);
+  Tensor lse = Tensor::empty({batch * heads * lq}, DType::f32, q.device());
+  Tensor delta = Tensor::empty({batch * heads * lq}, DType::f32, q.device());
+  with_storage_type("attention_backward", q.dtype(), [&]<class T>() {
+    const BackwardArgs<T> g{
+        .f = {.q = static_cast<const T*>(q.raw_data()), .k = static_cast<const T*>(k.raw_data()),
+              .v = static_cast<const T*>(v.raw_data()), .out = nullptr,
+              .bool_mask = bool_mask.defined() ? bool_mask.data<bool>() : nullptr,
+              .float_mask = float_mask.defined() ? static_cast<const T*>(float_mask.raw_data()) : nullptr,
+              .bool_batch_stride = bool_batch, .bool_head_stride = bool_head,
+              .float_batch_stride = float_batch, .float_head_stride = float_head,
+              .heads = int(heads), .lq = int(lq), .lk = int(lk), .d = int(d), .query_tiles = int(query_tiles),
+              .scale = alpha, .causal = causal, .aligned16 = false},
+        .out = out.defined() ? static_cast<const T*>(out.raw_data()) : nullptr,
+        .grad_out = static_cast<const T*>(grad_out.raw_data()),
+        .grad_q = static_cast<T*>(grad_q.raw_data()), .grad_k = static_cast<T*>(grad_k.raw_data()),
+        .grad_v = static_cast<T*>(grad_v.raw_data()), .lse = lse.data<float>(), .delta = delta.data<float>(),
+        .key_tiles = int(key_tiles)};
+    with_dim_steps(int(d), [&]<int kDimChunks>() {
+      const int smem_bytes = BwdLayout(kDimChunks).size * int(sizeof(float));
+      launch(attention_bwd_query_kernel<T, kDimChunks>, kBwdThreads, smem_bytes, batch * heads * query_tiles,
+             stream, g);
+      launch(attention_bwd_key_kernel<T, kDimChunks>, kBwdThreads, smem_bytes, batch * heads * key_tiles, stream, g);
+    });
   });
 }
 

@@ -17,13 +17,16 @@
 // The CPU reference never holds more than one tile of 64 queries x Lk scores; the CUDA kernel is one fused
 // flash-style launch (online softmax over key tiles in f32; bf16 on tensor cores with P rounded to bf16).
 //
-// attention_backward: gradients given grad_out (f32 [B, H, Lq, D]) for the same q, k, v, causal, masks and
-// scale as the forward. Nothing but `out` may be saved: the probabilities are recomputed per query tile
-// (flash-style; at most two 64 x Lk buffers per thread, never an Lq x Lk matrix per head). `out` (the
-// forward's output) is optional: with it, each row's softmax correction is rowsum(grad_out * out) (D terms);
-// undefined, it is rowsum(P * dP) over the Lk keys instead (same value, no saved output needed). Outputs:
-//   grad_q f32 [B, H, Lq, D], grad_k and grad_v f32 [B, H, Lk, D], all required and OVERWRITTEN (never
-//   accumulated into).
+// attention_backward: gradients given grad_out ([B, H, Lq, D], q's dtype: f32, or bf16 on CUDA) for the same
+// q, k, v, causal, masks and scale as the forward. It runs on the CPU and on CUDA (D <= 128; two launches: one
+// per 64-query tile for the row logsumexp, delta and grad_q, one per 64-key tile for grad_k and grad_v; CUDA-core
+// FMAs in f32, no atomics: bitwise reproducible; f32 scratch of 2 B H Lq floats). Nothing but `out` may be
+// saved: the probabilities are recomputed per query tile (flash-style; on the CPU at most two 64 x Lk buffers
+// per thread, never an Lq x Lk matrix per head). `out` (the forward's output) is optional: with it, each row's
+// softmax correction is rowsum(grad_out * out) (D terms); undefined, it is rowsum(P * dP) over the Lk keys
+// instead (same value, no saved output needed). Outputs:
+//   grad_q [B, H, Lq, D], grad_k and grad_v [B, H, Lk, D], q's dtype, all required and OVERWRITTEN (never
+//   accumulated into). `out` too is q's dtype.
 // The masks are constants: float_mask gets no gradient (the model passes none; its boolean masks come from
 // thresholded predictions). Masked keys get zero gradient through their probability; an all-masked query row
 // has NaN probabilities and makes its grad_q row and every grad_k / grad_v row NaN, as PyTorch does. The
@@ -48,6 +51,9 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 namespace cuda {
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, bool causal,
                const Tensor& bool_mask, const Tensor& float_mask, std::optional<float> scale);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& grad_out,
+                        Tensor& grad_q, Tensor& grad_k, Tensor& grad_v, bool causal, const Tensor& bool_mask,
+                        const Tensor& float_mask, std::optional<float> scale);
 }
 
 namespace cpu {

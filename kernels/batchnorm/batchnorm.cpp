@@ -41,17 +41,20 @@ void check_optional_channels(const char* op, const char* arg, const Tensor& t, i
 // The shared part of the backward checks: x, weight, grad_out, grad_x, the optional parameter gradients.
 void check_backward_common(const char* op, const Tensor& x, const Tensor& weight, const Tensor& grad_out,
                            const Tensor& grad_x, const Tensor& grad_weight, const Tensor& grad_bias, float eps) {
-  check_f32(op, "x", x);
-  check_f32(op, "weight", weight);
-  check_f32(op, "grad_out", grad_out);
-  check_f32(op, "grad_x", grad_x);
+  check_float(op, "x", x);
+  check_float_like(op, "weight", weight, x);
+  check_float_like(op, "grad_out", grad_out, x);
+  check_float_like(op, "grad_x", grad_x, x);
   MFUSER_CHECK(x.ndim() >= 2, op, ": x must be [N, C, *spatial], got ", x.str());
   const int64_t c = x.dim(1);
   check_shape(op, "weight", weight, {c});
   check_shape(op, "grad_out", grad_out, x.shape());
   check_shape(op, "grad_x", grad_x, x.shape());
-  check_optional_channels(op, "grad_weight", grad_weight, c);
-  check_optional_channels(op, "grad_bias", grad_bias, c);
+  for (const Tensor* g : {&grad_weight, &grad_bias}) {  // optional, in x's dtype
+    if (!g->defined()) continue;
+    check_float_like(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g, x);
+    check_shape(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g, {c});
+  }
   MFUSER_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
   check_same_device(op, {&x, &weight, &grad_out, &grad_x, &grad_weight, &grad_bias});
 }
@@ -270,7 +273,9 @@ void batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tenso
                         const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps) {
   check_args(x, running_mean, running_var, weight, weight, grad_x, eps);
   check_backward_common("batchnorm_backward", x, weight, grad_out, grad_x, grad_weight, grad_bias, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("batchnorm_backward");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(
+        cuda::batchnorm_backward(x, running_mean, running_var, weight, grad_out, grad_x, grad_weight, grad_bias, eps));
   cpu::batchnorm_backward(x, running_mean, running_var, weight, grad_out, grad_x, grad_weight, grad_bias, eps);
 }
 
@@ -288,7 +293,9 @@ void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tenso
                               const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
                               float eps) {
   check_train_backward_args(x, weight, save_mean, save_rstd, grad_out, grad_x, grad_weight, grad_bias, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("batchnorm_train_backward");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::batchnorm_train_backward(x, weight, save_mean, save_rstd, grad_out, grad_x,
+                                                             grad_weight, grad_bias, eps));
   cpu::batchnorm_train_backward(x, weight, save_mean, save_rstd, grad_out, grad_x, grad_weight, grad_bias, eps);
 }
 

@@ -4,6 +4,10 @@
 //   training: one block per channel (grid-stride over channels); f32 batch statistics from two passes over the
 //     channel's N * spatial values (the mean, then the sum of squared deviations), then a third pass that
 //     normalizes; thread 0 saves the statistics and updates the running ones.
+// Backwards (both in one kernel): one block per channel (grid-stride over channels). The channel's statistics
+// are the running ones (inference), the saved ones, or recomputed as in the training forward; two block sums
+// (grad_out and grad_out * xhat) give grad_bias / grad_weight (written by thread 0: one block owns a channel, so
+// the order is fixed and there are no atomics) and the coefficients of grad_x, written by a last pass.
 #include <algorithm>
 
 #include "kernels/batchnorm/batchnorm.h"
@@ -87,6 +91,101 @@ int threads_for_channel(int64_t count) {
 
 float* f32_or_null(const Tensor& t) { return t.defined() ? static_cast<float*>(t.raw_data()) : nullptr; }
 
+// Where a backward takes channel c's statistics from: the running ones (inference: constants, grad_x =
+// grad_out * weight * rstd), the training forward's saved ones, or (all null) recomputed from x.
+template <class T>
+struct StatsSource {
+  const T* running_mean;
+  const T* running_var;
+  const float* saved_mean;
+  const float* saved_rstd;
+  float eps;
+  __host__ __device__ bool batch_stats() const { return running_mean == nullptr; }
+};
+
+// x - mean = (x - shift) - shifted_mean: recomputed statistics keep the forward's shift by the channel's first
+// value; running and saved ones have shift 0.
+struct ChannelStats {
+  float shift, shifted_mean, rstd;
+  __device__ float xhat(float v) const { return ((v - shift) - shifted_mean) * rstd; }
+};
+
+template <class T>
+__device__ ChannelStats channel_stats(const T* x, const ChannelView& view, int64_t c, const StatsSource<T>& src,
+                                      float* scratch) {
+  if (src.running_mean)
+    return {0.f, to_float(src.running_mean[c]), 1.f / sqrtf(to_float(src.running_var[c]) + src.eps)};
+  if (src.saved_mean) return {0.f, src.saved_mean[c], src.saved_rstd[c]};
+  const float shift = to_float(x[view.offset(c, 0)]);
+  float sum = 0.f;
+  for (int64_t j = threadIdx.x; j < view.count; j += blockDim.x) sum += to_float(x[view.offset(c, j)]) - shift;
+  const float shifted_mean = block_sum(sum, scratch) / float(view.count);
+  float squares = 0.f;
+  for (int64_t j = threadIdx.x; j < view.count; j += blockDim.x) {
+    const float centered = (to_float(x[view.offset(c, j)]) - shift) - shifted_mean;
+    squares += centered * centered;
+  }
+  return {shift, shifted_mean, 1.f / sqrtf(block_sum(squares, scratch) / float(view.count) + src.eps)};
+}
+
+// grad_weight / grad_bias: null when not wanted. grad_x may be grad_out's memory (each element is read, then
+// written, by one thread; every read of the sums pass ends before the barrier of its block_sum).
+template <class T>
+__global__ void batchnorm_backward_kernel(const T* x, const T* __restrict__ weight, const T* grad_out, T* grad_x,
+                                          T* __restrict__ grad_weight, T* __restrict__ grad_bias, ChannelView view,
+                                          StatsSource<T> src) {
+  __shared__ float scratch[32];
+  for (int64_t c = blockIdx.x; c < view.channels; c += gridDim.x) {
+    const ChannelStats st = channel_stats(x, view, c, src, scratch);
+    float sum_dy = 0.f, sum_dy_xhat = 0.f;
+    for (int64_t j = threadIdx.x; j < view.count; j += blockDim.x) {
+      const int64_t i = view.offset(c, j);
+      const float dy = to_float(grad_out[i]);
+      sum_dy += dy;
+      sum_dy_xhat += dy * st.xhat(to_float(x[i]));
+    }
+    sum_dy = block_sum(sum_dy, scratch);
+    sum_dy_xhat = block_sum(sum_dy_xhat, scratch);
+    // grad_x = dy * a + xhat * b + shift.
+    const float a = to_float(weight[c]) * st.rstd;
+    const float b = src.batch_stats() ? -a * sum_dy_xhat / float(view.count) : 0.f;
+    const float shift = src.batch_stats() ? -a * sum_dy / float(view.count) : 0.f;
+    for (int64_t j = threadIdx.x; j < view.count; j += blockDim.x) {
+      const int64_t i = view.offset(c, j);
+      grad_x[i] = from_float<T>(to_float(grad_out[i]) * a + st.xhat(to_float(x[i])) * b + shift);
+    }
+    if (threadIdx.x == 0) {
+      if (grad_weight) grad_weight[c] = from_float<T>(sum_dy_xhat);
+      if (grad_bias) grad_bias[c] = from_float<T>(sum_dy);
+    }
+  }
+}
+
+// Both backwards: `running_mean` / `running_var` defined for the inference op, else saved stats or none.
+void launch_backward(const char* op, const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                     const Tensor& save_mean, const Tensor& save_rstd, const Tensor& weight, const Tensor& grad_out,
+                     Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps) {
+  check_cuda_storage(op, x.dtype(),
+                     {&x, &running_mean, &running_var, &weight, &grad_out, &grad_x, &grad_weight, &grad_bias});
+  check_cuda_storage(op, DType::f32, {&save_mean, &save_rstd});
+  if (x.numel() == 0) {  // empty sums: zero parameter gradients
+    for (Tensor* g : {&grad_weight, &grad_bias})
+      if (g->defined()) MFUSER_CUDA_CHECK(cudaMemsetAsync(g->raw_data(), 0, g->nbytes(), stream_of(x)));
+    return;
+  }
+  const int64_t channels = x.dim(1);
+  const ChannelView view{channels, x.numel() / (x.dim(0) * channels), x.numel() / channels};
+  const unsigned grid = unsigned(std::min<int64_t>(channels, int64_t(1) << 20));
+  with_storage_type(op, x.dtype(), [&]<class T>() {
+    const auto data = [](const Tensor& t) { return t.defined() ? static_cast<T*>(t.raw_data()) : nullptr; };
+    const StatsSource<T> src{data(running_mean), data(running_var), f32_or_null(save_mean), f32_or_null(save_rstd),
+                             eps};
+    batchnorm_backward_kernel<T><<<grid, threads_for_channel(view.count), 0, stream_of(x)>>>(
+        data(x), data(weight), data(grad_out), data(grad_x), data(grad_weight), data(grad_bias), view, src);
+    MFUSER_CUDA_CHECK_LAUNCH();
+  });
+}
+
 }  // namespace
 
 void cuda::batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
@@ -121,6 +220,20 @@ void cuda::batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& 
         f32_or_null(running_mean), f32_or_null(running_var), f32_or_null(save_mean), f32_or_null(save_rstd));
     MFUSER_CUDA_CHECK_LAUNCH();
   });
+}
+
+void cuda::batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                              const Tensor& weight, const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight,
+                              Tensor& grad_bias, float eps) {
+  launch_backward("batchnorm_backward", x, running_mean, running_var, Tensor(), Tensor(), weight, grad_out, grad_x,
+                  grad_weight, grad_bias, eps);
+}
+
+void cuda::batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                                    const Tensor& save_rstd, const Tensor& grad_out, Tensor& grad_x,
+                                    Tensor& grad_weight, Tensor& grad_bias, float eps) {
+  launch_backward("batchnorm_train_backward", x, Tensor(), Tensor(), save_mean, save_rstd, weight, grad_out, grad_x,
+                  grad_weight, grad_bias, eps);
 }
 
 }  // namespace mfuser::kernels

@@ -7,11 +7,12 @@
 // out[n, c, ...] = (x[n, c, ...] - running_mean[c]) / sqrt(running_var[c] + eps) * weight[c] + bias[c].
 // The statistics are never updated (training-mode batch statistics are batchnorm_train below).
 //
-// batchnorm_backward (of the inference op above; f32 only, CPU only so far): gradients given grad_out (f32,
-// x's shape); the running statistics are constants. With s = 1 / sqrt(running_var + eps):
-//   grad_x f32, x's shape, required: grad_out * weight * s
-//   grad_weight f32 [C], optional: sum over n and spatial of grad_out * (x - running_mean) * s
-//   grad_bias   f32 [C], optional: sum over n and spatial of grad_out
+// batchnorm_backward (of the inference op above; CPU and CUDA): gradients given grad_out (x's shape); the running
+// statistics are constants. x, the running statistics, weight, grad_out and every gradient share one dtype: f32
+// (or bf16 on CUDA). With s = 1 / sqrt(running_var + eps):
+//   grad_x x's shape, required: grad_out * weight * s
+//   grad_weight [C], optional: sum over n and spatial of grad_out * (x - running_mean) * s
+//   grad_bias   [C], optional: sum over n and spatial of grad_out
 //
 // batchnorm_train: training-mode forward, as F.batch_norm(x, running_mean, running_var, weight, bias,
 // training=True, momentum, eps). x, out, weight and bias: f32 (or bf16 on CUDA), shaped as above. Per channel c
@@ -22,15 +23,17 @@
 // (var * M / (M - 1)) for running_var. momentum in [0, 1]. Statistics are accumulated in double on the CPU, in
 // f32 on CUDA (two passes, shifted by the channel's first value).
 //
-// batchnorm_train_backward (f32 only, CPU only so far): gradients of batchnorm_train through the batch
-// statistics, given grad_out. save_mean / save_rstd: the forward's (both), or both undefined to recompute them
-// from x in double. With xhat = (x - mean) * rstd, per channel:
-//   grad_x f32, x's shape, required: weight * rstd * (grad_out - mean(grad_out) - xhat * mean(grad_out * xhat))
-//   grad_weight f32 [C], optional: sum of grad_out * xhat;   grad_bias f32 [C], optional: sum of grad_out
+// batchnorm_train_backward (CPU and CUDA): gradients of batchnorm_train through the batch statistics, given
+// grad_out. x, weight, grad_out and every gradient share one dtype: f32 (or bf16 on CUDA). save_mean /
+// save_rstd: the forward's (both, f32), or both undefined to recompute them from x (in double on the CPU; on
+// CUDA in f32 inside the kernel, two passes shifted as in the forward). With xhat = (x - mean) * rstd, per channel:
+//   grad_x x's shape, required: weight * rstd * (grad_out - mean(grad_out) - xhat * mean(grad_out * xhat))
+//   grad_weight [C], optional: sum of grad_out * xhat;   grad_bias [C], optional: sum of grad_out
 // (The running statistics do not enter the output, so they get no gradient.)
 //
 // For both backwards an undefined grad_weight / grad_bias is not computed, and every gradient output is
-// OVERWRITTEN, never accumulated into. Channel sums are in double, one channel per task (deterministic).
+// OVERWRITTEN, never accumulated into. Channel sums are deterministic: in double, one channel per task on the
+// CPU; in f32, one block per channel on CUDA (no atomics). On CUDA grad_x may be grad_out's memory.
 #pragma once
 
 #include "runtime/tensor.h"
@@ -60,13 +63,18 @@ void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tenso
                               const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
                               float eps);
 }
-// The CUDA forward launchers (batchnorm.cu); call them through the dispatchers above, which check the shapes.
+// The CUDA launchers (batchnorm.cu); call them through the dispatchers above, which check the shapes.
 namespace cuda {
 void batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
                const Tensor& bias, Tensor& out, float eps);
 void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& running_mean,
                      Tensor& running_var, Tensor& out, Tensor& save_mean, Tensor& save_rstd, float momentum,
                      float eps);
+void batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
+                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
+void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
+                              const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
+                              float eps);
 }
 
 }  // namespace mfuser::kernels

@@ -1,6 +1,6 @@
 // batchnorm: CPU reference vs PyTorch's F.batch_norm (float64), inference and training modes and both
-// backwards, at tiny shapes and the FPN's 2048 channels; the CUDA forwards (f32 and bf16 storage) vs the CPU
-// reference.
+// backwards, at tiny shapes and the FPN's 2048 channels; the CUDA forwards and backwards (f32 and bf16 storage)
+// vs the CPU reference.
 #include "kernels/batchnorm/batchnorm.h"
 
 #include "tests/common/cuda_test.h"
@@ -296,10 +296,96 @@ TEST(BatchnormCuda, RejectsMixedDtypes) {
   Tensor host_rm = Tensor::zeros({4}, DType::f32), host_rv = Tensor::zeros({4}, DType::f32);
   EXPECT_THROW(kernels::batchnorm_train(x32, s32, s32, host_rm, host_rv, out32, sm, sr, 0.1f, kEps), Error);  // mixed
 
-  // The backwards stay f32 (and CPU) only.
-  Tensor gx = Tensor::empty({2, 4, 3, 3}, DType::bf16, gpu);
-  EXPECT_THROW(kernels::batchnorm_backward(x, s, s, s, x, gx, none, none, kEps), Error);
-  EXPECT_THROW(kernels::batchnorm_train_backward(x, s, none, none, x, gx, none, none, kEps), Error);
+  // The backwards: x, weight (and running statistics), grad_out and the gradients share the storage type; saved
+  // statistics are f32.
+  Tensor gx = Tensor::empty({2, 4, 3, 3}, DType::bf16, gpu), gs = Tensor::empty({4}, DType::bf16, gpu);
+  EXPECT_NO_THROW(kernels::batchnorm_backward(x, s, s, s, x, gx, gs, gs, kEps));
+  EXPECT_NO_THROW(kernels::batchnorm_train_backward(x, s, none, none, x, gx, none, gs, kEps));
+  EXPECT_NO_THROW(kernels::batchnorm_train_backward(x, s, sm, sr, x, gx, gs, none, kEps));
+  EXPECT_THROW(kernels::batchnorm_backward(x, s32, s, s, x, gx, none, none, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_backward(x, s, s, s, x32, gx, none, none, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_backward(x, s, s, s, x, out32, none, none, kEps), Error);
+  Tensor gs32 = Tensor::empty({4}, DType::f32, gpu);
+  EXPECT_THROW(kernels::batchnorm_backward(x, s, s, s, x, gx, gs32, none, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_train_backward(x, s, sm16, sm16, x, gx, none, none, kEps), Error);
+  EXPECT_THROW(kernels::batchnorm_train_backward(x, s, none, none, x, gx, none, gs32, kEps), Error);
+}
+
+// ---- CUDA backwards vs the CPU reference ----
+
+// Every combination of wanted parameter gradients (and, for the training backward, saved or recomputed
+// statistics) at the small shapes; the model-sized shapes run the full set of gradients only (the CPU
+// reference's time). f32 tolerance 1e-4 also for grad_weight / grad_bias: one f32 block reduction of <= 16384
+// values per channel, error O(1e-6) relative.
+TEST(BatchnormCuda, BackwardsMatchCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const int64_t channels = c.shape[1];
+      const float center = (c.lo + c.hi) / 2;
+      const Tensor x = test::random_host(c.shape, dtype, c.lo, c.hi),
+                   running_mean = test::random_host({channels}, dtype, center - 0.5f, center + 0.5f),
+                   running_var = test::random_host({channels}, dtype, 0.25f, 2.f),
+                   w = test::random_host({channels}, dtype, 0.5f, 1.5f),
+                   b = test::random_host({channels}, dtype, -0.5f, 0.5f), grad_out = test::random_host(c.shape, dtype);
+      Tensor fwd = Tensor::empty(c.shape, DType::f32), saved_mean = Tensor::empty({channels}, DType::f32),
+             saved_rstd = Tensor::empty({channels}, DType::f32), untracked;
+      kernels::cpu::batchnorm_train(x, w, b, untracked, untracked, fwd, saved_mean, saved_rstd, 0.1f, kEps);
+      const bool model_sized = c.shape.numel() > (1 << 20);
+      // stats: 0 = inference (running statistics), 1 = training recomputed, 2 = training saved.
+      for (const int stats : {0, 1, 2}) {
+        for (const bool want_weight : {true, false}) {
+          for (const bool want_bias : {true, false}) {
+            if (model_sized && !(want_weight && want_bias)) continue;
+            Tensor ref_gx = Tensor::empty(c.shape, DType::f32);
+            Tensor ref_gw = want_weight ? Tensor::empty({channels}, DType::f32) : Tensor();
+            Tensor ref_gb = want_bias ? Tensor::empty({channels}, DType::f32) : Tensor();
+            Tensor gx = test::poisoned_cuda(c.shape, dtype);
+            Tensor gw = want_weight ? test::poisoned_cuda({channels}, dtype) : Tensor();
+            Tensor gb = want_bias ? test::poisoned_cuda({channels}, dtype) : Tensor();
+            const Tensor dx = test::to_cuda(x, dtype), dw = test::to_cuda(w, dtype);
+            const Tensor dgy = test::to_cuda(grad_out, dtype);
+            if (stats == 0) {
+              kernels::cpu::batchnorm_backward(x, running_mean, running_var, w, grad_out, ref_gx, ref_gw, ref_gb, kEps);
+              kernels::batchnorm_backward(dx, test::to_cuda(running_mean, dtype), test::to_cuda(running_var, dtype), dw,
+                                          dgy, gx, gw, gb, kEps);
+            } else {
+              const Tensor mean = stats == 2 ? saved_mean : Tensor(), rstd = stats == 2 ? saved_rstd : Tensor();
+              kernels::cpu::batchnorm_train_backward(x, w, mean, rstd, grad_out, ref_gx, ref_gw, ref_gb, kEps);
+              kernels::batchnorm_train_backward(dx, dw, test::to_cuda(mean, DType::f32),
+                                                test::to_cuda(rstd, DType::f32), dgy, gx, gw, gb, kEps);
+            }
+            const char* kind[] = {"batchnorm_backward ", "batchnorm_train_backward (recomputed) ",
+                                  "batchnorm_train_backward (saved) "};
+            const std::string what =
+                std::string(kind[stats]) + c.name + (want_weight ? " +gw" : "") + (want_bias ? " +gb" : "");
+            test::expect_cuda_close(gx, ref_gx, what + " grad_x");
+            if (want_weight) test::expect_cuda_close(gw, ref_gw, what + " grad_weight");
+            if (want_bias) test::expect_cuda_close(gb, ref_gb, what + " grad_bias");
+          }
+        }
+      }
+    }
+  }
+}
+
+// grad_x may be grad_out's memory.
+TEST(BatchnormCuda, TrainBackwardInPlaceOverGradOut) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const Shape shape = {2, 1024, 32, 32};
+  for (const DType dtype : test::kCudaDtypes) {
+    const Tensor x = test::random_host(shape, dtype), w = test::random_host({1024}, dtype, 0.5f, 1.5f),
+                 grad_out = test::random_host(shape, dtype);
+    Tensor ref_gx = Tensor::empty(shape, DType::f32), ref_gb = Tensor::empty({1024}, DType::f32), none;
+    kernels::cpu::batchnorm_train_backward(x, w, none, none, grad_out, ref_gx, none, ref_gb, kEps);
+    Tensor g = test::to_cuda(grad_out, dtype), gb = test::poisoned_cuda({1024}, dtype);
+    kernels::batchnorm_train_backward(test::to_cuda(x, dtype), test::to_cuda(w, dtype), none, none, g, g, none, gb,
+                                      kEps);
+    test::expect_cuda_close(g, ref_gx, "batchnorm_train_backward in place grad_x");
+    test::expect_cuda_close(gb, ref_gb, "batchnorm_train_backward in place grad_bias");
+  }
 }
 
 }  // namespace

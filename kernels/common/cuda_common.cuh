@@ -99,4 +99,22 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return v;
 }
 
+// Second pass of a deterministic reduction: out[j] = sum over c of partial[c * n + j], chunks added in order
+// (no float atomics, so results repeat bit for bit). The first pass writes one row of partials per chunk.
+template <class T>
+__global__ void sum_partials_kernel(const float* partial, T* out, int64_t chunks, int64_t n) {
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
+    float total = 0.f;
+    for (int64_t c = 0; c < chunks; ++c) total += partial[c * n + j];
+    out[j] = from_float<T>(total);
+  }
+}
+
+template <class T>
+void sum_partials(const float* partial, T* out, int64_t chunks, int64_t n, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  sum_partials_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream>>>(partial, out, chunks, n);
+  MFUSER_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace mfuser::kernels::cuda_detail

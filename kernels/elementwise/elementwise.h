@@ -1,7 +1,7 @@
 // elementwise: binary add / mul with broadcasting, and scale (x * factor + bias).
 //
 // Contract (f32, or bf16 on CUDA: a, b and out share one dtype; the CUDA kernels compute in f32 and round
-// once on the store; the backward ops are f32 and CPU only):
+// once on the store; the backward ops too, on the CPU and on CUDA):
 //   add(a, b, out):  out = a + b     (torch.add)
 //   mul(a, b, out):  out = a * b     (torch.mul)
 //     `b` broadcasts numpy-style onto a's shape: dims are aligned from the right, b has at most a.ndim dims,
@@ -16,8 +16,10 @@
 //                                                  grad_b = (grad_out * a) summed over b's broadcast dims.
 //                                                  Needs both forward inputs a and b.
 //   scale_backward(grad_out, grad_x, factor):      grad_x = grad_out * factor (the bias has no input).
-// grad_out has a's (resp. x's) shape. Sums over broadcast dims accumulate in f64, serially (one pass over
-// grad_out); when b has a's full shape there is nothing to sum and the gradient is element-wise (parallel).
+// grad_out has a's (resp. x's) shape; all tensors of one call share one dtype. Sums over broadcast dims
+// accumulate in f64, serially (one pass over grad_out) on the CPU; on CUDA in f32, as per-chunk partial sums
+// in a fixed layout added in chunk order (no atomics: identical run to run). When b has a's full shape there
+// is nothing to sum and the gradient is element-wise.
 // grad_a may be grad_out itself; grad_b must not overlap the inputs unless b has a's full shape.
 //
 // The helpers in `detail` are shared by the other element-wise-shaped ops (activation, softmax, l2norm).
@@ -47,6 +49,9 @@ namespace cuda {
 void add(const Tensor& a, const Tensor& b, Tensor& out);
 void mul(const Tensor& a, const Tensor& b, Tensor& out);
 void scale(const Tensor& x, Tensor& out, float factor, float bias = 0.f);
+void add_backward(const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b);
+void mul_backward(const Tensor& a, const Tensor& b, const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b);
+void scale_backward(const Tensor& grad_out, Tensor& grad_x, float factor);
 }  // namespace cuda
 
 namespace detail {

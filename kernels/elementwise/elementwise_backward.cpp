@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/common/checks.h"
 #include "kernels/elementwise/elementwise.h"
 #include "runtime/parallel.h"
 
@@ -9,15 +10,15 @@ namespace mfuser::kernels {
 
 namespace {
 
-// Throws unless grad_out is f32 and every defined gradient fits: grad_a has grad_out's shape, grad_b
-// broadcasts onto it.
+// Throws unless grad_out is f32 (or bf16 on CUDA) and every defined gradient fits: grad_out's dtype, grad_a
+// of grad_out's shape, grad_b broadcasting onto it.
 void check_grads(const char* op, const Tensor& grad_out, const Tensor& grad_a, const Tensor& grad_b) {
-  MFUSER_CHECK(grad_out.defined() && grad_out.dtype() == DType::f32, op, ": grad_out ", grad_out.str(),
-               ": must be a defined f32 tensor");
-  if (grad_a.defined()) detail::check_same_f32(op, grad_out, grad_a);
+  check_float(op, "grad_out", grad_out);
+  if (grad_a.defined()) detail::check_same_float(op, grad_out, grad_a);
   if (grad_b.defined()) {
-    MFUSER_CHECK(grad_b.dtype() == DType::f32 && grad_b.device() == grad_out.device(), op, ": grad_b ",
-                 grad_b.str(), " must be f32 on ", grad_out.device().str());
+    check_float_like(op, "grad_b", grad_b, grad_out);
+    MFUSER_CHECK(grad_b.device() == grad_out.device(), op, ": grad_b ", grad_b.str(), " must be on ",
+                 grad_out.device().str());
     detail::BroadcastIndex(op, grad_out.shape(), grad_b.shape());  // throws when it does not broadcast
   }
 }
@@ -25,9 +26,9 @@ void check_grads(const char* op, const Tensor& grad_out, const Tensor& grad_a, c
 void check_mul(const Tensor& a, const Tensor& b, const Tensor& grad_out, const Tensor& grad_a, const Tensor& grad_b) {
   check_grads("mul_backward", grad_out, grad_a, grad_b);
   MFUSER_CHECK(a.defined() && b.defined(), "mul_backward: both forward inputs a and b are needed");
-  detail::check_same_f32("mul_backward", a, grad_out);
-  MFUSER_CHECK(b.dtype() == DType::f32 && b.device() == a.device(), "mul_backward: b ", b.str(),
-               " must be f32 on ", a.device().str());
+  detail::check_same_float("mul_backward", a, grad_out);
+  check_float_like("mul_backward", "b", b, a);
+  MFUSER_CHECK(b.device() == a.device(), "mul_backward: b ", b.str(), " must be on ", a.device().str());
   detail::BroadcastIndex("mul_backward", a.shape(), b.shape());
   MFUSER_CHECK(!grad_b.defined() || grad_b.shape() == b.shape(), "mul_backward: grad_b ", grad_b.str(),
                " must have b's shape ", b.shape().str());
@@ -97,19 +98,19 @@ void cpu::scale_backward(const Tensor& grad_out, Tensor& grad_x, float factor) {
 
 void add_backward(const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b) {
   check_grads("add_backward", grad_out, grad_a, grad_b);
-  MFUSER_CHECK(!grad_out.device().is_cuda(), "add_backward: no CUDA kernel yet");
+  if (grad_out.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::add_backward(grad_out, grad_a, grad_b));
   cpu::add_backward(grad_out, grad_a, grad_b);
 }
 
 void mul_backward(const Tensor& a, const Tensor& b, const Tensor& grad_out, Tensor& grad_a, Tensor& grad_b) {
   check_mul(a, b, grad_out, grad_a, grad_b);
-  MFUSER_CHECK(!grad_out.device().is_cuda(), "mul_backward: no CUDA kernel yet");
+  if (grad_out.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::mul_backward(a, b, grad_out, grad_a, grad_b));
   cpu::mul_backward(a, b, grad_out, grad_a, grad_b);
 }
 
 void scale_backward(const Tensor& grad_out, Tensor& grad_x, float factor) {
-  detail::check_same_f32("scale_backward", grad_out, grad_x);
-  MFUSER_CHECK(!grad_out.device().is_cuda(), "scale_backward: no CUDA kernel yet");
+  detail::check_same_float("scale_backward", grad_out, grad_x);
+  if (grad_out.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::scale_backward(grad_out, grad_x, factor));
   cpu::scale_backward(grad_out, grad_x, factor);
 }
 

@@ -17,6 +17,7 @@
 #include <cublasLt.h>
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <climits>
 #include <compare>
 #include <map>
@@ -288,6 +289,49 @@ void run(const Problem& pr) {
     scale_add_bias(pr.dtype, pr.c, pr.bias, p.m, p.n, 1, 0, 1.f, stream);
 }
 
+// ---- linear_backward's grad_bias: column sums of grad_y [rows, n], deterministic (no float atomics) ----
+// Pass 1: block (x = 32 columns, y = 8 row lanes) owns 32 columns of one chunk of rows (blockIdx.y); each row
+// lane sums every 8th row of the chunk, the 8 lanes meet in shared memory in a fixed order, and the chunk's
+// sum lands in partial[chunk][column]. Pass 2 adds the chunks of every column in chunk order. The chunk count
+// depends on the shape only, so the result is bit-identical run to run.
+constexpr int kSumColumns = 32, kSumLanes = 8;
+constexpr int64_t kRowsPerChunk = 256, kMaxChunks = 256;
+
+template <class T>
+__global__ void column_partial_sums_kernel(const T* g, float* partial, int64_t rows, int64_t n, int64_t chunk_rows) {
+  __shared__ float lane_sums[kSumLanes][kSumColumns];
+  const int64_t column = blockIdx.x * int64_t(kSumColumns) + threadIdx.x;
+  const int64_t begin = blockIdx.y * chunk_rows, end = min(rows, begin + chunk_rows);
+  float sum = 0.f;
+  if (column < n)
+    for (int64_t r = begin + threadIdx.y; r < end; r += kSumLanes) sum += to_float(g[r * n + column]);
+  lane_sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && column < n) {
+    float total = 0.f;
+    for (int lane = 0; lane < kSumLanes; ++lane) total += lane_sums[lane][threadIdx.x];
+    partial[blockIdx.y * n + column] = total;
+  }
+}
+
+void column_sums(const Tensor& grad_y, Tensor& grad_bias) {
+  const int64_t n = grad_bias.numel(), rows = n == 0 ? 0 : grad_y.numel() / n;
+  if (n == 0) return;
+  cudaStream_t stream = stream_of(grad_y);
+  // rows == 0: one chunk of no rows writes zeros, the gradient of an empty sum.
+  const int64_t chunks = std::clamp<int64_t>(ceil_div<int64_t>(rows, kRowsPerChunk), 1, kMaxChunks);
+  const int64_t chunk_rows = std::max<int64_t>(1, ceil_div<int64_t>(rows, chunks));
+  MFUSER_CHECK(ceil_div<int64_t>(n, kSumColumns) <= INT_MAX, "linear_backward: ", n, " columns are too many");
+  Tensor partial = Tensor::empty({chunks, n}, DType::f32, grad_y.device());
+  with_storage_type("linear_backward", grad_y.dtype(), [&]<class T>() {
+    const dim3 grid(unsigned(ceil_div<int64_t>(n, kSumColumns)), unsigned(chunks));
+    column_partial_sums_kernel<T><<<grid, dim3(kSumColumns, kSumLanes), 0, stream>>>(
+        static_cast<const T*>(grad_y.raw_data()), partial.data<float>(), rows, n, chunk_rows);
+    MFUSER_CUDA_CHECK_LAUNCH();
+    sum_partials(partial.data<float>(), static_cast<T*>(grad_bias.raw_data()), chunks, n, stream);
+  });
+}
+
 }  // namespace
 
 void cuda::gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmParams& params) {
@@ -301,6 +345,16 @@ void cuda::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Ten
   const GemmParams p{.m = rows, .n = n, .k = k, .trans_b = true};
   run({y.dtype(), y.device().index, p, x.raw_data(), weight.raw_data(), y.raw_data(),
        bias.defined() ? bias.raw_data() : nullptr});
+}
+
+void cuda::linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y, Tensor& grad_x,
+                           Tensor& grad_weight, Tensor& grad_bias) {
+  check_cuda_storage("linear_backward", grad_y.dtype(), {&x, &weight, &grad_y, &grad_x, &grad_weight, &grad_bias});
+  const int64_t n = weight.dim(0), k = weight.dim(1), rows = n == 0 ? 0 : grad_y.numel() / n;
+  // As on the CPU: rows (or n) == 0 makes the gemms' k 0, which writes zeros (the gradient of an empty sum).
+  if (grad_x.defined()) cuda::gemm(grad_y, weight, grad_x, {.m = rows, .n = k, .k = n});
+  if (grad_weight.defined()) cuda::gemm(grad_y, x, grad_weight, {.m = n, .n = k, .k = rows, .trans_a = true});
+  if (grad_bias.defined()) column_sums(grad_y, grad_bias);
 }
 
 }  // namespace mfuser::kernels

@@ -20,11 +20,13 @@
 // upstream grad_y [..., N] (y's shape):
 //   grad_x      [..., K] = grad_y @ weight                   needs weight
 //   grad_weight [N, K]   = grad_y^T @ x over all leading dims needs x (saved from the forward)
-//   grad_bias   [N]      = grad_y summed over all leading dims (f64 accumulation)
+//   grad_bias   [N]      = grad_y summed over all leading dims (f64 accumulation on the CPU; CUDA: f32,
+//                          per-chunk partial sums in a fixed layout added in order, so run-to-run identical)
 // Each gradient is wanted when its tensor is defined and skipped when it is an undefined Tensor(); x may be
 // undefined when grad_weight is not wanted (a frozen weight need not keep its input alive). Every wanted
 // gradient is OVERWRITTEN, never accumulated into (callers that sum over uses add the results themselves).
-// Outputs must not overlap the inputs or each other.
+// Outputs must not overlap the inputs or each other. Runs on CUDA too (f32 or bf16, all tensors one dtype;
+// grad_x and grad_weight are cuBLASLt gemms, f32 accumulation without TF32).
 //
 // cpu::gemm_naive: the same contract as a plain triple loop accumulating in f64: the tests' second
 // reference, independent of OpenBLAS (slow: O(m n k) scalar work).
@@ -60,6 +62,8 @@ void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y
 namespace cuda {
 void gemm(const Tensor& a, const Tensor& b, Tensor& c, const GemmParams& params);
 void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y);
+void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y, Tensor& grad_x,
+                     Tensor& grad_weight, Tensor& grad_bias);
 }  // namespace cuda
 
 }  // namespace mfuser::kernels

@@ -465,5 +465,73 @@ TEST(GemmCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::linear(a16, w16, bias32, c16), Error);
 }
 
+// ---- linear_backward on CUDA against cpu::linear_backward, every combination of wanted gradients ----
+// grad_bias sums up to 5376 rows in f32 (per-chunk partials): its relative L2 stays ~1e-6, well inside 1e-4.
+void expect_linear_backward_matches_cpu(const std::string& name, const Shape& x_shape, int64_t n, DType dtype) {
+  SCOPED_TRACE(name);
+  const int64_t k = x_shape[-1];
+  Shape y_shape = x_shape;
+  y_shape[-1] = n;
+  const Tensor x = test::random_host(x_shape, dtype), weight = test::random_host({n, k}, dtype);
+  const Tensor grad_y = test::random_host(y_shape, dtype);
+  Tensor ref_x = Tensor::empty(x_shape, DType::f32), ref_w = Tensor::empty({n, k}, DType::f32);
+  Tensor ref_b = Tensor::empty({n}, DType::f32);
+  kernels::cpu::linear_backward(x, weight, grad_y, ref_x, ref_w, ref_b);
+  const Tensor x_cuda = test::to_cuda(x, dtype), w_cuda = test::to_cuda(weight, dtype);
+  const Tensor gy_cuda = test::to_cuda(grad_y, dtype);
+  for (int wanted = 1; wanted < 8; ++wanted) {  // bit 0: grad_x, 1: grad_weight, 2: grad_bias
+    Tensor gx = wanted & 1 ? test::poisoned_cuda(x_shape, dtype) : Tensor();
+    Tensor gw = wanted & 2 ? test::poisoned_cuda({n, k}, dtype) : Tensor();
+    Tensor gb = wanted & 4 ? test::poisoned_cuda({n}, dtype) : Tensor();
+    // x is only passed when grad_weight needs it (a frozen weight does not keep its input alive).
+    kernels::linear_backward(wanted & 2 ? x_cuda : Tensor(), w_cuda, gy_cuda, gx, gw, gb);
+    const std::string what = str_cat(name, " wanted ", wanted);
+    if (gx.defined()) test::expect_cuda_close(gx, ref_x, what + " grad_x");
+    if (gw.defined()) test::expect_cuda_close(gw, ref_w, what + " grad_weight");
+    if (gb.defined()) test::expect_cuda_close(gb, ref_b, what + " grad_bias");
+  }
+}
+
+// ViT-L's linears at 1025 tokens (qkv, fc2), the pixel decoder FFN's 5376 rows, odd and tiny shapes.
+TEST(LinearBackwardCuda, MatchesCpuForEveryWantedGradient) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes) {
+    expect_linear_backward_matches_cpu("qkv 1025x1024 -> 3072", {1025, 1024}, 3072, dtype);
+    expect_linear_backward_matches_cpu("fc2 1025x4096 -> 1024", {1025, 4096}, 1024, dtype);
+    expect_linear_backward_matches_cpu("ffn 5376x256 -> 1024", {5376, 256}, 1024, dtype);
+    expect_linear_backward_matches_cpu("odd [2, 3, 5] -> 13", {2, 3, 5}, 13, dtype);
+    expect_linear_backward_matches_cpu("odd 300x7 -> 33", {300, 7}, 33, dtype);
+    expect_linear_backward_matches_cpu("tiny 1x3 -> 1", {1, 3}, 1, dtype);
+  }
+}
+
+// grad_bias has no float atomics: two runs give the same bits.
+TEST(LinearBackwardCuda, GradBiasIsDeterministic) {
+  MFUSER_REQUIRE_CUDA();
+  for (DType dtype : test::kCudaDtypes) {
+    const Tensor w = test::to_cuda(test::random_host({1024, 64}, dtype), dtype);
+    const Tensor gy = test::to_cuda(test::random_host({5376, 1024}, dtype), dtype);
+    Tensor first = test::poisoned_cuda({1024}, dtype), second = test::poisoned_cuda({1024}, dtype), none;
+    kernels::linear_backward(Tensor(), w, gy, none, none, first);
+    kernels::linear_backward(Tensor(), w, gy, none, none, second);
+    EXPECT_EQ(test::compare(first, second).max_abs, 0.0);
+  }
+}
+
+TEST(LinearBackwardCuda, RejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x16 = test::to_cuda(Tensor::zeros({3, 5}, DType::f32), DType::bf16);
+  const Tensor w16 = test::to_cuda(Tensor::zeros({4, 5}, DType::f32), DType::bf16);
+  const Tensor w32 = test::to_cuda(Tensor::zeros({4, 5}, DType::f32), DType::f32);
+  const Tensor gy16 = test::to_cuda(Tensor::zeros({3, 4}, DType::f32), DType::bf16);
+  Tensor gx16 = test::poisoned_cuda({3, 5}, DType::bf16), gx32 = test::poisoned_cuda({3, 5}, DType::f32), none;
+  kernels::linear_backward(x16, w16, gy16, gx16, none, none);  // the valid baseline
+  EXPECT_THROW(kernels::linear_backward(x16, w32, gy16, gx16, none, none), Error);
+  EXPECT_THROW(kernels::linear_backward(x16, w16, gy16, gx32, none, none), Error);
+  Tensor gb32 = test::poisoned_cuda({4}, DType::f32);
+  EXPECT_THROW(kernels::linear_backward(x16, w16, gy16, none, none, gb32), Error);
+}
+
 }  // namespace
 }  // namespace mfuser

@@ -14,23 +14,24 @@ constexpr const char* kOp = "linear_backward";
 
 void check_linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y, const Tensor& grad_x,
                            const Tensor& grad_weight, const Tensor& grad_bias) {
-  check_f32(kOp, "weight", weight);
-  check_f32(kOp, "grad_y", grad_y);
+  check_float(kOp, "grad_y", grad_y);
+  check_float_like(kOp, "weight", weight, grad_y);
   MFUSER_CHECK(weight.ndim() == 2 && grad_y.ndim() >= 1 && grad_y.dim(-1) == weight.dim(0), kOp, ": grad_y ",
                grad_y.str(), " and weight ", weight.str(), ": need grad_y [..., N] and weight [N, K]");
   Shape x_shape = grad_y.shape();
   x_shape[-1] = weight.dim(1);
-  check_optional_f32(kOp, "grad_x", grad_x, x_shape);
-  if (grad_weight.defined()) {
+  // Optional outputs: undefined, or grad_y's dtype and the expected shape.
+  const auto check_optional = [&](const char* arg, const Tensor& t, const Shape& expected) {
+    if (!t.defined()) return;
+    check_float_like(kOp, arg, t, grad_y);
+    check_shape(kOp, arg, t, expected);
+  };
+  check_optional("grad_x", grad_x, x_shape);
+  if (grad_weight.defined())
     MFUSER_CHECK(x.defined(), kOp, ": grad_weight is wanted, so x (saved from the forward) is needed");
-    check_f32(kOp, "grad_weight", grad_weight);
-    check_shape(kOp, "grad_weight", grad_weight, weight.shape());
-  }
-  if (x.defined()) {
-    check_f32(kOp, "x", x);
-    check_shape(kOp, "x", x, x_shape);
-  }
-  check_optional_f32(kOp, "grad_bias", grad_bias, Shape{weight.dim(0)});
+  check_optional("grad_weight", grad_weight, weight.shape());
+  check_optional("x", x, x_shape);
+  check_optional("grad_bias", grad_bias, Shape{weight.dim(0)});
   check_same_device(kOp, {&grad_y, &weight, &x, &grad_x, &grad_weight, &grad_bias});
 }
 
@@ -64,7 +65,8 @@ void cpu::linear_backward(const Tensor& x, const Tensor& weight, const Tensor& g
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_y, Tensor& grad_x,
                      Tensor& grad_weight, Tensor& grad_bias) {
   check_linear_backward(x, weight, grad_y, grad_x, grad_weight, grad_bias);
-  if (grad_y.device().is_cuda()) no_cuda_kernel_yet(kOp);
+  if (grad_y.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::linear_backward(x, weight, grad_y, grad_x, grad_weight, grad_bias));
   cpu::linear_backward(x, weight, grad_y, grad_x, grad_weight, grad_bias);
 }
 

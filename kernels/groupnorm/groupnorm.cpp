@@ -31,14 +31,13 @@ void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const
 void check_backward_args(const Tensor& x, const Tensor& weight, const Tensor& grad_out, const Tensor& grad_x,
                          const Tensor& grad_weight, const Tensor& grad_bias, int num_groups, float eps) {
   constexpr const char* op = "groupnorm_backward";
-  check_f32(op, "grad_out", grad_out);
-  check_f32(op, "grad_x", grad_x);
-  // The forward's checks cover x, weight, num_groups and eps (weight stands in for bias, grad_x for out).
+  // The forward's checks cover x, weight, grad_x, num_groups and eps (weight stands in for bias, grad_x for out).
   check_args(x, weight, weight, grad_x, num_groups, eps);
+  check_float_like(op, "grad_out", grad_out, x);
   check_shape(op, "grad_out", grad_out, x.shape());
   for (const Tensor* g : {&grad_weight, &grad_bias}) {
     if (!g->defined()) continue;
-    check_f32(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g);
+    check_float_like(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g, x);
     check_shape(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g, {x.dim(1)});
   }
   check_same_device(op, {&x, &grad_out, &grad_x, &grad_weight, &grad_bias});
@@ -135,7 +134,9 @@ void cpu::groupnorm_backward(const Tensor& x, const Tensor& weight, const Tensor
 void groupnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
                         Tensor& grad_weight, Tensor& grad_bias, int num_groups, float eps) {
   check_backward_args(x, weight, grad_out, grad_x, grad_weight, grad_bias, num_groups, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("groupnorm_backward");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(
+        cuda::groupnorm_backward(x, weight, grad_out, grad_x, grad_weight, grad_bias, num_groups, eps));
   cpu::groupnorm_backward(x, weight, grad_out, grad_x, grad_weight, grad_bias, num_groups, eps);
 }
 

@@ -8,14 +8,17 @@
 // by weight[c] and shifted by bias[c]. Statistics are accumulated in double on the CPU, in f32 on CUDA (two
 // passes, shifted by the block's first value).
 //
-// groupnorm_backward (f32 only, CPU only so far): gradients given grad_out (f32, x's shape). Nothing is saved
-// from the forward: each block's mean and rstd are recomputed from x in double (one pass; cheap on the CPU).
+// groupnorm_backward (CPU and CUDA): gradients given grad_out (x's shape). x, weight, grad_out and every
+// gradient share one dtype: f32 (or bf16 on CUDA). Nothing is saved from the forward: each block's mean and
+// rstd are recomputed from x (in double on the CPU; in f32 on CUDA, two passes shifted as in the forward).
 // Per (n, group) block, with xhat = (x - mean) * rstd and g = grad_out * weight[channel]:
-//   grad_x      f32, x's shape, required:  rstd * (g - mean(g) - xhat * mean(g * xhat)), means over the block
-//   grad_weight f32 [C], optional:         sum over n and spatial of grad_out * xhat
-//   grad_bias   f32 [C], optional:         sum over n and spatial of grad_out
+//   grad_x      x's shape, required:  rstd * (g - mean(g) - xhat * mean(g * xhat)), means over the block
+//   grad_weight [C], optional:        sum over n and spatial of grad_out * xhat
+//   grad_bias   [C], optional:        sum over n and spatial of grad_out
 // An undefined grad_weight / grad_bias is not computed. Every gradient output is OVERWRITTEN, never
-// accumulated into; the sums are in double in a fixed order (deterministic results).
+// accumulated into. The sums are deterministic: in double in a fixed order on the CPU; on CUDA in f32, per
+// (image, channel) block sums in a fixed layout, then summed over images in order (no atomics). On CUDA grad_x
+// may be grad_out's memory.
 #pragma once
 
 #include "runtime/tensor.h"
@@ -31,9 +34,11 @@ void groupnorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor
 void groupnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
                         Tensor& grad_weight, Tensor& grad_bias, int num_groups, float eps);
 }
-// The CUDA forward launcher (groupnorm.cu); call it through the dispatcher above, which checks the shapes.
+// The CUDA launchers (groupnorm.cu); call them through the dispatchers above, which check the shapes.
 namespace cuda {
 void groupnorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, int num_groups, float eps);
+void groupnorm_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
+                        Tensor& grad_weight, Tensor& grad_bias, int num_groups, float eps);
 }
 
 }  // namespace mfuser::kernels

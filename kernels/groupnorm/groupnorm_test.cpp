@@ -1,5 +1,5 @@
 // groupnorm: CPU reference vs PyTorch's F.group_norm (float64) at tiny and pixel-decoder shapes; the CUDA
-// forward (f32 and bf16 storage) vs the CPU reference.
+// forward and backward (f32 and bf16 storage) vs the CPU reference.
 #include "kernels/groupnorm/groupnorm.h"
 
 #include "tests/common/cuda_test.h"
@@ -155,9 +155,66 @@ TEST(GroupnormCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::groupnorm(x, w, w, out32, 3, kEps), Error);
   const Tensor host_w = Tensor::zeros({6}, DType::f32);
   EXPECT_THROW(kernels::groupnorm(x32, host_w, host_w, out32, 3, kEps), Error);  // mixed devices
-  // The backward stays f32 (and CPU) only.
-  Tensor gx = Tensor::empty({1, 6, 4, 4}, DType::bf16, Device::cuda()), none;
-  EXPECT_THROW(kernels::groupnorm_backward(x, w, x, gx, none, none, 3, kEps), Error);
+  // The backward: every tensor in x's dtype.
+  Tensor gx = Tensor::empty({1, 6, 4, 4}, DType::bf16, Device::cuda()),
+         gw = Tensor::empty({6}, DType::bf16, Device::cuda()), gw32 = Tensor::empty({6}, DType::f32, Device::cuda()), none;
+  EXPECT_NO_THROW(kernels::groupnorm_backward(x, w, x, gx, gw, gw, 3, kEps));
+  EXPECT_THROW(kernels::groupnorm_backward(x, w, x32, gx, none, none, 3, kEps), Error);
+  EXPECT_THROW(kernels::groupnorm_backward(x, w, x, out32, none, none, 3, kEps), Error);
+  EXPECT_THROW(kernels::groupnorm_backward(x, w, x, gx, gw32, none, 3, kEps), Error);
+  EXPECT_THROW(kernels::groupnorm_backward(x, w, x, gx, none, gw32, 3, kEps), Error);
+}
+
+// ---- CUDA backward vs the CPU reference ----
+
+// Every combination of wanted parameter gradients. f32 tolerance 1e-4 also for grad_weight / grad_bias: a
+// channel's sum is an f32 block reduction of <= 16384 values per image, then summed over <= 3 images; error
+// O(1e-6) relative.
+TEST(GroupnormCuda, BackwardMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const int64_t channels = c.shape[1];
+      const Tensor x = test::random_host(c.shape, dtype, c.lo, c.hi),
+                   w = test::random_host({channels}, dtype, 0.5f, 1.5f), grad_out = test::random_host(c.shape, dtype);
+      for (const bool want_weight : {false, true}) {
+        for (const bool want_bias : {false, true}) {
+          Tensor ref_gx = Tensor::empty(c.shape, DType::f32);
+          Tensor ref_gw = want_weight ? Tensor::empty({channels}, DType::f32) : Tensor();
+          Tensor ref_gb = want_bias ? Tensor::empty({channels}, DType::f32) : Tensor();
+          kernels::cpu::groupnorm_backward(x, w, grad_out, ref_gx, ref_gw, ref_gb, c.num_groups, kEps);
+          Tensor gx = test::poisoned_cuda(c.shape, dtype);
+          Tensor gw = want_weight ? test::poisoned_cuda({channels}, dtype) : Tensor();
+          Tensor gb = want_bias ? test::poisoned_cuda({channels}, dtype) : Tensor();
+          kernels::groupnorm_backward(test::to_cuda(x, dtype), test::to_cuda(w, dtype), test::to_cuda(grad_out, dtype),
+                                      gx, gw, gb, c.num_groups, kEps);
+          const std::string what =
+              std::string("groupnorm_backward ") + c.name + (want_weight ? " +gw" : "") + (want_bias ? " +gb" : "");
+          test::expect_cuda_close(gx, ref_gx, what + " grad_x");
+          if (want_weight) test::expect_cuda_close(gw, ref_gw, what + " grad_weight");
+          if (want_bias) test::expect_cuda_close(gb, ref_gb, what + " grad_bias");
+        }
+      }
+    }
+  }
+}
+
+// grad_x may be grad_out's memory.
+TEST(GroupnormCuda, BackwardInPlaceOverGradOut) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const Shape shape = {2, 256, 64, 64};
+  for (const DType dtype : test::kCudaDtypes) {
+    const Tensor x = test::random_host(shape, dtype), w = test::random_host({256}, dtype, 0.5f, 1.5f),
+                 grad_out = test::random_host(shape, dtype);
+    Tensor ref_gx = Tensor::empty(shape, DType::f32), ref_gw = Tensor::empty({256}, DType::f32), none;
+    kernels::cpu::groupnorm_backward(x, w, grad_out, ref_gx, ref_gw, none, 32, kEps);
+    Tensor g = test::to_cuda(grad_out, dtype), gw = test::poisoned_cuda({256}, dtype);
+    kernels::groupnorm_backward(test::to_cuda(x, dtype), test::to_cuda(w, dtype), g, g, gw, none, 32, kEps);
+    test::expect_cuda_close(g, ref_gx, "groupnorm_backward in place grad_x");
+    test::expect_cuda_close(gw, ref_gw, "groupnorm_backward in place grad_weight");
+  }
 }
 
 }  // namespace

@@ -21,10 +21,9 @@ void check_args(const char* op, const Tensor& x, const Tensor& out, int dim, flo
   MFUSER_CHECK(eps >= 0.f, op, ": eps ", eps, " must be non-negative");
 }
 
-// The backward is f32 only: x, grad_out and grad_in of one shape.
+// The backward: x, grad_out and grad_in of one shape and dtype.
 void check_backward_args(const Tensor& x, const Tensor& grad_out, const Tensor& grad_in, int dim, float eps) {
   constexpr const char* op = "l2norm_backward";
-  check_f32(op, "x", x);
   check_args(op, x, grad_in, dim, eps);
   check_float_like(op, "grad_out", grad_out, x);
   check_shape(op, "grad_out", grad_out, x.shape());
@@ -103,7 +102,7 @@ void cpu::l2norm_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_
 
 void l2norm_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_in, int dim, float eps) {
   check_backward_args(x, grad_out, grad_in, dim, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("l2norm_backward");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::l2norm_backward(x, grad_out, grad_in, dim, eps));
   cpu::l2norm_backward(x, grad_out, grad_in, dim, eps);
 }
 

@@ -184,5 +184,42 @@ TEST(L2normCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::l2norm_backward(x, x, grad_in, 1), Error);
 }
 
+// l2norm_backward on CUDA against the CPU reference on the forward's cases (both kernel layouts, zero vectors,
+// norms around eps, the score map's visual and text embeddings), out of place and in place over grad_out.
+TEST(L2normCuda, BackwardMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      Tensor x = test::random_host(c.shape, dtype);
+      if (c.zero_first) {
+        const int d = c.dim < 0 ? c.dim + c.shape.ndim() : c.dim;
+        int64_t block = 1;
+        for (int i = d; i < c.shape.ndim(); ++i) block *= c.shape[i];
+        std::fill_n(x.data<float>(), block, 0.f);
+      }
+      const Tensor g = test::random_host(c.shape, dtype);
+      Tensor ref = Tensor::empty(c.shape, DType::f32);
+      kernels::cpu::l2norm_backward(x, g, ref, c.dim, c.eps);
+      const Tensor x_cuda = test::to_cuda(x, dtype);
+      Tensor out = test::poisoned_cuda(c.shape, dtype);
+      kernels::l2norm_backward(x_cuda, test::to_cuda(g, dtype), out, c.dim, c.eps);
+      test::expect_cuda_close(out, ref, std::string("l2norm_backward ") + c.name);
+      Tensor inplace = test::to_cuda(g, dtype);
+      kernels::l2norm_backward(x_cuda, inplace, inplace, c.dim, c.eps);
+      test::expect_cuda_close(inplace, ref, std::string("l2norm_backward in place ") + c.name);
+    }
+  }
+}
+
+TEST(L2normCuda, BackwardRejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x16 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::bf16);
+  const Tensor g32 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::f32);
+  Tensor out16 = test::poisoned_cuda({4, 6}, DType::bf16);
+  kernels::l2norm_backward(x16, x16, out16, -1);  // the valid baseline
+  EXPECT_THROW(kernels::l2norm_backward(x16, g32, out16, -1), Error);
+}
+
 }  // namespace
 }  // namespace mfuser

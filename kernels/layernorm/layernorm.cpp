@@ -37,10 +37,10 @@ void check_backward_args(const Tensor& x, const Tensor& weight, const Tensor& me
                          const Tensor& grad_out, const Tensor& grad_x, const Tensor& grad_weight,
                          const Tensor& grad_bias, float eps) {
   constexpr const char* op = "layernorm_backward";
-  check_f32(op, "x", x);
-  check_f32(op, "weight", weight);
-  check_f32(op, "grad_out", grad_out);
-  check_f32(op, "grad_x", grad_x);
+  check_float(op, "x", x);
+  check_float_like(op, "weight", weight, x);
+  check_float_like(op, "grad_out", grad_out, x);
+  check_float_like(op, "grad_x", grad_x, x);
   MFUSER_CHECK(x.ndim() >= 1 && x.dim(-1) >= 1, op, ": x must have a non-empty last dim, got ", x.str());
   const int64_t d = x.dim(-1);
   check_shape(op, "weight", weight, {d});
@@ -50,7 +50,7 @@ void check_backward_args(const Tensor& x, const Tensor& weight, const Tensor& me
   if (mean.defined()) check_stats(op, x, mean, rstd);
   for (const Tensor* g : {&grad_weight, &grad_bias}) {
     if (!g->defined()) continue;
-    check_f32(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g);
+    check_float_like(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g, x);
     check_shape(op, g == &grad_weight ? "grad_weight" : "grad_bias", *g, {d});
   }
   MFUSER_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
@@ -158,7 +158,9 @@ void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor
 void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
                         const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps) {
   check_backward_args(x, weight, mean, rstd, grad_out, grad_x, grad_weight, grad_bias, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("layernorm_backward");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(
+        cuda::layernorm_backward(x, weight, mean, rstd, grad_out, grad_x, grad_weight, grad_bias, eps));
   cpu::layernorm_backward(x, weight, mean, rstd, grad_out, grad_x, grad_weight, grad_bias, eps);
 }
 

@@ -9,16 +9,18 @@
 // The overload with `mean` and `rstd` also writes each row's statistics (f32 [rows] whatever x's dtype,
 // rows = x.numel() / D, rstd = 1 / sqrt(var + eps)) for the backward to reuse.
 //
-// layernorm_backward (f32 only, CPU only so far): gradients of the forward above given grad_out (f32, x's
-// shape). Saved statistics are optional: pass the forward's `mean` and `rstd` (both, f32 [rows]) or two
-// undefined tensors to recompute them from x in double (one extra pass over x; cheap on the CPU and exact,
-// whereas the saved f32 mean loses digits when |mean| >> std). Recomputing is the intended use on the CPU; the
-// saved path is for device kernels.
-//   grad_x      f32, x's shape, required:   rstd * (g - mean(g) - xhat * mean(g * xhat)), g = grad_out * weight
-//   grad_weight f32 [D], optional:          sum over rows of grad_out * xhat
-//   grad_bias   f32 [D], optional:          sum over rows of grad_out
+// layernorm_backward (CPU and CUDA): gradients of the forward above given grad_out (x's shape). x, weight,
+// grad_out and every gradient share one dtype: f32 (or bf16 on CUDA). Saved statistics are optional: pass the
+// forward's `mean` and `rstd` (both, f32 [rows]) or two undefined tensors to recompute them from x (in double
+// on the CPU; on CUDA in f32 inside the kernel, two passes shifted as in the forward: one extra read of the
+// row). Recomputing is exact on the CPU, whereas the saved f32 mean loses digits when |mean| >> std.
+//   grad_x      x's shape, required:   rstd * (g - mean(g) - xhat * mean(g * xhat)), g = grad_out * weight
+//   grad_weight [D], optional:         sum over rows of grad_out * xhat
+//   grad_bias   [D], optional:         sum over rows of grad_out
 // An undefined grad_weight / grad_bias is not computed (a frozen norm). Every gradient output is
-// OVERWRITTEN, never accumulated into. Row sums are in double, in a fixed order (deterministic results).
+// OVERWRITTEN, never accumulated into. Row sums are deterministic: in double in a fixed order on the CPU; on
+// CUDA in f32, per-block partial sums in a fixed layout then one column-sum kernel (no atomics). grad_x may be
+// the memory of grad_out (each element is read and written by one thread).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -38,11 +40,13 @@ void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor
 void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
                         const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
 }
-// The CUDA forward launchers (layernorm.cu); call them through the dispatchers above, which check the shapes.
+// The CUDA launchers (layernorm.cu); call them through the dispatchers above, which check the shapes.
 namespace cuda {
 void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps);
 void layernorm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& out, float eps, Tensor& mean,
                Tensor& rstd);
+void layernorm_backward(const Tensor& x, const Tensor& weight, const Tensor& mean, const Tensor& rstd,
+                        const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias, float eps);
 }
 
 }  // namespace mfuser::kernels

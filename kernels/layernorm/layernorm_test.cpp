@@ -1,5 +1,5 @@
 // layernorm: CPU reference vs PyTorch's F.layer_norm (float64) at tiny and ViT-L shapes; the CUDA forward
-// (f32 and bf16 storage) vs the CPU reference.
+// and backward (f32 and bf16 storage) vs the CPU reference.
 #include "kernels/layernorm/layernorm.h"
 
 #include "tests/common/cuda_test.h"
@@ -203,9 +203,75 @@ TEST(LayernormCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::layernorm(f16, w, w, out16, 1e-5f), Error);
   const Tensor x32 = Tensor::zeros({4, 8}, DType::f32, Device::cuda()), host_w = Tensor::zeros({8}, DType::f32);
   EXPECT_THROW(kernels::layernorm(x32, host_w, host_w, out32, 1e-5f), Error);  // mixed devices
-  // The backward stays f32 (and CPU) only.
-  Tensor gx = Tensor::empty({4, 8}, DType::bf16, Device::cuda()), none;
-  EXPECT_THROW(kernels::layernorm_backward(x, w, none, none, x, gx, none, none, 1e-5f), Error);
+  // The backward: every gradient in x's dtype, saved statistics f32.
+  Tensor gx = Tensor::empty({4, 8}, DType::bf16, Device::cuda()), gw = Tensor::empty({8}, DType::bf16, Device::cuda());
+  Tensor gw32 = Tensor::empty({8}, DType::f32, Device::cuda()), none;
+  EXPECT_NO_THROW(kernels::layernorm_backward(x, w, none, none, x, gx, gw, gw, 1e-5f));
+  EXPECT_NO_THROW(kernels::layernorm_backward(x, w, mean, rstd, x, gx, gw, none, 1e-5f));
+  EXPECT_THROW(kernels::layernorm_backward(x, w, mean16, mean16, x, gx, gw, gw, 1e-5f), Error);
+  EXPECT_THROW(kernels::layernorm_backward(x, w, none, none, x32, gx, none, none, 1e-5f), Error);
+  EXPECT_THROW(kernels::layernorm_backward(x, w, none, none, x, out32, none, none, 1e-5f), Error);
+  EXPECT_THROW(kernels::layernorm_backward(x, w, none, none, x, gx, gw32, none, 1e-5f), Error);
+  EXPECT_THROW(kernels::layernorm_backward(x, w32, none, none, x, gx, none, gw, 1e-5f), Error);
+}
+
+// ---- CUDA backward vs the CPU reference ----
+
+// Every combination of saved/recomputed statistics and wanted parameter gradients. f32 tolerance 1e-4 also for
+// grad_weight / grad_bias: their row sums (up to 10752 rows) are f32 per-block partials of <= 21 rows summed
+// over <= 512 blocks, error O(1e-6) relative.
+TEST(LayernormCuda, BackwardMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      const LayernormInputs in = random_inputs(c, dtype);
+      const Tensor grad_out = test::random_host(c.shape, dtype);
+      const int64_t d = c.shape[-1], rows = c.shape.numel() / d;
+      Tensor fwd = Tensor::empty(c.shape, DType::f32), saved_mean = Tensor::empty({rows}, DType::f32),
+             saved_rstd = Tensor::empty({rows}, DType::f32);
+      kernels::cpu::layernorm(in.x, in.weight, in.bias, fwd, c.eps, saved_mean, saved_rstd);
+      for (const bool saved : {false, true}) {
+        for (const bool want_weight : {false, true}) {
+          for (const bool want_bias : {false, true}) {
+            const Tensor mean = saved ? saved_mean : Tensor(), rstd = saved ? saved_rstd : Tensor();
+            Tensor ref_gx = Tensor::empty(c.shape, DType::f32);
+            Tensor ref_gw = want_weight ? Tensor::empty({d}, DType::f32) : Tensor();
+            Tensor ref_gb = want_bias ? Tensor::empty({d}, DType::f32) : Tensor();
+            kernels::cpu::layernorm_backward(in.x, in.weight, mean, rstd, grad_out, ref_gx, ref_gw, ref_gb, c.eps);
+            Tensor gx = test::poisoned_cuda(c.shape, dtype);
+            Tensor gw = want_weight ? test::poisoned_cuda({d}, dtype) : Tensor();
+            Tensor gb = want_bias ? test::poisoned_cuda({d}, dtype) : Tensor();
+            kernels::layernorm_backward(test::to_cuda(in.x, dtype), test::to_cuda(in.weight, dtype),
+                                        test::to_cuda(mean, DType::f32), test::to_cuda(rstd, DType::f32),
+                                        test::to_cuda(grad_out, dtype), gx, gw, gb, c.eps);
+            const std::string what = std::string("layernorm_backward ") + c.name + (saved ? " saved" : " recomputed") +
+                                     (want_weight ? " +gw" : "") + (want_bias ? " +gb" : "");
+            test::expect_cuda_close(gx, ref_gx, what + " grad_x");
+            if (want_weight) test::expect_cuda_close(gw, ref_gw, what + " grad_weight");
+            if (want_bias) test::expect_cuda_close(gb, ref_gb, what + " grad_bias");
+          }
+        }
+      }
+    }
+  }
+}
+
+// grad_x may be grad_out's memory.
+TEST(LayernormCuda, BackwardInPlaceOverGradOut) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase c = {"in_place", {2, 1025, 1024}, 1e-5f};
+  for (const DType dtype : test::kCudaDtypes) {
+    const LayernormInputs in = random_inputs(c, dtype);
+    const Tensor grad_out = test::random_host(c.shape, dtype);
+    Tensor ref_gx = Tensor::empty(c.shape, DType::f32), none;
+    kernels::cpu::layernorm_backward(in.x, in.weight, none, none, grad_out, ref_gx, none, none, c.eps);
+    Tensor g = test::to_cuda(grad_out, dtype);
+    kernels::layernorm_backward(test::to_cuda(in.x, dtype), test::to_cuda(in.weight, dtype), none, none, g, g, none,
+                                none, c.eps);
+    test::expect_cuda_close(g, ref_gx, "layernorm_backward in place");
+  }
 }
 
 }  // namespace

@@ -25,9 +25,8 @@ void check_args(const Tensor& x, const Tensor& out, int kernel, int stride) {
 }
 
 void check_backward_args(const Tensor& x, const Tensor& grad_out, const Tensor& grad_x, int kernel, int stride) {
-  check_f32("maxpool2d_backward", "grad_out", grad_out);
-  check_f32("maxpool2d_backward", "grad_x", grad_x);
-  check_args(x, grad_out, kernel, stride);  // grad_out has the forward output's shape
+  check_args(x, grad_out, kernel, stride);  // grad_out has the forward output's shape and x's dtype
+  check_float_like("maxpool2d_backward", "grad_x", grad_x, x);
   check_shape("maxpool2d_backward", "grad_x", grad_x, x.shape());
   check_same_device("maxpool2d_backward", {&x, &grad_out, &grad_x});
 }
@@ -90,7 +89,7 @@ void cpu::maxpool2d_backward(const Tensor& x, const Tensor& grad_out, Tensor& gr
 
 void maxpool2d_backward(const Tensor& x, const Tensor& grad_out, Tensor& grad_x, int kernel, int stride) {
   check_backward_args(x, grad_out, grad_x, kernel, stride);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("maxpool2d_backward");
+  if (x.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::maxpool2d_backward(x, grad_out, grad_x, kernel, stride));
   cpu::maxpool2d_backward(x, grad_out, grad_x, kernel, stride);
 }
 

@@ -183,5 +183,41 @@ TEST(Maxpool2dCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::maxpool2d_backward(x32, out32, gx32), Error);
 }
 
+// maxpool2d_backward on CUDA: the same row-major sums as the CPU, so f32 is bit-identical; overlapping windows
+// (k3 s2, k3 s1) route several gradients onto one element. Small integers make ties likely.
+TEST(Maxpool2dCuda, BackwardMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      for (bool ties : {false, true}) {
+        Tensor x = test::random_host(c.x, dtype);
+        if (ties)
+          for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = std::round(x.data<float>()[i] * 2.f);
+        const Shape out_shape{c.x[0], c.x[1], (c.x[2] - c.kernel) / c.stride + 1, (c.x[3] - c.kernel) / c.stride + 1};
+        const Tensor g = test::random_host(out_shape, dtype);
+        Tensor ref = Tensor::empty(c.x, DType::f32);
+        kernels::cpu::maxpool2d_backward(x, g, ref, c.kernel, c.stride);
+        Tensor out = test::poisoned_cuda(c.x, dtype);
+        kernels::maxpool2d_backward(test::to_cuda(x, dtype), test::to_cuda(g, dtype), out, c.kernel, c.stride);
+        const std::string what = str_cat("maxpool2d_backward ", c.name, ties ? " ties" : "");
+        test::expect_cuda_close(out, ref, what);
+        if (dtype == DType::f32) expect_same_values(out, ref, what);
+      }
+    }
+  }
+}
+
+TEST(Maxpool2dCuda, BackwardRejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor x16 = test::to_cuda(Tensor::zeros({1, 1, 4, 4}, DType::f32), DType::bf16);
+  const Tensor g16 = test::to_cuda(Tensor::zeros({1, 1, 2, 2}, DType::f32), DType::bf16);
+  const Tensor g32 = test::to_cuda(Tensor::zeros({1, 1, 2, 2}, DType::f32), DType::f32);
+  Tensor out16 = test::poisoned_cuda({1, 1, 4, 4}, DType::bf16), out32 = test::poisoned_cuda({1, 1, 4, 4}, DType::f32);
+  kernels::maxpool2d_backward(x16, g16, out16);  // the valid baseline
+  EXPECT_THROW(kernels::maxpool2d_backward(x16, g32, out16), Error);
+  EXPECT_THROW(kernels::maxpool2d_backward(x16, g16, out32), Error);
+}
+
 }  // namespace
 }  // namespace mfuser

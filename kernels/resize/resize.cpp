@@ -23,9 +23,9 @@ const char* op_name(Mode mode) { return mode == Mode::bilinear ? "resize_bilinea
 void check_args(Mode mode, const Tensor& src, const Tensor& dst, double scale_h, double scale_w, bool grads = false) {
   const std::string name = str_cat(op_name(mode), grads ? "_backward" : "");
   const char* op = name.c_str();
-  if (grads) {  // the backward is CPU only, f32
-    check_f32(op, "grad_src", src);
-    check_f32(op, "grad_dst", dst);
+  if (grads) {
+    check_float(op, "grad_src", src);
+    check_float_like(op, "grad_dst", dst, src);
   } else {
     check_float(op, "src", src);
     check_float_like(op, "dst", dst, src);
@@ -170,7 +170,8 @@ void cpu::resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, dou
 
 void resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, double scale_h, double scale_w) {
   check_args(Mode::bilinear, grad_src, grad_dst, scale_h, scale_w, true);
-  if (grad_dst.device().is_cuda()) no_cuda_kernel_yet("resize_bilinear_backward");
+  if (grad_dst.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::resize_bilinear_backward(grad_dst, grad_src, scale_h, scale_w));
   cpu::resize_bilinear_backward(grad_dst, grad_src, scale_h, scale_w);
 }
 

@@ -25,11 +25,12 @@ namespace mfuser::kernels {
 void resize_bilinear(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
 void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h = 0, double scale_w = 0);
 
-// Backward of resize_bilinear (CPU only, f32; F.interpolate's autograd, align_corners=False): from grad_dst
+// Backward of resize_bilinear (f32, or bf16 on CUDA; F.interpolate's autograd, align_corners=False): from grad_dst
 // [N, C, H', W'], OVERWRITES grad_src [N, C, H, W] (the forward's input shape), given the forward's scale
 // arguments. Each source pixel receives weight * grad_dst from every output pixel whose taps include it (a tap
 // clamped onto the border pixel adds there); sums run in double, one plane per task. Nothing from the forward
-// is needed but the shapes.
+// is needed but the shapes. CUDA: a gather, one thread per source pixel over the output pixels that tap it
+// (f32 sums, no atomics: deterministic).
 // resize_bicubic has no backward: MFuser uses it only on frozen positional embeddings.
 void resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, double scale_h = 0, double scale_w = 0);
 
@@ -41,6 +42,7 @@ void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h = 0, double s
 namespace cuda {
 void resize_bilinear(const Tensor& src, Tensor& dst, double scale_h, double scale_w);
 void resize_bicubic(const Tensor& src, Tensor& dst, double scale_h, double scale_w);
+void resize_bilinear_backward(const Tensor& grad_dst, Tensor& grad_src, double scale_h, double scale_w);
 }  // namespace cuda
 
 }  // namespace mfuser::kernels

@@ -224,5 +224,32 @@ TEST(ResizeCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::resize_bilinear_backward(out32, grad_src), Error);
 }
 
+// resize_bilinear_backward on CUDA (a gather per source pixel) against the CPU scatter, on the forward's
+// bilinear cases: down and up by integer and odd factors, to and from 1x1, scale factors, the model's logits.
+TEST(ResizeCuda, BilinearBackwardMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const CudaCase& c : kCudaCases) {
+      if (c.bicubic) continue;  // no bicubic backward
+      const Shape out_shape{c.src[0], c.src[1], c.out_h, c.out_w};
+      const Tensor g = test::random_host(out_shape, dtype);
+      Tensor ref = Tensor::empty(c.src, DType::f32);
+      kernels::cpu::resize_bilinear_backward(g, ref, c.scale_h, c.scale_w);
+      Tensor out = test::poisoned_cuda(c.src, dtype);
+      kernels::resize_bilinear_backward(test::to_cuda(g, dtype), out, c.scale_h, c.scale_w);
+      test::expect_cuda_close(out, ref, std::string("resize_bilinear_backward ") + c.name);
+    }
+  }
+}
+
+TEST(ResizeCuda, BilinearBackwardRejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor g16 = test::to_cuda(Tensor::zeros({1, 1, 4, 4}, DType::f32), DType::bf16);
+  Tensor out16 = test::poisoned_cuda({1, 1, 2, 2}, DType::bf16), out32 = test::poisoned_cuda({1, 1, 2, 2}, DType::f32);
+  kernels::resize_bilinear_backward(g16, out16);  // the valid baseline
+  EXPECT_THROW(kernels::resize_bilinear_backward(g16, out32), Error);
+}
+
 }  // namespace
 }  // namespace mfuser

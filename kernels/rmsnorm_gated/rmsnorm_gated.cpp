@@ -27,19 +27,22 @@ void check_args(const Tensor& x, const Tensor& z, const Tensor& weight, const Te
 void check_backward_args(const Tensor& x, const Tensor& z, const Tensor& weight, const Tensor& grad_out,
                          const Tensor& grad_x, const Tensor& grad_z, const Tensor& grad_weight, float eps) {
   constexpr const char* op = "rmsnorm_gated_backward";
-  check_f32(op, "x", x);
-  check_f32(op, "z", z);
-  check_f32(op, "weight", weight);
-  check_f32(op, "grad_out", grad_out);
-  check_f32(op, "grad_x", grad_x);
-  check_f32(op, "grad_z", grad_z);
+  check_float(op, "x", x);
+  check_float_like(op, "z", z, x);
+  check_float_like(op, "weight", weight, x);
+  check_float_like(op, "grad_out", grad_out, x);
+  check_float_like(op, "grad_x", grad_x, x);
+  check_float_like(op, "grad_z", grad_z, x);
   MFUSER_CHECK(x.ndim() >= 1 && x.dim(-1) >= 1, op, ": x must have a non-empty last dim, got ", x.str());
   check_shape(op, "z", z, x.shape());
   check_shape(op, "weight", weight, {x.dim(-1)});
   check_shape(op, "grad_out", grad_out, x.shape());
   check_shape(op, "grad_x", grad_x, x.shape());
   check_shape(op, "grad_z", grad_z, x.shape());
-  check_optional_f32(op, "grad_weight", grad_weight, {x.dim(-1)});
+  if (grad_weight.defined()) {
+    check_float_like(op, "grad_weight", grad_weight, x);
+    check_shape(op, "grad_weight", grad_weight, {x.dim(-1)});
+  }
   MFUSER_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
   check_same_device(op, {&x, &z, &weight, &grad_out, &grad_x, &grad_z, &grad_weight});
 }
@@ -111,7 +114,8 @@ void cpu::rmsnorm_gated_backward(const Tensor& x, const Tensor& z, const Tensor&
 void rmsnorm_gated_backward(const Tensor& x, const Tensor& z, const Tensor& weight, const Tensor& grad_out,
                             Tensor& grad_x, Tensor& grad_z, Tensor& grad_weight, float eps) {
   check_backward_args(x, z, weight, grad_out, grad_x, grad_z, grad_weight, eps);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("rmsnorm_gated_backward");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::rmsnorm_gated_backward(x, z, weight, grad_out, grad_x, grad_z, grad_weight, eps));
   cpu::rmsnorm_gated_backward(x, z, weight, grad_out, grad_x, grad_z, grad_weight, eps);
 }
 

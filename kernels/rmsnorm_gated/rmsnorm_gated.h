@@ -7,15 +7,18 @@
 // subtraction, no bias), accumulated in double on the CPU, in f32 on CUDA. MVFuser's rows are half its width:
 // 512 in the backbone adapters (2 x 1025 tokens), 128 in the context decoder's MTEnhancer (19 + 1025 + 19).
 //
-// rmsnorm_gated_backward (f32 only, CPU only so far): gradients given grad_out (f32, x's shape). Nothing is
-// saved from the forward: the row's rstd = rsqrt(mean(x^2) + eps) is recomputed from x in double (one pass;
-// cheap on the CPU). With g = grad_out * weight * silu(z):
-//   grad_x      f32, x's shape, required:  rstd * g - x * rstd^3 * mean(g * x)
-//   grad_z      f32, x's shape, required:  grad_out * x * rstd * weight * silu'(z),
-//                                           silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))
-//   grad_weight f32 [D], optional:         sum over rows of grad_out * x * rstd * silu(z)
-// An undefined grad_weight is not computed. Every gradient output is OVERWRITTEN, never accumulated into; the
-// row sums are in double in a fixed order (deterministic results).
+// rmsnorm_gated_backward (CPU and CUDA): gradients given grad_out (x's shape). x, z, weight, grad_out and every
+// gradient share one dtype: f32 (or bf16 on CUDA). Nothing is saved from the forward: the row's
+// rstd = rsqrt(mean(x^2) + eps) is recomputed from x (in double on the CPU, f32 on CUDA; one pass).
+// With g = grad_out * weight * silu(z):
+//   grad_x      x's shape, required:  rstd * g - x * rstd^3 * mean(g * x)
+//   grad_z      x's shape, required:  grad_out * x * rstd * weight * silu'(z),
+//                                     silu'(z) = sigmoid(z) * (1 + z * (1 - sigmoid(z)))
+//   grad_weight [D], optional:        sum over rows of grad_out * x * rstd * silu(z)
+// An undefined grad_weight is not computed. Every gradient output is OVERWRITTEN, never accumulated into. The
+// row sums are deterministic: in double in a fixed order on the CPU; on CUDA in f32, per-block partial sums in
+// a fixed layout then one column-sum kernel (no atomics). On CUDA grad_x / grad_z may be the memory of x, z or
+// grad_out (each element is read and written by one thread).
 #pragma once
 
 #include "runtime/tensor.h"
@@ -31,9 +34,11 @@ void rmsnorm_gated(const Tensor& x, const Tensor& z, const Tensor& weight, Tenso
 void rmsnorm_gated_backward(const Tensor& x, const Tensor& z, const Tensor& weight, const Tensor& grad_out,
                             Tensor& grad_x, Tensor& grad_z, Tensor& grad_weight, float eps);
 }
-// The CUDA forward launcher (rmsnorm_gated.cu); call it through the dispatcher above, which checks the shapes.
+// The CUDA launchers (rmsnorm_gated.cu); call them through the dispatchers above, which check the shapes.
 namespace cuda {
 void rmsnorm_gated(const Tensor& x, const Tensor& z, const Tensor& weight, Tensor& out, float eps);
+void rmsnorm_gated_backward(const Tensor& x, const Tensor& z, const Tensor& weight, const Tensor& grad_out,
+                            Tensor& grad_x, Tensor& grad_z, Tensor& grad_weight, float eps);
 }
 
 }  // namespace mfuser::kernels

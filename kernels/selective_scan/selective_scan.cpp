@@ -72,7 +72,7 @@ void check_backward_args(const Tensor& u, const Tensor& delta, const Tensor& A, 
                                std::tuple{"grad_delta_bias", &grad_delta_bias, &delta_bias}}) {
     MFUSER_CHECK(t->defined() == like->defined(), kOp, ": ", name, " must be defined exactly when its input is");
     if (!t->defined()) continue;
-    check_f32(kOp, name, *t);
+    check_float_like(kOp, name, *t, u);
     check_shape(kOp, name, *t, like->shape());
   }
   check_same_device(kOp, {&u, &grad_y, &grad_u, &grad_delta, &grad_A, &grad_B, &grad_C,
@@ -235,7 +235,10 @@ void selective_scan_backward(const Tensor& u, const Tensor& delta, const Tensor&
                              Tensor& grad_D, Tensor& grad_delta_bias, bool delta_softplus) {
   check_backward_args(u, delta, A, B, C, D, delta_bias, grad_y, grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D,
                       grad_delta_bias);
-  if (u.device().is_cuda()) no_cuda_kernel_yet("selective_scan_backward");
+  if (u.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::selective_scan_backward(u, delta, A, B, C, D, delta_bias, grad_y, grad_u,
+                                                            grad_delta, grad_A, grad_B, grad_C, grad_D,
+                                                            grad_delta_bias, delta_softplus));
   cpu::selective_scan_backward(u, delta, A, B, C, D, delta_bias, grad_y, grad_u, grad_delta, grad_A, grad_B, grad_C,
                                grad_D, grad_delta_bias, delta_softplus);
 }

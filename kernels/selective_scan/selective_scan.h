@@ -27,8 +27,12 @@ namespace mfuser::kernels {
 // grad_delta is the gradient through the softplus (F.softplus's: 1 above 20, sigmoid below). grad_delta_bias is
 // only the gradient of this op's own use of delta_bias (the sum of grad_delta over batch and time): MVFuser's
 // dt_proj bias also entered `delta` through the dt_proj Linear, and the caller adds that Linear's bias gradient
-// itself. Sums over time, channels and batch (grad_A, grad_B, grad_C, grad_D, grad_delta_bias) run in double;
-// the result is deterministic for any thread count.
+// itself. Gradients have u's dtype (f32, or bf16 on CUDA). On the CPU, sums over time, channels and batch
+// (grad_A, grad_B, grad_C, grad_D, grad_delta_bias) run in double; the result is deterministic for any thread
+// count. It runs on CUDA too (N <= 256): per sequence the states are recomputed per time chunk from f32
+// checkpoints and swept in reverse with the adjoint in registers; the sums run in f32 through per-(b, channel
+// block) and per-(b, d) partials reduced in a fixed order (no atomics: bitwise reproducible). Scratch: about
+// 2 Bt ceil(D / channels per block) N L + Bt D (N + 2) + Bt D N ceil(L / chunk) floats.
 void selective_scan_backward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
                              const Tensor& C, const Tensor& D, const Tensor& delta_bias, const Tensor& grad_y,
                              Tensor& grad_u, Tensor& grad_delta, Tensor& grad_A, Tensor& grad_B, Tensor& grad_C,
@@ -41,6 +45,10 @@ void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const
 namespace cuda {
 void selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
                     const Tensor& D, const Tensor& delta_bias, Tensor& y, Tensor* last_state, bool delta_softplus);
+void selective_scan_backward(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                             const Tensor& C, const Tensor& D, const Tensor& delta_bias, const Tensor& grad_y,
+                             Tensor& grad_u, Tensor& grad_delta, Tensor& grad_A, Tensor& grad_B, Tensor& grad_C,
+                             Tensor& grad_D, Tensor& grad_delta_bias, bool delta_softplus);
 }
 
 namespace cpu {

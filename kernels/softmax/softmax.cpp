@@ -70,8 +70,8 @@ void cpu::softmax(const Tensor& x, const Tensor& mask, Tensor& out) {
 namespace {
 
 void check_backward(const Tensor& y, const Tensor& grad_out, const Tensor& grad_in) {
-  detail::check_same_f32("softmax_backward", y, grad_in);
-  detail::check_same_f32("softmax_backward", grad_out, grad_in);
+  detail::check_same_float("softmax_backward", y, grad_in);
+  detail::check_same_float("softmax_backward", grad_out, grad_in);
   MFUSER_CHECK(y.ndim() >= 1, "softmax_backward: ", y.str(), ": needs at least one dim");
 }
 
@@ -100,7 +100,7 @@ void cpu::softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad
 
 void softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad_in) {
   check_backward(y, grad_out, grad_in);
-  MFUSER_CHECK(!y.device().is_cuda(), "softmax_backward: no CUDA kernel yet");
+  if (y.device().is_cuda()) return MFUSER_CUDA_KERNEL(cuda::softmax_backward(y, grad_out, grad_in));
   cpu::softmax_backward(y, grad_out, grad_in);
 }
 

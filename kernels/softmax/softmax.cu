@@ -2,6 +2,7 @@
 // at most 256 threads. Three passes over the row in global memory (max, sum of exponentials, normalized
 // write), all in f32. A fully masked row has max -inf and exp(-inf - -inf) = NaN fills it: PyTorch's answer.
 // out may be x: each element is read and written by one thread only, after both reductions.
+// The backward uses the same layout: one block_sum for <grad_out, y>, then the element-wise write.
 #include <algorithm>
 
 #include "kernels/common/cuda_common.cuh"
@@ -53,6 +54,9 @@ MaskIndex mask_index(const Shape& x, const Shape& mask) {
 
 enum class MaskKind { none, boolean, additive };
 
+// One warp for rows up to 32 long, at most 256 threads.
+int threads_for_row(int64_t cols) { return int(std::min<int64_t>(256, ceil_div<int64_t>(cols, 32) * 32)); }
+
 template <class T, MaskKind kMask>
 __global__ void softmax_kernel(const T* x, const void* mask, MaskIndex index, T* out, int64_t rows, int64_t cols) {
   __shared__ float scratch[32];
@@ -82,7 +86,7 @@ __global__ void softmax_kernel(const T* x, const void* mask, MaskIndex index, T*
 template <class T, MaskKind kMask>
 void launch(const Tensor& x, const Tensor& mask, Tensor& out) {
   const int64_t cols = x.dim(-1), rows = x.numel() / cols;
-  const int threads = int(std::min<int64_t>(256, ceil_div<int64_t>(cols, 32) * 32));
+  const int threads = threads_for_row(cols);
   const unsigned blocks = unsigned(std::min<int64_t>(rows, 1 << 20));
   const MaskIndex index = mask.defined() ? mask_index(x.shape(), mask.shape()) : MaskIndex{};
   softmax_kernel<T, kMask><<<blocks, threads, 0, stream_of(x)>>>(static_cast<const T*>(x.raw_data()),
@@ -91,7 +95,38 @@ void launch(const Tensor& x, const Tensor& mask, Tensor& out) {
   MFUSER_CUDA_CHECK_LAUNCH();
 }
 
+// grad_in = y * (grad_out - <grad_out, y>) per row, the same block-per-row layout as the forward. grad_in may
+// be y or grad_out: every read of the dot product precedes block_sum's barrier, and each element is then
+// read and written by one thread.
+template <class T>
+__global__ void softmax_backward_kernel(const T* y, const T* grad_out, T* grad_in, int64_t rows, int64_t cols) {
+  __shared__ float scratch[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* y_row = y + row * cols;
+    const T* g_row = grad_out + row * cols;
+    T* out_row = grad_in + row * cols;
+    float dot = 0.f;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dot += to_float(g_row[j]) * to_float(y_row[j]);
+    dot = block_sum(dot, scratch);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
+      out_row[j] = from_float<T>(to_float(y_row[j]) * (to_float(g_row[j]) - dot));
+  }
+}
+
 }  // namespace
+
+void cuda::softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad_in) {
+  check_cuda_storage("softmax_backward", y.dtype(), {&y, &grad_out, &grad_in});
+  if (y.numel() == 0) return;
+  const int64_t cols = y.dim(-1), rows = y.numel() / cols;
+  const unsigned blocks = unsigned(std::min<int64_t>(rows, 1 << 20));
+  with_storage_type("softmax_backward", y.dtype(), [&]<class T>() {
+    softmax_backward_kernel<T><<<blocks, threads_for_row(cols), 0, stream_of(y)>>>(
+        static_cast<const T*>(y.raw_data()), static_cast<const T*>(grad_out.raw_data()),
+        static_cast<T*>(grad_in.raw_data()), rows, cols);
+    MFUSER_CUDA_CHECK_LAUNCH();
+  });
+}
 
 void cuda::softmax(const Tensor& x, const Tensor& mask, Tensor& out) {
   check_cuda_storage("softmax", x.dtype(), {&x, &out});

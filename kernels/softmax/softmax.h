@@ -17,8 +17,9 @@
 // softmax_backward(y, grad_out, grad_in): grad_in = y * (grad_out - sum_j grad_out_j y_j) row by row (the
 // gradient with respect to the logits x, and so also to an additive mask), from the forward's OUTPUT y
 // (saved; x and the mask are not needed). Masked entries have y = 0 and get exactly 0 (for finite
-// grad_out), as torch's masked_fill backward gives them. y, grad_out and grad_in: f32 of one shape;
-// grad_in is OVERWRITTEN and may be grad_out or y itself. Dot products accumulate in f64. Rows that the
+// grad_out), as torch's masked_fill backward gives them. y, grad_out and grad_in: f32 (or bf16 on CUDA) of
+// one shape and dtype; grad_in is OVERWRITTEN and may be grad_out or y itself. Dot products accumulate in
+// f64 on the CPU, in f32 on CUDA (one block per row, a fixed reduction tree). Rows that the
 // forward made NaN (fully masked) are OUT OF CONTRACT: their gradient is NaN here, while PyTorch gives NaN
 // for an additive -inf mask but zeros through a boolean masked_fill; callers must not rely on either.
 #pragma once
@@ -32,6 +33,7 @@ void softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad_in);
 
 namespace cuda {
 void softmax(const Tensor& x, const Tensor& mask, Tensor& out);
+void softmax_backward(const Tensor& y, const Tensor& grad_out, Tensor& grad_in);
 }  // namespace cuda
 
 namespace cpu {

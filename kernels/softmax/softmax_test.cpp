@@ -318,5 +318,46 @@ TEST(SoftmaxCuda, RejectsMixedDtypes) {
   EXPECT_THROW(kernels::softmax(x16, Tensor::zeros({5}, DType::boolean), out16), Error);  // host mask
 }
 
+// softmax_backward on CUDA against the CPU reference, from a real softmax output y (with masked zeros):
+// attention rows (16 heads x 1025 x 1025), odd widths, one-wide rows, and in place over grad_out and y.
+TEST(SoftmaxCuda, BackwardMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const Shape& shape : {Shape{16, 1025, 1025}, Shape{3, 7, 33}, Shape{5, 1}, Shape{2, 300}, Shape{1, 4099}}) {
+      const int64_t n = shape[-1];
+      const Tensor x = test::random_host(shape, dtype, -4.f, 4.f);
+      Tensor mask = Tensor::zeros({n}, DType::boolean);
+      for (int64_t j = 1; j < n; j += 3) mask.data<bool>()[j] = true;  // masked logits: y = 0 there
+      Tensor y = Tensor::empty(shape, DType::f32);
+      kernels::cpu::softmax(x, mask, y);
+      y = test::representable(y, dtype);
+      const Tensor g = test::random_host(shape, dtype);
+      Tensor ref = Tensor::empty(shape, DType::f32);
+      kernels::cpu::softmax_backward(y, g, ref);
+      const std::string what = str_cat("softmax_backward ", shape.str());
+      const Tensor y_cuda = test::to_cuda(y, dtype);
+      Tensor out = test::poisoned_cuda(shape, dtype);
+      kernels::softmax_backward(y_cuda, test::to_cuda(g, dtype), out);
+      test::expect_cuda_close(out, ref, what);
+      Tensor over_g = test::to_cuda(g, dtype);
+      kernels::softmax_backward(y_cuda, over_g, over_g);
+      test::expect_cuda_close(over_g, ref, what + " in place over grad_out");
+      Tensor over_y = test::to_cuda(y, dtype);
+      kernels::softmax_backward(over_y, test::to_cuda(g, dtype), over_y);
+      test::expect_cuda_close(over_y, ref, what + " in place over y");
+    }
+  }
+}
+
+TEST(SoftmaxCuda, BackwardRejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const Tensor y16 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::bf16);
+  const Tensor g32 = test::to_cuda(Tensor::zeros({4, 6}, DType::f32), DType::f32);
+  Tensor out16 = test::poisoned_cuda({4, 6}, DType::bf16);
+  kernels::softmax_backward(y16, y16, out16);  // the valid baseline
+  EXPECT_THROW(kernels::softmax_backward(y16, g32, out16), Error);
+}
+
 }  // namespace
 }  // namespace mfuser

@@ -14,26 +14,6 @@
 namespace mfuser {
 namespace {
 
-// Share of pixels whose argmax over classes (dim 1 of [B, K, H, W]) agrees, first maximum on ties.
-double argmax_agreement(const Tensor& a_any, const Tensor& b_any) {
-  const Tensor a = kernels::cast_to(a_any, DType::f32).to(Device::cpu());
-  const Tensor b = kernels::cast_to(b_any, DType::f32).to(Device::cpu());
-  const int64_t batch = a.dim(0), classes = a.dim(1), pixels = a.dim(2) * a.dim(3);
-  const float* pa = a.data<float>();
-  const float* pb = b.data<float>();
-  int64_t agree = 0;
-  for (int64_t n = 0; n < batch; ++n)
-    for (int64_t p = 0; p < pixels; ++p) {
-      int64_t ia = 0, ib = 0;
-      for (int64_t k = 1; k < classes; ++k) {
-        if (pa[(n * classes + k) * pixels + p] > pa[(n * classes + ia) * pixels + p]) ia = k;
-        if (pb[(n * classes + k) * pixels + p] > pb[(n * classes + ib) * pixels + p]) ib = k;
-      }
-      agree += ia == ib;
-    }
-  return double(agree) / double(batch * pixels);
-}
-
 Tensor normal_image(int64_t batch, int64_t size) {
   Tensor image = Tensor::empty({batch, 3, size, size}, DType::f32);
   std::mt19937_64 rng(test::seed());
@@ -62,7 +42,7 @@ void expect_cuda_matches_cpu(model::MfuserModel& model, const Tensor& image, con
   const Tensor low = logits_of(*bf16, Device::cuda(), image, 3);
   const Tensor low_stored = kernels::cast_to(low, DType::bf16);  // compare as bf16 output
   test::expect_cuda_close(low_stored, ref, std::string(what) + " logits", bf16_tol);
-  const double agree = argmax_agreement(low, ref);
+  const double agree = test::argmax_agreement(low, ref);
   std::printf("[ errors   ] %s bf16 argmax agreement: %.4f%%\n", what, 100 * agree);
   EXPECT_GE(agree, 0.995) << what << " (seed " << test::seed() << ")";
 }

@@ -61,6 +61,8 @@ std::vector<int> golden_layout(const GoldenModel& g, const std::string& name, co
   return {};
 }
 
+}  // namespace
+
 // Share of (batch, pixel) positions whose argmax over dim 1 agrees between two [B, K, H, W] tensors.
 double argmax_agreement(const Tensor& ours, const Tensor& ref) {
   const int64_t batch = ref.dim(0), classes = ref.dim(1), pixels = ref.dim(2) * ref.dim(3);
@@ -80,7 +82,6 @@ double argmax_agreement(const Tensor& ours, const Tensor& ref) {
   return double(agree) / double(batch * pixels);
 }
 
-}  // namespace
 
 void check_whole_model(const GoldenModel& g, double module_tol, double logits_tol, double min_agreement) {
   SCOPED_TRACE("golden seed " + g.seed);

@@ -36,6 +36,10 @@ ErrorStats compare_to_golden(const GoldenModel& g, const std::string& golden_nam
 void expect_matches_golden(const GoldenModel& g, const graph::Executor& ex, const std::string& our_name,
                            const std::string& golden_name, double tol, const std::vector<int>& golden_perm = {});
 
+// Share of (batch, pixel) positions whose argmax over dim 1 (first maximum on ties) agrees between two host
+// f32 [B, K, H, W] tensors.
+double argmax_agreement(const Tensor& ours, const Tensor& ref);
+
 // The whole model (MfuserModel on g's weights, CPU) against the oracle: the text features, every module the
 // oracle recorded that our graph names too (rel L2 <= module_tol; module_tol < 0: report only), the logits
 // (<= logits_tol) and the share of pixels whose argmax class agrees (>= min_agreement).

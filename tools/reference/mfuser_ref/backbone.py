@@ -149,7 +149,7 @@ class DinoAttention(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
-        if FAST_ATTENTION:
+        if FAST_ATTENTION and hasattr(F, "scaled_dot_product_attention"):  # torch >= 2.1 (scale=)
             x = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(B, N, C)
             return self.proj(x)
         attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)

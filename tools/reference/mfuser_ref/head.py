@@ -416,7 +416,10 @@ class TqdmHead(nn.Module):
                    num_transformer_feat_level=dh["num_levels"], num_heads=dh["num_heads"],
                    deform_num_points=dh["num_points"], encoder_layers=dh["encoder_layers"],
                    encoder_ffn=dh["encoder_ffn"], decoder_layers=dh["decoder_layers"], decoder_ffn=dh["decoder_ffn"],
-                   gn_groups=dh["gn_groups"], pos_feats=dh["pos_feats"], text_in_dim=cfg["text"]["embed_dim"])
+                   gn_groups=dh["gn_groups"], pos_feats=dh["pos_feats"], text_in_dim=cfg["text"]["embed_dim"],
+                   train_num_points=dh.get("train_num_points", 12544),
+                   oversample_ratio=dh.get("oversample_ratio", 3.0),
+                   importance_sample_ratio=dh.get("importance_sample_ratio", 0.75))
 
     def init_weights(self):
         """Official tqdmHead.init_weights: the pixel decoder's own init, xavier-normal on every
