@@ -12,6 +12,7 @@ int bench(const std::vector<std::string>& args);
 int segment(const std::vector<std::string>& args);
 int eval(const std::vector<std::string>& args);
 int init(const std::vector<std::string>& args);
+int train(const std::vector<std::string>& args);
 
 // An integer option value >= min, or an Error naming the option.
 int parse_int(const std::string& option, const std::string& value, int min);

@@ -26,6 +26,9 @@ constexpr const char* kUsage =
     "  eval --weights FILE --dataset NAME --root DIR\n"
     "                             mIoU on cityscapes|bdd|mapillary|gta in its standard layout (eval --help)\n"
     "  init --config C --out DIR  write a checkpoint of untrained random weights for the architecture\n"
+    "  train --weights FILE --out DIR\n"
+    "                             fine-tune the model (AdamW, poly schedule), checkpoints and logs in DIR;\n"
+    "                             --resume DIR continues a run exactly (train --help)\n"
     "  help                       this text\n";
 
 int inspect(const std::vector<std::string>& args) {
@@ -96,6 +99,7 @@ int main(int argc, char** argv) {
     if (command == "segment") return apps::segment(args);
     if (command == "eval") return apps::eval(args);
     if (command == "init") return apps::init(args);
+    if (command == "train") return apps::train(args);
     if (command == "help" || command == "--help" || command == "-h") {
       std::fputs(kUsage, stdout);
       return 0;

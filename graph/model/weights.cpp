@@ -112,8 +112,9 @@ Tensor WeightStore::get(const std::string& name, const Shape& expected) {
     return Tensor::zeros(expected, DType::f32);
   }
   try {
-    // f32 tensors stay zero-copy views of the mapped file; other float types are converted once.
-    return e->dtype == "F32" ? reader_->view(name) : reader_->load(name, DType::f32);
+    // f32 tensors stay zero-copy views of the mapped file (unless set_owned asks for a copy); other float types
+    // are converted once.
+    return e->dtype == "F32" && !(owned_ && owned_(name)) ? reader_->view(name) : reader_->load(name, DType::f32);
   } catch (const SafetensorsError& err) {
     problems_.push_back(err.what());
     return Tensor::zeros(expected, DType::f32);

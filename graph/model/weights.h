@@ -5,6 +5,7 @@
 // wrong-shaped and unexpected tensor of a checkpoint in one error, each by name.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -35,6 +36,10 @@ class WeightStore {
   // still get them, so a made-up checkpoint is a complete state dict.
   void ignore(const std::string& name, const Shape& shape, DType dtype = DType::f32);
   bool synthesizing() const { return !reader_; }
+  // Training: get() returns the tensors whose name `owned` accepts as owned, writable host copies instead of
+  // zero-copy views of the (read-only) mapped file, so an optimizer can update the graph's bound weights in
+  // place. Synthesized tensors are always owned. Set it before building.
+  void set_owned(std::function<bool(const std::string&)> owned) { owned_ = std::move(owned); }
   // Throws one Error listing every problem, naming the file and each tensor; no-op when all is well.
   void finish() const;
 
@@ -52,6 +57,7 @@ class WeightStore {
   std::vector<std::pair<std::string, Tensor>> synthesized_;
   std::set<std::string> used_;
   std::vector<std::string> problems_;
+  std::function<bool(const std::string&)> owned_;
 };
 
 }  // namespace mfuser::model

@@ -117,4 +117,29 @@ void sum_partials(const float* partial, T* out, int64_t chunks, int64_t n, cudaS
   MFUSER_CUDA_CHECK_LAUNCH();
 }
 
+// dst[c][n][p] = src[n][c][p]: NCHW -> CNHW for the `images` images of a chunk (row = n * channels + c), e.g.
+// to make a convolution's weight gradient one GEMM over images and pixels. A row kernel (row_grid).
+template <class T>
+__global__ void nchw_to_cnhw_kernel(const T* __restrict__ src, T* __restrict__ dst, int64_t channels,
+                                    int64_t images, int pixels, int64_t rows) {
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const int64_t n = row / channels, c = row % channels;
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < pixels; p += gridDim.x * blockDim.x)
+      dst[(c * images + n) * pixels + p] = src[row * pixels + p];
+  }
+}
+
+// sums[c] = sum over images and pixels of x[n, c, :] (a bias gradient): one block per channel, a fixed order.
+template <class T>
+__global__ void channel_sums_kernel(const T* __restrict__ x, T* __restrict__ sums, int64_t images, int64_t channels,
+                                    int64_t pixels) {
+  __shared__ float scratch[32];
+  const int64_t c = blockIdx.x;
+  float sum = 0.f;
+  for (int64_t j = threadIdx.x; j < images * pixels; j += blockDim.x)
+    sum += to_float(x[(j / pixels * channels + c) * pixels + j % pixels]);
+  sum = block_sum(sum, scratch);
+  if (threadIdx.x == 0) sums[c] = from_float<T>(sum);
+}
+
 }  // namespace mfuser::kernels::cuda_detail

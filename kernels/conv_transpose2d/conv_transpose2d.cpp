@@ -5,6 +5,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "kernels/common/checks.h"
@@ -39,11 +40,16 @@ void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const
 void check_backward_args(const Tensor& x, const Tensor& weight, const Tensor& grad_out, const Tensor& grad_x,
                          const Tensor& grad_weight, const Tensor& grad_bias) {
   constexpr const char* op = "conv_transpose2d_backward";
-  check_f32(op, "grad_out", grad_out);
+  check_float_like(op, "grad_out", grad_out, x);
   check_args(x, weight, Tensor(), grad_out);  // grad_out has the forward output's shape
-  check_optional_f32(op, "grad_x", grad_x, x.shape());
-  check_optional_f32(op, "grad_weight", grad_weight, weight.shape());
-  check_optional_f32(op, "grad_bias", grad_bias, {weight.dim(1)});
+  const std::pair<const char*, const Tensor*> grads[] = {{"grad_x", &grad_x}, {"grad_weight", &grad_weight},
+                                                         {"grad_bias", &grad_bias}};
+  const Shape shapes[] = {x.shape(), weight.shape(), {weight.dim(1)}};
+  for (int i = 0; i < 3; ++i) {
+    if (!grads[i].second->defined()) continue;
+    check_float_like(op, grads[i].first, *grads[i].second, x);
+    check_shape(op, grads[i].first, *grads[i].second, shapes[i]);
+  }
   check_same_device(op, {&x, &grad_out, &grad_x, &grad_weight, &grad_bias});
 }
 
@@ -143,7 +149,8 @@ void cpu::conv_transpose2d_backward(const Tensor& x, const Tensor& weight, const
 void conv_transpose2d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
                                Tensor& grad_weight, Tensor& grad_bias) {
   check_backward_args(x, weight, grad_out, grad_x, grad_weight, grad_bias);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("conv_transpose2d_backward");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::conv_transpose2d_backward(x, weight, grad_out, grad_x, grad_weight, grad_bias));
   cpu::conv_transpose2d_backward(x, weight, grad_out, grad_x, grad_weight, grad_bias);
 }
 

@@ -30,14 +30,14 @@ void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const
 void check_backward_args(const Tensor& x, const Tensor& weight, const Tensor& grad_out, const Tensor& grad_x,
                          const Tensor& grad_weight, const Tensor& grad_bias) {
   constexpr const char* op = "dwconv1d_backward";
-  check_f32(op, "grad_out", grad_out);
+  check_float_like(op, "grad_out", grad_out, x);
   check_args(x, weight, Tensor(), grad_out);  // grad_out has the forward output's shape
   const Tensor* grads[] = {&grad_x, &grad_weight, &grad_bias};
   const char* names[] = {"grad_x", "grad_weight", "grad_bias"};
   const Shape shapes[] = {x.shape(), weight.shape(), {x.dim(2)}};
   for (int i = 0; i < 3; ++i) {
     if (!grads[i]->defined()) continue;
-    check_f32(op, names[i], *grads[i]);
+    check_float_like(op, names[i], *grads[i], x);
     check_shape(op, names[i], *grads[i], shapes[i]);
   }
   check_same_device(op, {&x, &grad_out, &grad_x, &grad_weight, &grad_bias});
@@ -127,7 +127,8 @@ void cpu::dwconv1d_backward(const Tensor& x, const Tensor& weight, const Tensor&
 void dwconv1d_backward(const Tensor& x, const Tensor& weight, const Tensor& grad_out, Tensor& grad_x,
                        Tensor& grad_weight, Tensor& grad_bias) {
   check_backward_args(x, weight, grad_out, grad_x, grad_weight, grad_bias);
-  if (x.device().is_cuda()) no_cuda_kernel_yet("dwconv1d_backward");
+  if (x.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::dwconv1d_backward(x, weight, grad_out, grad_x, grad_weight, grad_bias));
   cpu::dwconv1d_backward(x, weight, grad_out, grad_x, grad_weight, grad_bias);
 }
 

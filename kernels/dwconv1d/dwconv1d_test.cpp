@@ -144,6 +144,69 @@ TEST(Dwconv1dCuda, MatchesCpuAtOddShapes) {
     for (const CudaCase& c : cases) expect_dwconv1d_matches_cpu(c, dtype);
 }
 
+// Backward: CUDA vs the CPU reference (double sums). f32 tolerance 1e-4 holds for grad_weight / grad_bias too:
+// they sum at most 4100 rows in f32, in chunks of 256, so the f32 rounding stays near 1e-6 relative.
+void expect_dwconv1d_backward_matches_cpu(const CudaCase& c, DType dtype, bool want_x, bool want_weight,
+                                          bool want_bias) {
+  const Shape shape{c.batch, c.len, c.channels}, weight_shape{c.channels, 1, c.kernel};
+  const Tensor x = test::random_host(shape, dtype), weight = test::random_host(weight_shape, dtype),
+               grad_out = test::random_host(shape, dtype);
+  const auto host_grad = [](bool want, const Shape& s) { return want ? Tensor::empty(s, DType::f32) : Tensor(); };
+  const auto cuda_grad = [&](bool want, const Shape& s) { return want ? test::poisoned_cuda(s, dtype) : Tensor(); };
+  Tensor ref_x = host_grad(want_x, shape), ref_w = host_grad(want_weight, weight_shape),
+         ref_b = host_grad(want_bias, {c.channels});
+  kernels::cpu::dwconv1d_backward(x, weight, grad_out, ref_x, ref_w, ref_b);
+  Tensor gx = cuda_grad(want_x, shape), gw = cuda_grad(want_weight, weight_shape),
+         gb = cuda_grad(want_bias, {c.channels});
+  kernels::dwconv1d_backward(test::to_cuda(x, dtype), test::to_cuda(weight, dtype), test::to_cuda(grad_out, dtype), gx,
+                             gw, gb);
+  const std::string what = std::string("dwconv1d_backward ") + c.name;
+  if (want_x) test::expect_cuda_close(gx, ref_x, what + " grad_x");
+  if (want_weight) test::expect_cuda_close(gw, ref_w, what + " grad_weight");
+  if (want_bias) test::expect_cuda_close(gb, ref_b, what + " grad_bias");
+}
+
+TEST(Dwconv1dCuda, BackwardMatchesCpuAtModelShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"backbone.b1", 1, 2050, 512, 3, false},
+                            {"backbone.b2", 2, 2050, 512, 3, false},
+                            {"enhancer", 1, 1063, 128, 3, false}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_dwconv1d_backward_matches_cpu(c, dtype, true, true, true);
+}
+
+// Odd shapes with every combination of wanted gradients (an undefined one is not computed, the others match).
+TEST(Dwconv1dCuda, BackwardMatchesCpuAtOddShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"one_token", 2, 1, 3, 3, true},      {"tiny", 2, 7, 5, 3, false},
+                            {"even_kernel", 3, 9, 37, 4, true},   {"short", 1, 2, 33, 5, true},
+                            {"pointwise", 2, 11, 6, 1, false},    {"long_kernel", 1, 13, 70, 7, true},
+                            {"many_chunks", 3, 301, 45, 3, false}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases)
+      for (int mask = 1; mask < 8; ++mask)
+        expect_dwconv1d_backward_matches_cpu(c, dtype, mask & 1, mask & 2, mask & 4);
+}
+
+TEST(Dwconv1dCuda, BackwardRejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const auto zeros = [](const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, Device::cuda()); };
+  for (DType dtype : test::kCudaDtypes) {
+    const DType other = dtype == DType::f32 ? DType::bf16 : DType::f32;
+    const Tensor x = zeros({1, 6, 4}, dtype), w = zeros({4, 1, 3}, dtype), dy = zeros({1, 6, 4}, dtype);
+    Tensor gx = zeros({1, 6, 4}, dtype), gw = zeros({4, 1, 3}, dtype), gb = zeros({4}, dtype);
+    Tensor other_gx = zeros({1, 6, 4}, other), other_gw = zeros({4, 1, 3}, other), other_gb = zeros({4}, other);
+    EXPECT_NO_THROW(kernels::dwconv1d_backward(x, w, dy, gx, gw, gb));
+    EXPECT_THROW(kernels::dwconv1d_backward(x, w, zeros({1, 6, 4}, other), gx, gw, gb), Error);
+    EXPECT_THROW(kernels::dwconv1d_backward(x, zeros({4, 1, 3}, other), dy, gx, gw, gb), Error);
+    EXPECT_THROW(kernels::dwconv1d_backward(x, w, dy, other_gx, gw, gb), Error);
+    EXPECT_THROW(kernels::dwconv1d_backward(x, w, dy, gx, other_gw, gb), Error);
+    EXPECT_THROW(kernels::dwconv1d_backward(x, w, dy, gx, gw, other_gb), Error);
+  }
+}
+
 TEST(Dwconv1dCuda, RejectsMixedDtypes) {
   MFUSER_REQUIRE_CUDA();
   const auto zeros = [](const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, Device::cuda()); };

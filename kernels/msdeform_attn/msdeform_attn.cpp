@@ -61,7 +61,7 @@ void check_backward_args(const Tensor& value, const Tensor& spatial_shapes, cons
   for (auto [name, t, like] : {std::tuple{"grad_value", &grad_value, &value},
                                std::tuple{"grad_sampling_locations", &grad_locations, &sampling_locations},
                                std::tuple{"grad_attention_weights", &grad_weights, &attention_weights}}) {
-    check_f32(kOp, name, *t);
+    check_float_like(kOp, name, *t, value);
     check_shape(kOp, name, *t, like->shape());
   }
   check_same_device(kOp, {&value, &grad_out, &grad_value, &grad_locations, &grad_weights});
@@ -141,7 +141,11 @@ void msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shapes, c
                             Tensor& grad_attention_weights) {
   check_backward_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, grad_out,
                       grad_value, grad_sampling_locations, grad_attention_weights);
-  if (value.device().is_cuda()) no_cuda_kernel_yet("msdeform_attn_backward");
+  if (value.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::msdeform_attn_backward(value, spatial_shapes, level_start_index,
+                                                           sampling_locations, attention_weights, grad_out,
+                                                           grad_value, grad_sampling_locations,
+                                                           grad_attention_weights));
   cpu::msdeform_attn_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                               grad_out, grad_value, grad_sampling_locations, grad_attention_weights);
 }

@@ -3,7 +3,7 @@
 // head, a weighted sum of bilinear samples of the value maps at L levels x P points. The projections around it
 // (value_proj, sampling_offsets, attention_weights + softmax, output_proj) are ordinary ops.
 //
-// Contract (one device; the float tensors f32, or bf16 on CUDA (forward only), all of one dtype; f32 sums):
+// Contract (one device; the float tensors f32, or bf16 on CUDA, all of one dtype; f32 sums):
 //   value               f32 [Bt, S, H, Dh]   the L levels' maps, each flattened row-major, concatenated (S = sum h*w)
 //   spatial_shapes      i64 [L, 2]           (h_l, w_l) per level
 //   level_start_index   i64 [L]              where level l starts in S (must be the running sum of h*w)
@@ -31,6 +31,10 @@ namespace mfuser::kernels {
 // bilinear patch between them (one-sided at integer x), and corners outside the map contribute nothing (a sample
 // at x = -1 still has a location gradient through pixel 0; one at x = n has none). Parallel over (batch, head,
 // level), whose value gradients are disjoint, so the result does not depend on the thread count.
+// On CUDA (bf16 allowed, every float tensor of one dtype; f32 sums, the channel dots in f32 rather than double):
+// grad_sampling_locations and grad_attention_weights are per-sample gathers, deterministic; grad_value is
+// accumulated with f32 atomicAdd (in an f32 buffer, rounded once for bf16), so ITS last bits may differ run to
+// run. That is accepted here: the scatter order varies, the error stays at f32 rounding (~1e-6 relative).
 void msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
                             const Tensor& sampling_locations, const Tensor& attention_weights,
                             const Tensor& grad_out, Tensor& grad_value, Tensor& grad_sampling_locations,
@@ -43,7 +47,11 @@ void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tens
 namespace cuda {
 void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
                    const Tensor& sampling_locations, const Tensor& attention_weights, Tensor& out);
-}
+void msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                            const Tensor& sampling_locations, const Tensor& attention_weights,
+                            const Tensor& grad_out, Tensor& grad_value, Tensor& grad_sampling_locations,
+                            Tensor& grad_attention_weights);
+}  // namespace cuda
 
 namespace cpu {
 void msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,

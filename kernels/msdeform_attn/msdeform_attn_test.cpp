@@ -227,7 +227,12 @@ Tensor sampling_locations(const CudaCase& c, DType dtype) {
   return test::representable(locs, dtype);
 }
 
-void expect_msdeform_matches_cpu(const CudaCase& c, DType dtype) {
+// Host inputs of one case (value, weights and locations representable in dtype; the level tables i64).
+struct DeformInputs {
+  Tensor spatial_shapes, level_start, value, locations, weights;
+};
+
+DeformInputs deform_inputs(const CudaCase& c, DType dtype) {
   std::vector<int64_t> shapes, starts;
   int64_t pixels = 0;
   for (const auto& [h, w] : c.levels) {
@@ -236,20 +241,45 @@ void expect_msdeform_matches_cpu(const CudaCase& c, DType dtype) {
     pixels += h * w;
   }
   const auto levels = int64_t(c.levels.size());
-  const Tensor spatial_shapes = Tensor::from_vector(shapes, {levels, 2});
-  const Tensor level_start = Tensor::from_vector(starts, {levels});
-  const Tensor value = test::random_host({c.batch, pixels, c.heads, c.head_dim}, dtype);
-  const Tensor locs = sampling_locations(c, dtype);
-  const Tensor weights = test::random_host({c.batch, c.queries, c.heads, levels, c.points}, dtype, 0.f, 1.f);
+  return {Tensor::from_vector(shapes, {levels, 2}), Tensor::from_vector(starts, {levels}),
+          test::random_host({c.batch, pixels, c.heads, c.head_dim}, dtype), sampling_locations(c, dtype),
+          test::random_host({c.batch, c.queries, c.heads, levels, c.points}, dtype, 0.f, 1.f)};
+}
+
+void expect_msdeform_matches_cpu(const CudaCase& c, DType dtype) {
+  const DeformInputs in = deform_inputs(c, dtype);
   const Shape out_shape{c.batch, c.queries, c.heads * c.head_dim};
   Tensor ref = Tensor::empty(out_shape, DType::f32);
-  kernels::cpu::msdeform_attn(value, spatial_shapes, level_start, locs, weights, ref);
+  kernels::cpu::msdeform_attn(in.value, in.spatial_shapes, in.level_start, in.locations, in.weights, ref);
 
   Tensor out = test::poisoned_cuda(out_shape, dtype);
-  kernels::msdeform_attn(test::to_cuda(value, dtype), spatial_shapes.to(Device::cuda()),
-                         level_start.to(Device::cuda()), test::to_cuda(locs, dtype), test::to_cuda(weights, dtype),
-                         out);
+  kernels::msdeform_attn(test::to_cuda(in.value, dtype), in.spatial_shapes.to(Device::cuda()),
+                         in.level_start.to(Device::cuda()), test::to_cuda(in.locations, dtype),
+                         test::to_cuda(in.weights, dtype), out);
   test::expect_cuda_close(out, ref, std::string("msdeform_attn ") + c.name);
+}
+
+// Backward: CUDA vs the CPU reference. grad_value is summed with f32 atomics on CUDA (order varies run to run);
+// the reference sums in f32 in query order, so the two differ by f32 rounding only (far below 1e-4).
+void expect_msdeform_backward_matches_cpu(const CudaCase& c, DType dtype) {
+  const DeformInputs in = deform_inputs(c, dtype);
+  const Tensor grad_out = test::random_host({c.batch, c.queries, c.heads * c.head_dim}, dtype);
+  Tensor ref_value = Tensor::empty(in.value.shape(), DType::f32);
+  Tensor ref_locations = Tensor::empty(in.locations.shape(), DType::f32);
+  Tensor ref_weights = Tensor::empty(in.weights.shape(), DType::f32);
+  kernels::cpu::msdeform_attn_backward(in.value, in.spatial_shapes, in.level_start, in.locations, in.weights,
+                                       grad_out, ref_value, ref_locations, ref_weights);
+  Tensor grad_value = test::poisoned_cuda(in.value.shape(), dtype);
+  Tensor grad_locations = test::poisoned_cuda(in.locations.shape(), dtype);
+  Tensor grad_weights = test::poisoned_cuda(in.weights.shape(), dtype);
+  kernels::msdeform_attn_backward(test::to_cuda(in.value, dtype), in.spatial_shapes.to(Device::cuda()),
+                                  in.level_start.to(Device::cuda()), test::to_cuda(in.locations, dtype),
+                                  test::to_cuda(in.weights, dtype), test::to_cuda(grad_out, dtype), grad_value,
+                                  grad_locations, grad_weights);
+  const std::string what = std::string("msdeform_attn_backward ") + c.name;
+  test::expect_cuda_close(grad_value, ref_value, what + " grad_value");
+  test::expect_cuda_close(grad_locations, ref_locations, what + " grad_sampling_locations");
+  test::expect_cuda_close(grad_weights, ref_weights, what + " grad_attention_weights");
 }
 
 // The pixel decoder's encoder self-attention: levels 16x16, 32x32, 64x64 (S = Q = 5376), 8 heads x 32, 4 points.
@@ -260,15 +290,34 @@ TEST(MsdeformAttnCuda, MatchesCpuAtModelShape) {
   for (DType dtype : test::kCudaDtypes) expect_msdeform_matches_cpu(real, dtype);
 }
 
+
+// The odd shapes of the forward and backward GPU tests.
+std::vector<CudaCase> odd_cases() {
+  return {{"tiny.basic", 2, 11, 3, 5, 3, {{3, 5}, {1, 1}, {7, 2}}},
+          {"tiny.single_level", 1, 7, 2, 33, 2, {{4, 4}}},
+          {"tiny.one_channel", 2, 9, 4, 1, 5, {{2, 3}, {5, 1}}}};
+}
+
 // Non-square and 1x1 levels, head_dim not a multiple of 32 (1, 5, 33: warps straddle heads and queries), a batch.
 TEST(MsdeformAttnCuda, MatchesCpuAtOddShapes) {
   MFUSER_REQUIRE_CUDA();
   MFUSER_SEED_TRACE();
-  const CudaCase cases[] = {{"tiny.basic", 2, 11, 3, 5, 3, {{3, 5}, {1, 1}, {7, 2}}},
-                            {"tiny.single_level", 1, 7, 2, 33, 2, {{4, 4}}},
-                            {"tiny.one_channel", 2, 9, 4, 1, 5, {{2, 3}, {5, 1}}}};
   for (DType dtype : test::kCudaDtypes)
-    for (const CudaCase& c : cases) expect_msdeform_matches_cpu(c, dtype);
+    for (const CudaCase& c : odd_cases()) expect_msdeform_matches_cpu(c, dtype);
+}
+
+TEST(MsdeformAttnCuda, BackwardMatchesCpuAtModelShape) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase real{"real.pixel_decoder", 1, 5376, 8, 32, 4, {{16, 16}, {32, 32}, {64, 64}}};
+  for (DType dtype : test::kCudaDtypes) expect_msdeform_backward_matches_cpu(real, dtype);
+}
+
+TEST(MsdeformAttnCuda, BackwardMatchesCpuAtOddShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : odd_cases()) expect_msdeform_backward_matches_cpu(c, dtype);
 }
 
 TEST(MsdeformAttnCuda, RejectsMixedDtypes) {
@@ -286,6 +335,16 @@ TEST(MsdeformAttnCuda, RejectsMixedDtypes) {
     EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, zeros({b, q, h, l, p, 2}, other), weights, out), Error);
     EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, locs, zeros({b, q, h, l, p}, other), out), Error);
     EXPECT_THROW(kernels::msdeform_attn(value, shapes, starts, locs, weights, other_out), Error);
+    Tensor grad_value = zeros({b, 20, h, dh}, dtype), grad_locs = zeros({b, q, h, l, p, 2}, dtype);
+    Tensor grad_weights = zeros({b, q, h, l, p}, dtype), other_grad_weights = zeros({b, q, h, l, p}, other);
+    EXPECT_NO_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, out, grad_value, grad_locs,
+                                                    grad_weights));
+    EXPECT_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, out, grad_value, grad_locs,
+                                                 other_grad_weights),
+                 Error);
+    EXPECT_THROW(kernels::msdeform_attn_backward(value, shapes, starts, locs, weights, other_out, grad_value,
+                                                 grad_locs, grad_weights),
+                 Error);
     // The level tables must live on the value's device.
     const Tensor host_shapes = Tensor::from_vector(std::vector<int64_t>{4, 4, 2, 2}, {l, 2});
     EXPECT_THROW(kernels::msdeform_attn(value, host_shapes, starts, locs, weights, out), Error);

@@ -107,7 +107,8 @@ void cpu::point_sample_backward(const Tensor& points, const Tensor& grad_out, Te
 
 void point_sample_backward(const Tensor& points, const Tensor& grad_out, Tensor& grad_input) {
   check_args(grad_input, points, grad_out, "grad_input", "grad_out");
-  if (grad_input.device().is_cuda()) no_cuda_kernel_yet("point_sample_backward");
+  if (grad_input.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::point_sample_backward(points, grad_out, grad_input));
   cpu::point_sample_backward(points, grad_out, grad_input);
 }
 

@@ -1,7 +1,7 @@
 // point_sample: mmcv / detectron2 point_sample(input, point_coords, align_corners=False) as the Mask2Former loss
 // uses it (tools/reference/mfuser_ref/losses.py): bilinear samples of every channel of a map at normalized points.
 //
-// Contract (one device; f32, or bf16 on CUDA (forward only), one dtype for all three; f32 accumulation):
+// Contract (one device; f32, or bf16 on CUDA, one dtype for all three; f32 accumulation):
 //   input   f32 [N, C, H, W]
 //   points  f32 [N, P, 2]   (x, y) normalized: 0 and 1 are the outer edges of the map; any value allowed
 //                           (pixels outside the map read as 0)
@@ -26,12 +26,15 @@ void point_sample(const Tensor& input, const Tensor& points, Tensor& out);  // d
 // grad_out [N, C, P], OVERWRITES grad_input (input's shape) with the scatter of grad_out through the same bilinear
 // weights (corners outside the map receive nothing). No gradient for points: the loss samples at points drawn from
 // a random generator and from detached logits, so they carry no gradient. Parallel over (n, c) planes, which are
-// disjoint, so the result does not depend on the thread count.
+// disjoint, so the result does not depend on the thread count. Runs on CUDA too (bf16 allowed there, one dtype for
+// all three; f32 sums): points sorted by their taps' top-left pixel (stable radix sort), then one thread per pixel
+// gathers its points in a fixed order, so the CUDA result is deterministic as well (no float atomics).
 void point_sample_backward(const Tensor& points, const Tensor& grad_out, Tensor& grad_input);  // dispatches
 
 namespace cuda {
 void point_sample(const Tensor& input, const Tensor& points, Tensor& out);
-}
+void point_sample_backward(const Tensor& points, const Tensor& grad_out, Tensor& grad_input);
+}  // namespace cuda
 
 namespace cpu {
 void point_sample(const Tensor& input, const Tensor& points, Tensor& out);

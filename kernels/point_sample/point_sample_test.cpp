@@ -3,7 +3,7 @@
 #include "kernels/point_sample/point_sample.h"
 
 #include <algorithm>
-
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -136,6 +136,55 @@ TEST(PointSampleCuda, MatchesCpuAtOddShapes) {
                             {"tiny.channels", 3, 37, 5, 9, 7}};
   for (DType dtype : test::kCudaDtypes)
     for (const CudaCase& c : cases) expect_point_sample_matches_cpu(c, dtype);
+}
+
+// Backward: the CUDA gather (sorted points) vs the CPU scatter; run twice, the CUDA result must be bit-identical.
+void expect_point_sample_backward_matches_cpu(const CudaCase& c, DType dtype) {
+  const Shape map_shape{c.batch, c.channels, c.height, c.width};
+  const Tensor points = sample_points(c, dtype), grad_out = test::random_host({c.batch, c.channels, c.points}, dtype);
+  Tensor ref = Tensor::empty(map_shape, DType::f32);
+  kernels::cpu::point_sample_backward(points, grad_out, ref);
+  const Tensor cuda_points = test::to_cuda(points, dtype), cuda_grad_out = test::to_cuda(grad_out, dtype);
+  Tensor grad_input = test::poisoned_cuda(map_shape, dtype), again = test::poisoned_cuda(map_shape, dtype);
+  kernels::point_sample_backward(cuda_points, cuda_grad_out, grad_input);
+  kernels::point_sample_backward(cuda_points, cuda_grad_out, again);
+  test::expect_cuda_close(grad_input, ref, std::string("point_sample_backward ") + c.name);
+  const Tensor first = kernels::cast_to(grad_input.to(Device::cpu()), DType::f32);
+  const Tensor second = kernels::cast_to(again.to(Device::cpu()), DType::f32);
+  EXPECT_EQ(std::memcmp(first.raw_data(), second.raw_data(), size_t(first.numel()) * sizeof(float)), 0)
+      << "point_sample_backward " << c.name << " is not deterministic";
+}
+
+TEST(PointSampleCuda, BackwardMatchesCpuAtModelShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"real.masks", 19, 1, 128, 128, 12544}, {"real.targets", 38, 1, 512, 512, 12544}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_point_sample_backward_matches_cpu(c, dtype);
+}
+
+// Odd shapes; "crowded": thousands of points on a 2x3 map (long groups of points per pixel).
+TEST(PointSampleCuda, BackwardMatchesCpuAtOddShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"tiny.edges", 2, 3, 3, 4, 40}, {"tiny.single", 1, 1, 1, 1, 11},
+                            {"tiny.channels", 3, 37, 5, 9, 7}, {"crowded", 2, 2, 2, 3, 3001}};
+  for (DType dtype : test::kCudaDtypes)
+    for (const CudaCase& c : cases) expect_point_sample_backward_matches_cpu(c, dtype);
+}
+
+TEST(PointSampleCuda, BackwardRejectsMixedDtypes) {
+  MFUSER_REQUIRE_CUDA();
+  const auto zeros = [](const Shape& shape, DType dtype) { return Tensor::zeros(shape, dtype, Device::cuda()); };
+  for (DType dtype : test::kCudaDtypes) {
+    const DType other = dtype == DType::f32 ? DType::bf16 : DType::f32;
+    const Tensor points = zeros({2, 7, 2}, dtype), grad_out = zeros({2, 3, 7}, dtype);
+    Tensor grad_input = zeros({2, 3, 4, 5}, dtype), other_grad_input = zeros({2, 3, 4, 5}, other);
+    EXPECT_NO_THROW(kernels::point_sample_backward(points, grad_out, grad_input));
+    EXPECT_THROW(kernels::point_sample_backward(zeros({2, 7, 2}, other), grad_out, grad_input), Error);
+    EXPECT_THROW(kernels::point_sample_backward(points, zeros({2, 3, 7}, other), grad_input), Error);
+    EXPECT_THROW(kernels::point_sample_backward(points, grad_out, other_grad_input), Error);
+  }
 }
 
 TEST(PointSampleCuda, RejectsMixedDtypes) {
