@@ -99,6 +99,29 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return v;
 }
 
+// Mean and 1/sqrt(var + eps) of n values, two passes over sums of x - x[0]: when |mean| >> std the shifted
+// values are O(std), so the f32 sums lose no digits to the magnitude of the mean, and the centered values
+// (x - shift) - shifted_mean are formed without cancellation. Every thread of the block gets the result; it
+// ends with a barrier (block_sum), after which x may be overwritten in place.
+struct ShiftedStats {
+  float shift, shifted_mean, rstd;  // mean = shift + shifted_mean (saved statistics: shift 0)
+  __device__ float xhat(float v) const { return ((v - shift) - shifted_mean) * rstd; }
+};
+
+template <class T>
+__device__ ShiftedStats shifted_stats(const T* x, int64_t n, float eps, float* scratch) {
+  const float shift = to_float(x[0]);
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) sum += to_float(x[i]) - shift;
+  const float shifted_mean = block_sum(sum, scratch) / float(n);
+  float squares = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float centered = (to_float(x[i]) - shift) - shifted_mean;
+    squares += centered * centered;
+  }
+  return {shift, shifted_mean, 1.f / sqrtf(block_sum(squares, scratch) / float(n) + eps)};
+}
+
 // Second pass of a deterministic reduction: out[j] = sum over c of partial[c * n + j], chunks added in order
 // (no float atomics, so results repeat bit for bit). The first pass writes one row of partials per chunk.
 template <class T>

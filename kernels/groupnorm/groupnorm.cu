@@ -38,23 +38,13 @@ __global__ void groupnorm_kernel(const T* x, const T* __restrict__ weight, const
   for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
     const T* xg = x + block * group_size;
     T* yg = out + block * group_size;
-    // Sums of x - x[0] (see layernorm.cu): no digits lost when |mean| >> std.
-    const float shift = to_float(xg[0]);
-    float sum = 0.f;
-    for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) sum += to_float(xg[i]) - shift;
-    const float shifted_mean = block_sum(sum, scratch) / float(group_size);
-    float squares = 0.f;
-    for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
-      const float centered = (to_float(xg[i]) - shift) - shifted_mean;
-      squares += centered * centered;
-    }
-    const float rstd = 1.f / sqrtf(block_sum(squares, scratch) / float(group_size) + eps);
+    const ShiftedStats st = shifted_stats(xg, group_size, eps, scratch);
     const int64_t first_channel = (block % num_groups) * channels_per_group;
     for (int64_t k = 0; k < channels_per_group; ++k) {
       const float scale = to_float(weight[first_channel + k]), offset = to_float(bias[first_channel + k]);
       for (int64_t i = k * spatial + threadIdx.x; i < (k + 1) * spatial; i += blockDim.x) {
-        const float centered = (to_float(xg[i]) - shift) - shifted_mean;
-        yg[i] = from_float<T>(centered * rstd * scale + offset);
+        const float centered = (to_float(xg[i]) - st.shift) - st.shifted_mean;
+        yg[i] = from_float<T>(centered * st.rstd * scale + offset);
       }
     }
   }
@@ -72,16 +62,7 @@ __global__ void groupnorm_backward_kernel(const T* x, const T* __restrict__ weig
   for (int64_t block = blockIdx.x; block < blocks; block += gridDim.x) {
     const T* xg = x + block * group_size;
     const T* dyg = grad_out + block * group_size;
-    const float shift = to_float(xg[0]);
-    float sum = 0.f;
-    for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) sum += to_float(xg[i]) - shift;
-    const float shifted_mean = block_sum(sum, scratch) / float(group_size);
-    float squares = 0.f;
-    for (int64_t i = threadIdx.x; i < group_size; i += blockDim.x) {
-      const float centered = (to_float(xg[i]) - shift) - shifted_mean;
-      squares += centered * centered;
-    }
-    const float rstd = 1.f / sqrtf(block_sum(squares, scratch) / float(group_size) + eps);
+    const ShiftedStats st = shifted_stats(xg, group_size, eps, scratch);
     const int64_t image = block / num_groups, first_channel = (block % num_groups) * channels_per_group;
     float sum_g = 0.f, sum_g_xhat = 0.f;  // over the group, g = grad_out * weight[channel]
     for (int64_t k = 0; k < channels_per_group; ++k) {
@@ -89,7 +70,7 @@ __global__ void groupnorm_backward_kernel(const T* x, const T* __restrict__ weig
       for (int64_t i = k * spatial + threadIdx.x; i < (k + 1) * spatial; i += blockDim.x) {
         const float dy = to_float(dyg[i]);
         dy_sum += dy;
-        dy_xhat_sum += dy * ((to_float(xg[i]) - shift) - shifted_mean) * rstd;
+        dy_xhat_sum += dy * st.xhat(to_float(xg[i]));
       }
       dy_sum = block_sum(dy_sum, scratch);
       dy_xhat_sum = block_sum(dy_xhat_sum, scratch);
@@ -106,8 +87,8 @@ __global__ void groupnorm_backward_kernel(const T* x, const T* __restrict__ weig
     for (int64_t k = 0; k < channels_per_group; ++k) {
       const float scale = to_float(weight[first_channel + k]);
       for (int64_t i = k * spatial + threadIdx.x; i < (k + 1) * spatial; i += blockDim.x) {
-        const float xhat = ((to_float(xg[i]) - shift) - shifted_mean) * rstd;
-        dxg[i] = from_float<T>(rstd * (to_float(dyg[i]) * scale - mean_g - xhat * mean_g_xhat));
+        const float xhat = st.xhat(to_float(xg[i]));
+        dxg[i] = from_float<T>(st.rstd * (to_float(dyg[i]) * scale - mean_g - xhat * mean_g_xhat));
       }
     }
   }

@@ -36,25 +36,14 @@ __global__ void layernorm_kernel(const T* x, const T* __restrict__ weight, const
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + row * d;
     T* yr = out + row * d;
-    // Sums of x - x[0]: when |mean| >> std the shifted values are O(std), so the f32 sums lose no digits
-    // to the magnitude of the mean, and the centered values below are formed without cancellation.
-    const float shift = to_float(xr[0]);
-    float sum = 0.f;
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += to_float(xr[i]) - shift;
-    const float shifted_mean = block_sum(sum, scratch) / float(d);
-    float squares = 0.f;
+    const ShiftedStats st = shifted_stats(xr, d, eps, scratch);
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-      const float centered = (to_float(xr[i]) - shift) - shifted_mean;
-      squares += centered * centered;
-    }
-    const float rstd = 1.f / sqrtf(block_sum(squares, scratch) / float(d) + eps);
-    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-      const float centered = (to_float(xr[i]) - shift) - shifted_mean;
-      yr[i] = from_float<T>(centered * rstd * to_float(weight[i]) + to_float(bias[i]));
+      const float centered = (to_float(xr[i]) - st.shift) - st.shifted_mean;
+      yr[i] = from_float<T>(centered * st.rstd * to_float(weight[i]) + to_float(bias[i]));
     }
     if (threadIdx.x == 0 && mean_out) {
-      mean_out[row] = shift + shifted_mean;
-      rstd_out[row] = rstd;
+      mean_out[row] = st.shift + st.shifted_mean;
+      rstd_out[row] = st.rstd;
     }
   }
 }
@@ -72,28 +61,6 @@ void launch(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& o
   });
 }
 
-// A row's statistics as x - mean = (x - shift) - shifted_mean: recomputed rows keep the forward's shift by
-// their first value; saved statistics have shift 0.
-struct RowStats {
-  float shift, shifted_mean, rstd;
-  __device__ float xhat(float v) const { return ((v - shift) - shifted_mean) * rstd; }
-};
-
-// The forward's two-pass statistics of one row (every thread of the block gets them).
-template <class T>
-__device__ RowStats row_stats(const T* xr, int64_t d, float eps, float* scratch) {
-  const float shift = to_float(xr[0]);
-  float sum = 0.f;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += to_float(xr[i]) - shift;
-  const float shifted_mean = block_sum(sum, scratch) / float(d);
-  float squares = 0.f;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    const float centered = (to_float(xr[i]) - shift) - shifted_mean;
-    squares += centered * centered;
-  }
-  return {shift, shifted_mean, 1.f / sqrtf(block_sum(squares, scratch) / float(d) + eps)};
-}
-
 // saved_mean / saved_rstd: both null (recompute) or f32 [rows]. partial: null (no parameter gradients) or
 // f32 [gridDim.x, 2, d]: this block's sums of grad_out * xhat (first d) and grad_out (next d).
 template <class T>
@@ -108,7 +75,8 @@ __global__ void layernorm_backward_kernel(const T* x, const T* __restrict__ weig
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + row * d;
     const T* dyr = grad_out + row * d;
-    const RowStats st = saved_mean ? RowStats{0.f, saved_mean[row], saved_rstd[row]} : row_stats(xr, d, eps, scratch);
+    const ShiftedStats st =
+        saved_mean ? ShiftedStats{0.f, saved_mean[row], saved_rstd[row]} : shifted_stats(xr, d, eps, scratch);
     float sum_g = 0.f, sum_g_xhat = 0.f;
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
       const float g = to_float(dyr[i]) * to_float(weight[i]);

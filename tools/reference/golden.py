@@ -106,12 +106,14 @@ class GoldenError(RuntimeError):
 
 
 class NearKinkError(GoldenError):
-    """The training step samples a deformable-attention point within KINK_MARGIN pixels of a bilinear cell
-    edge: the gradient jumps there, so a float32 implementation may land on the other side of the float64
-    oracle. Gradient goldens are drawn again with another seed instead."""
+    """The training step comes within float32 rounding of a point where the model is not differentiable: a
+    deformable-attention sample within KINK_MARGIN pixels of a bilinear cell edge, a mask logit within
+    MASK_MARGIN of 0 where the decoder's attention mask switches, or a ReLU input within MASK_MARGIN of 0. A float32 implementation may land on the
+    other side of the float64 oracle there, so gradient goldens are drawn again with another seed."""
 
 
 KINK_MARGIN = 3e-6  # pixels; float32 sampling locations land ~1e-6 pixels from the float64 ones
+MASK_MARGIN = 1e-5  # logits of size ~1..10 carry ~1e-6 of float32 rounding
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,31 +321,59 @@ def record_after_extract_feat(model, store, prefix=""):
 
 
 @contextlib.contextmanager
-def check_deform_kinks():
+def check_kinks(model):
     """Raises NearKinkError (at exit) when a deformable-attention sampling point of the run lies within
-    KINK_MARGIN pixels of an integer pixel coordinate (a cell edge of the bilinear interpolation)."""
+    KINK_MARGIN pixels of an integer pixel coordinate (a cell edge of the bilinear interpolation), or a
+    resized mask logit that decides the decoder's attention mask lies within MASK_MARGIN of 0."""
     from mfuser_ref import msdeform
     original = msdeform.ms_deform_attn_core
     closest = [float("inf")]
+    closest_logit = [float("inf")]
+    closest_relu = [float("inf")]
+
+    def relu_input(module, inputs):
+        with torch.no_grad():
+            closest_relu[0] = min(closest_relu[0], float(inputs[0].abs().min()))
+
+    hooks = [m.register_forward_pre_hook(relu_input) for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    head = model.decode_head
+    original_head = head.forward_head
+
+    def forward_head(decoder_out, mask_feature, attn_mask_target_size, *args, **kwargs):
+        out = original_head(decoder_out, mask_feature, attn_mask_target_size, *args, **kwargs)
+        with torch.no_grad():
+            resized = torch.nn.functional.interpolate(out[1], attn_mask_target_size, mode="bilinear",
+                                                      align_corners=False)
+            closest_logit[0] = min(closest_logit[0], float(resized.abs().min()))
+        return out
 
     def core(value, spatial_shapes, sampling_locations, attention_weights):
         with torch.no_grad():
             for lvl, (h, w) in enumerate((int(a), int(b)) for a, b in spatial_shapes):
                 loc = sampling_locations[:, :, :, lvl].double()
+                # every coordinate: the cell edges inside the map and the zero-padding edges at -1, w, h
                 pixels = torch.stack((loc[..., 0] * w - 0.5, loc[..., 1] * h - 0.5), -1)
-                inside = (pixels > -1).all(-1) & (pixels[..., 0] < w) & (pixels[..., 1] < h)
-                if inside.any():
-                    gap = (pixels - pixels.round()).abs()[inside]
-                    closest[0] = min(closest[0], float(gap.min()))
+                if pixels.numel():
+                    closest[0] = min(closest[0], float((pixels - pixels.round()).abs().min()))
         return original(value, spatial_shapes, sampling_locations, attention_weights)
 
     msdeform.ms_deform_attn_core = core
+    head.forward_head = forward_head
     try:
         yield
     finally:
         msdeform.ms_deform_attn_core = original
+        del head.forward_head  # back to the class's method
+        for h in hooks:
+            h.remove()
+    print(f"golden: training step's closest deformable sample to a cell edge {closest[0]:.2e} px, closest "
+          f"attention-mask logit to 0: {closest_logit[0]:.2e}, closest ReLU input to 0: {closest_relu[0]:.2e}")
     if closest[0] < KINK_MARGIN:
         raise NearKinkError(f"a deformable-attention sample lies {closest[0]:.2e} px from a cell edge")
+    if closest_relu[0] < MASK_MARGIN:
+        raise NearKinkError(f"a ReLU input is {closest_relu[0]:.2e} from 0")
+    if closest_logit[0] < MASK_MARGIN:
+        raise NearKinkError(f"a mask logit deciding the attention mask is {closest_logit[0]:.2e} from 0")
 
 
 @contextlib.contextmanager
@@ -469,7 +499,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
         rec = Recorder(train_model, patterns, prefix="train.", input_grads=True)
         extras = OrderedDict()
         with record_point_draws() as draws, record_after_extract_feat(train_model, extras, "train."), \
-                check_deform_kinks():
+                check_kinks(train_model):
             losses = train_model(inputs["img"].to(torch.float64 if float64 else torch.float32),
                                  gt_semantic_seg=inputs["gt_semantic_seg"])
             total = total_loss(losses)
