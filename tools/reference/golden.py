@@ -109,7 +109,8 @@ class NearKinkError(GoldenError):
     """The training step comes within float32 rounding of a point where the model is not differentiable: a
     deformable-attention sample within KINK_MARGIN pixels of a bilinear cell edge, a mask logit within
     MASK_MARGIN of 0 where the decoder's attention mask switches, or a ReLU input within MASK_MARGIN of 0. A float32 implementation may land on the
-    other side of the float64 oracle there, so gradient goldens are drawn again with another seed."""
+    other side of the float64 oracle there, so gradient goldens (--train with --float64) are drawn again with
+    another seed."""
 
 
 KINK_MARGIN = 3e-6  # pixels; float32 sampling locations land ~1e-6 pixels from the float64 ones
@@ -499,7 +500,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
         rec = Recorder(train_model, patterns, prefix="train.", input_grads=True)
         extras = OrderedDict()
         with record_point_draws() as draws, record_after_extract_feat(train_model, extras, "train."), \
-                check_kinks(train_model):
+                (check_kinks(train_model) if float64 else contextlib.nullcontext()):
             losses = train_model(inputs["img"].to(torch.float64 if float64 else torch.float32),
                                  gt_semantic_seg=inputs["gt_semantic_seg"])
             total = total_loss(losses)
