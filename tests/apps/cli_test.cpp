@@ -179,6 +179,11 @@ TEST(BenchCli, PrintsTheTableAndTheBreakdown) {
   r = mfuser(str_cat("bench --weights ", q(ws.weights), " --precision bf16 --no-oracle"), ws.dir);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("bf16 runs on CUDA only"), std::string::npos);
+  // One training step of the tiny model: its table and the backward ops in the breakdown.
+  r = mfuser(str_cat("bench --weights ", q(ws.weights), " --train --no-oracle --runs 1 --top 40"), ws.dir);
+  EXPECT_EQ(r.code, 0);
+  for (const char* needle : {"training graph:", "step ms", "linear_backward", "mask_loss_backward"})
+    EXPECT_NE(r.out.find(needle), std::string::npos) << "missing '" << needle << "'";
 }
 
 // The same image through `segment` on CUDA (fp32) gives the CPU's labels on all but a handful of pixels
