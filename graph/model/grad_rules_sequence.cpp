@@ -8,10 +8,8 @@
 
 namespace mfuser::model::grad {
 
-namespace {
-using Ins = std::span<const Tensor>;
-using Outs = std::span<Tensor>;
-}  // namespace
+using detail::Ins;
+using detail::Outs;
 
 // One dwconv1d_backward node computing the wanted ones of grad_x, grad_weight, grad_bias. x is read (kept
 // alive) only when the weight gradient is wanted: otherwise the output gradient, which has x's shape and is

@@ -11,8 +11,8 @@ namespace mfuser::model::grad {
 
 namespace {
 
-using Ins = std::span<const Tensor>;
-using Outs = std::span<Tensor>;
+using detail::Ins;
+using detail::Outs;
 
 // The wanted ones of grad_x, grad_weight, grad_bias of a convolution whose backward kernel reads x, weight and
 // grad_out (in that order: the node's inputs) and takes the three optional gradients.

@@ -67,6 +67,29 @@ void check_backward_args(const Tensor& value, const Tensor& spatial_shapes, cons
   check_same_device(kOp, {&value, &grad_out, &grad_value, &grad_locations, &grad_weights});
 }
 
+// The sizes and host data of one call, shared by the forward and backward references (after their checks).
+struct HostProblem {
+  int64_t batch, pixels, heads, head_dim, queries, levels, points;
+  const int64_t *hw, *start;  // [L, 2] (h, w), [L]
+  const float *v, *loc, *attn;
+};
+
+HostProblem host_problem(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
+                         const Tensor& sampling_locations, const Tensor& attention_weights) {
+  return {value.dim(0),
+          value.dim(1),
+          value.dim(2),
+          value.dim(3),
+          sampling_locations.dim(1),
+          sampling_locations.dim(3),
+          sampling_locations.dim(4),
+          spatial_shapes.data<int64_t>(),
+          level_start_index.data<int64_t>(),
+          value.data<float>(),
+          sampling_locations.data<float>(),
+          attention_weights.data<float>()};
+}
+
 }  // namespace
 
 void cpu::msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shapes, const Tensor& level_start_index,
@@ -77,14 +100,8 @@ void cpu::msdeform_attn_backward(const Tensor& value, const Tensor& spatial_shap
                       grad_value, grad_sampling_locations, grad_attention_weights);
   check_host(kOp, value);
   check_levels(value, spatial_shapes, level_start_index);
-  const int64_t batch = value.dim(0), pixels = value.dim(1), heads = value.dim(2), head_dim = value.dim(3);
-  const int64_t queries = sampling_locations.dim(1), levels = sampling_locations.dim(3);
-  const int64_t points = sampling_locations.dim(4);
-  const int64_t* hw = spatial_shapes.data<int64_t>();
-  const int64_t* start = level_start_index.data<int64_t>();
-  const float* v = value.data<float>();
-  const float* loc = sampling_locations.data<float>();
-  const float* attn = attention_weights.data<float>();
+  const auto [batch, pixels, heads, head_dim, queries, levels, points, hw, start, v, loc, attn] =
+      host_problem(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   const float* go = grad_out.data<float>();
   float* gv = grad_value.data<float>();
   float* gloc = grad_sampling_locations.data<float>();
@@ -155,14 +172,8 @@ void cpu::msdeform_attn(const Tensor& value, const Tensor& spatial_shapes, const
   check_args(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, out);
   check_host(kOp, value);
   check_levels(value, spatial_shapes, level_start_index);
-  const int64_t batch = value.dim(0), pixels = value.dim(1), heads = value.dim(2), head_dim = value.dim(3);
-  const int64_t queries = sampling_locations.dim(1), levels = sampling_locations.dim(3);
-  const int64_t points = sampling_locations.dim(4);
-  const int64_t* hw = spatial_shapes.data<int64_t>();
-  const int64_t* start = level_start_index.data<int64_t>();
-  const float* v = value.data<float>();
-  const float* loc = sampling_locations.data<float>();
-  const float* attn = attention_weights.data<float>();
+  const auto [batch, pixels, heads, head_dim, queries, levels, points, hw, start, v, loc, attn] =
+      host_problem(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
   float* o = out.data<float>();
   parallel_for(batch * queries, 16, [&](int64_t begin, int64_t end) {
     for (int64_t bq = begin; bq < end; ++bq) {
