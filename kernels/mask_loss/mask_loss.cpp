@@ -147,6 +147,53 @@ void check_not_alias(const char* op, const char* arg, const Tensor& grad, std::i
                  " may not alias an input");
 }
 
+// Every argument check of the forward (shapes, dtypes, one device); the dimensions.
+Dims check_forward(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg, const Tensor& candidates,
+                   const Tensor& randoms, const MaskLossConfig& cfg, const Tensor& losses, const Tensor& points) {
+  constexpr const char* op = "mask_loss";
+  cfg.validate(op);
+  MFUSER_CHECK(cls_scores.defined() && mask_preds.defined(), op, ": cls_scores and mask_preds are required");
+  const Dims d = check_predictions(op, cls_scores, mask_preds, gt_seg, cfg);
+  check_points(op, "candidates", candidates, d, cfg.num_candidates());
+  check_points(op, "randoms", randoms, d, cfg.num_random());
+  check_f32(op, "losses", losses);
+  check_shape(op, "losses", losses, Shape{3});
+  check_points(op, "points", points, d, cfg.num_points);
+  check_same_device(op, {&cls_scores, &mask_preds, &gt_seg, &candidates, &randoms, &losses, &points});
+  return d;
+}
+
+// Every argument check of the backward; the dimensions.
+Dims check_backward(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg, const Tensor& points,
+                    const MaskLossConfig& cfg, const Tensor& grad_losses, const Tensor& grad_cls_scores,
+                    const Tensor& grad_mask_preds) {
+  constexpr const char* op = "mask_loss_backward";
+  cfg.validate(op);
+  const bool want_cls = grad_cls_scores.defined(), want_mask = grad_mask_preds.defined();
+  MFUSER_CHECK(!want_cls || cls_scores.defined(), op, ": grad_cls_scores is wanted but cls_scores is undefined");
+  MFUSER_CHECK(!want_mask || (mask_preds.defined() && points.defined()), op,
+               ": grad_mask_preds is wanted but mask_preds or points is undefined");
+  const Dims d = check_predictions(op, cls_scores, mask_preds, gt_seg, cfg);
+  check_f32(op, "grad_losses", grad_losses);
+  check_shape(op, "grad_losses", grad_losses, Shape{3});
+  if (points.defined()) check_points(op, "points", points, d, cfg.num_points);
+  if (want_cls) {
+    check_f32(op, "grad_cls_scores", grad_cls_scores);
+    check_shape(op, "grad_cls_scores", grad_cls_scores, cls_scores.shape());
+    check_not_alias(op, "grad_cls_scores", grad_cls_scores, {&cls_scores, &mask_preds, &points, &grad_losses});
+  }
+  if (want_mask) {
+    check_f32(op, "grad_mask_preds", grad_mask_preds);
+    check_shape(op, "grad_mask_preds", grad_mask_preds, mask_preds.shape());
+    check_not_alias(op, "grad_mask_preds", grad_mask_preds, {&cls_scores, &mask_preds, &points, &grad_losses});
+    MFUSER_CHECK(!want_cls || grad_mask_preds.raw_data() != grad_cls_scores.raw_data(), op,
+                 ": grad_cls_scores and grad_mask_preds may not alias");
+  }
+  check_same_device(op, {&gt_seg, &cls_scores, &mask_preds, &points, &grad_losses, &grad_cls_scores,
+                         &grad_mask_preds});
+  return d;
+}
+
 Tensor scalar(double v) { return Tensor::from_vector(std::vector<float>{float(v)}, Shape{}); }
 
 // ---- the mask part ----
@@ -250,15 +297,7 @@ void cpu::mask_loss(const Tensor& cls_scores, const Tensor& mask_preds, const Te
                     const Tensor& candidates, const Tensor& randoms, const MaskLossConfig& cfg, Tensor& losses,
                     Tensor& points) {
   constexpr const char* op = "mask_loss";
-  cfg.validate(op);
-  MFUSER_CHECK(cls_scores.defined() && mask_preds.defined(), op, ": cls_scores and mask_preds are required");
-  const Dims d = check_predictions(op, cls_scores, mask_preds, gt_seg, cfg);
-  check_points(op, "candidates", candidates, d, cfg.num_candidates());
-  check_points(op, "randoms", randoms, d, cfg.num_random());
-  check_f32(op, "losses", losses);
-  check_shape(op, "losses", losses, Shape{3});
-  check_points(op, "points", points, d, cfg.num_points);
-  check_same_device(op, {&cls_scores, &mask_preds, &gt_seg, &candidates, &randoms, &losses, &points});
+  const Dims d = check_forward(cls_scores, mask_preds, gt_seg, candidates, randoms, cfg, losses, points);
   check_host(op, cls_scores);
   const Assignment a = assign(op, gt_seg, d, cfg.ignore_index);
 
@@ -292,30 +331,10 @@ void cpu::mask_loss_backward(const Tensor& cls_scores, const Tensor& mask_preds,
                              const Tensor& points, const MaskLossConfig& cfg, const Tensor& grad_losses,
                              Tensor& grad_cls_scores, Tensor& grad_mask_preds) {
   constexpr const char* op = "mask_loss_backward";
-  cfg.validate(op);
-  const bool want_cls = grad_cls_scores.defined(), want_mask = grad_mask_preds.defined();
-  MFUSER_CHECK(!want_cls || cls_scores.defined(), op, ": grad_cls_scores is wanted but cls_scores is undefined");
-  MFUSER_CHECK(!want_mask || (mask_preds.defined() && points.defined()), op,
-               ": grad_mask_preds is wanted but mask_preds or points is undefined");
-  const Dims d = check_predictions(op, cls_scores, mask_preds, gt_seg, cfg);
-  check_f32(op, "grad_losses", grad_losses);
-  check_shape(op, "grad_losses", grad_losses, Shape{3});
-  if (points.defined()) check_points(op, "points", points, d, cfg.num_points);
-  if (want_cls) {
-    check_f32(op, "grad_cls_scores", grad_cls_scores);
-    check_shape(op, "grad_cls_scores", grad_cls_scores, cls_scores.shape());
-    check_not_alias(op, "grad_cls_scores", grad_cls_scores, {&cls_scores, &mask_preds, &points, &grad_losses});
-  }
-  if (want_mask) {
-    check_f32(op, "grad_mask_preds", grad_mask_preds);
-    check_shape(op, "grad_mask_preds", grad_mask_preds, mask_preds.shape());
-    check_not_alias(op, "grad_mask_preds", grad_mask_preds, {&cls_scores, &mask_preds, &points, &grad_losses});
-    MFUSER_CHECK(!want_cls || grad_mask_preds.raw_data() != grad_cls_scores.raw_data(), op,
-                 ": grad_cls_scores and grad_mask_preds may not alias");
-  }
-  check_same_device(op, {&gt_seg, &cls_scores, &mask_preds, &points, &grad_losses, &grad_cls_scores,
-                         &grad_mask_preds});
+  const Dims d = check_backward(cls_scores, mask_preds, gt_seg, points, cfg, grad_losses, grad_cls_scores,
+                                grad_mask_preds);
   check_host(op, gt_seg);
+  const bool want_cls = grad_cls_scores.defined(), want_mask = grad_mask_preds.defined();
   const Assignment a = assign(op, gt_seg, d, cfg.ignore_index);
   const float* g = grad_losses.data<float>();
 
@@ -351,25 +370,22 @@ void cpu::mask_loss_backward(const Tensor& cls_scores, const Tensor& mask_preds,
 
 // ---- dispatch ----
 
-namespace {
-bool any_cuda(std::initializer_list<const Tensor*> tensors) {
-  return std::any_of(tensors.begin(), tensors.end(),
-                     [](const Tensor* t) { return t->defined() && t->device().is_cuda(); });
-}
-}  // namespace
-
 void mask_loss(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg, const Tensor& candidates,
                const Tensor& randoms, const MaskLossConfig& config, Tensor& losses, Tensor& points) {
-  if (any_cuda({&cls_scores, &mask_preds, &gt_seg, &candidates, &randoms, &losses, &points}))
-    no_cuda_kernel_yet("mask_loss");
+  check_forward(cls_scores, mask_preds, gt_seg, candidates, randoms, config, losses, points);
+  if (gt_seg.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(
+        cuda::mask_loss(cls_scores, mask_preds, gt_seg, candidates, randoms, config, losses, points));
   cpu::mask_loss(cls_scores, mask_preds, gt_seg, candidates, randoms, config, losses, points);
 }
 
 void mask_loss_backward(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg,
                         const Tensor& points, const MaskLossConfig& config, const Tensor& grad_losses,
                         Tensor& grad_cls_scores, Tensor& grad_mask_preds) {
-  if (any_cuda({&cls_scores, &mask_preds, &gt_seg, &points, &grad_losses, &grad_cls_scores, &grad_mask_preds}))
-    no_cuda_kernel_yet("mask_loss_backward");
+  check_backward(cls_scores, mask_preds, gt_seg, points, config, grad_losses, grad_cls_scores, grad_mask_preds);
+  if (gt_seg.device().is_cuda())
+    return MFUSER_CUDA_KERNEL(cuda::mask_loss_backward(cls_scores, mask_preds, gt_seg, points, config, grad_losses,
+                                                       grad_cls_scores, grad_mask_preds));
   cpu::mask_loss_backward(cls_scores, mask_preds, gt_seg, points, config, grad_losses, grad_cls_scores,
                           grad_mask_preds);
 }

@@ -4,10 +4,11 @@
 // uncertainty-sampled points. One call per decoder prediction (10 at the real config); all_layers_loss is
 // that call once per prediction, each with its own random draws.
 //
-// Inputs (CPU, f32 unless said):
+// Inputs (f32 unless said; CPU or CUDA, all on one device):
 //   cls_scores  [B, Q, K + 1]   class logits; class K is "no object"
 //   mask_preds  [B, Q, h, w]    mask logits
-//   gt_seg      i64 [B, H, W]   trainIds in [0, K), or config.ignore_index (255); anything else throws
+//   gt_seg      i64 [B, H, W]   trainIds in [0, K), or config.ignore_index (255); anything else throws (on
+//                               CUDA: NaN losses, see below)
 //   candidates  [B * Q, S, 2]   uniform [0, 1) point candidates, S = int(num_points * oversample_ratio)
 //   randoms     [B * Q, R, 2]   uniform [0, 1) extra points, R = num_points - int(importance_sample_ratio *
 //                               num_points) (R may be 0: a [B * Q, 0, 2] tensor)
@@ -50,7 +51,19 @@
 // No gradient for the points (chosen under torch.no_grad in the oracle), candidates, randoms or gt_seg.
 // Gradients may not alias any input.
 //
-// CPU only for now: the dispatchers refuse CUDA tensors (no_cuda_kernel_yet).
+// CUDA (f32 only, like the CPU): the same results without any host synchronization (a whole training step can
+// be captured in a CUDA graph), so N stays on the device and every kernel runs over all B * Q rows, rows >= N
+// doing nothing or writing zeros. Presence of each class, labels, positives and N are computed by two small
+// kernels from gt_seg; the class CE is kernels/cross_entropy; the point choice computes |m| of every candidate
+// in double with the taps of point_sample (kernels/point_sample/bilinear_taps.cuh, products and sums rounded
+// one at a time, no FMA, so they equal the CPU's bit for bit), then orders the candidates of all rows by two
+// stable radix sorts (CUB: by |m|, then by row), which leaves each row in increasing |m| with ties in
+// candidate order; x is kernels/point_sample on the positives' gathered mask logits, t samples gt_seg directly
+// with the same taps (equal to point_sample of the 0/1 mask); BCE and dice are kernels/bce_dice told N through
+// device memory; the backward is cross_entropy_backward, bce/dice backward, point_sample_backward and a
+// scatter into the positive queries. Every step is deterministic (sorts and fixed-order sums, no float
+// atomics). A gt_seg value that is neither a class nor ignore_index cannot throw there (that needs the host):
+// it makes all three losses NaN, and the gradients NaN, which the trainer's non-finite check stops on.
 #pragma once
 
 #include <cstdint>
@@ -81,7 +94,7 @@ struct MaskLossConfig {
   void validate(const char* op) const;  // throws naming `op` when a field is out of range
 };
 
-// Dispatch on the device (CPU only for now).
+// Dispatch on the device.
 void mask_loss(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg, const Tensor& candidates,
                const Tensor& randoms, const MaskLossConfig& config, Tensor& losses, Tensor& points);
 void mask_loss_backward(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg,
@@ -95,5 +108,14 @@ void mask_loss_backward(const Tensor& cls_scores, const Tensor& mask_preds, cons
                         const Tensor& points, const MaskLossConfig& config, const Tensor& grad_losses,
                         Tensor& grad_cls_scores, Tensor& grad_mask_preds);
 }  // namespace cpu
+
+// The CUDA launchers (mask_loss.cu); call them through the dispatchers above, which check the arguments.
+namespace cuda {
+void mask_loss(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg, const Tensor& candidates,
+               const Tensor& randoms, const MaskLossConfig& config, Tensor& losses, Tensor& points);
+void mask_loss_backward(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg,
+                        const Tensor& points, const MaskLossConfig& config, const Tensor& grad_losses,
+                        Tensor& grad_cls_scores, Tensor& grad_mask_preds);
+}  // namespace cuda
 
 }  // namespace mfuser::kernels

@@ -1,15 +1,19 @@
 // mask_loss: the decode-head loss of one prediction (forward losses, chosen points, both gradients) against
 // the float64 PyTorch oracle (mfuser_ref.losses.layer_loss with replayed draws) at tiny shapes and the real
-// MFuser shapes; tie-breaking of the point choice; argument checks.
+// MFuser shapes; tie-breaking of the point choice; argument checks; the CUDA kernels against the CPU reference
+// (MaskLossCuda).
 #include "kernels/mask_loss/mask_loss.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "tests/common/cuda_test.h"
 #include "tests/common/golden_check.h"
 
 namespace mfuser {
@@ -142,8 +146,8 @@ TEST_F(MaskLossTest, Dispatchers) {
   EXPECT_EQ(test::compare(points, ref.points).max_abs, 0.0);
   Tensor grad_cls = Tensor::empty(in(c, "cls_scores").shape(), DType::f32);
   Tensor grad_mask = Tensor::empty(in(c, "mask_preds").shape(), DType::f32);
-  kernels::mask_loss_backward(in(c, "cls_scores"), in(c, "mask_preds"), in(c, "gt_seg"), points, cfg,
-                              in(c, "grad_out"), grad_cls, grad_mask);
+  kernels::mask_loss_backward(in(c, "cls_scores"), in(c, "mask_preds"), in(c, "gt_seg"), points, cfg, in(c, "grad_out"),
+                              grad_cls, grad_mask);
   test::expect_close(grad_cls, in(c, "grad_cls_scores"), "dispatch grad_cls_scores",
                      1e-6 * largest(in(c, "grad_cls_scores")));
   test::expect_close(grad_mask, in(c, "grad_mask_preds"), "dispatch grad_mask_preds",
@@ -313,6 +317,157 @@ TEST(MaskLoss, RejectsBadArguments) {
   expect_error(bwd(s.cls, s.mask, s.points, g, grad_cls, alias), "grad_mask_preds may not alias");
   Tensor alias_cls = s.cls;
   expect_error(bwd(s.cls, s.mask, s.points, g, alias_cls, grad_mask), "grad_cls_scores may not alias");
+}
+
+// ---- CUDA vs the CPU reference ----
+
+struct CudaCase {
+  const char* name;
+  int64_t batch, queries, classes, h, w, height, width;
+  int64_t num_points;
+  double oversample, importance;
+  int64_t present;   // classes drawn per image (0: every pixel ignored, no positive)
+  bool zero_logits;  // every candidate's |m| ties at 0: the choice is by candidate index alone
+};
+
+// A random problem: labels in 4x4-pixel cells of `present` classes per image, 10% of the cells ignored.
+struct Problem {
+  MaskLossConfig cfg;
+  Tensor cls, mask, seg, candidates, randoms, grad_losses;
+};
+
+Problem random_problem(const CudaCase& c) {
+  Problem p;
+  p.cfg.num_classes = c.classes;
+  p.cfg.class_weight.clear();
+  for (int64_t k = 0; k < c.classes; ++k)
+    p.cfg.class_weight.push_back(std::uniform_real_distribution<float>(0.5f, 2.f)(test::rng()));
+  p.cfg.class_weight.push_back(0.1f);
+  p.cfg.num_points = c.num_points;
+  p.cfg.oversample_ratio = c.oversample;
+  p.cfg.importance_sample_ratio = c.importance;
+  const int64_t rows = c.batch * c.queries;
+  p.cls = test::random_host({c.batch, c.queries, c.classes + 1}, DType::f32, -3.f, 3.f);
+  p.mask = c.zero_logits ? Tensor::zeros({c.batch, c.queries, c.h, c.w}, DType::f32)
+                         : test::random_host({c.batch, c.queries, c.h, c.w}, DType::f32, -4.f, 4.f);
+  p.candidates = test::random_host({rows, p.cfg.num_candidates(), 2}, DType::f32, 0.f, 1.f);
+  p.randoms = test::random_host({rows, p.cfg.num_random(), 2}, DType::f32, 0.f, 1.f);
+  p.grad_losses = test::random_host({3}, DType::f32, 0.5f, 2.f);
+  p.seg = Tensor::empty({c.batch, c.height, c.width}, DType::i64);
+  std::vector<int64_t> classes(size_t(c.classes));
+  std::iota(classes.begin(), classes.end(), int64_t(0));
+  const int64_t cells_x = (c.width + 3) / 4;
+  std::bernoulli_distribution ignored(0.1);
+  for (int64_t b = 0; b < c.batch; ++b) {
+    std::shuffle(classes.begin(), classes.end(), test::rng());
+    std::vector<int64_t> cell_label(size_t(cells_x * ((c.height + 3) / 4)));
+    for (int64_t& l : cell_label)
+      l = c.present == 0 || ignored(test::rng())
+              ? p.cfg.ignore_index
+              : classes[size_t(std::uniform_int_distribution<int64_t>(0, c.present - 1)(test::rng()))];
+    for (int64_t i = 0; i < c.height; ++i)
+      for (int64_t j = 0; j < c.width; ++j)
+        p.seg.data<int64_t>()[(b * c.height + i) * c.width + j] = cell_label[size_t(i / 4 * cells_x + j / 4)];
+  }
+  return p;
+}
+
+bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
+}
+
+// CUDA result vs CPU reference; an exactly zero reference (no positive) must be exactly zero.
+void expect_matches(const Tensor& out, const Tensor& ref, const std::string& what) {
+  if (largest(ref) == 0) {
+    EXPECT_EQ(largest(out), 0.0) << what << " must be exactly zero (seed " << test::seed() << ")";
+    return;
+  }
+  test::expect_cuda_close(out, ref, what);
+}
+
+// Forward (losses, points) and backward (both gradients, and each alone) on CUDA, outputs poisoned, run twice
+// (bitwise equal), against the CPU reference. The chosen points must equal the CPU's exactly: |m| is
+// bit-identical on both sides, and so is the order.
+void expect_mask_loss_matches_cpu(const CudaCase& c) {
+  SCOPED_TRACE(c.name);
+  const std::string name = c.name;
+  const Problem p = random_problem(c);
+  const int64_t rows = c.batch * c.queries;
+  const Shape points_shape{rows, c.num_points, 2};
+  Tensor losses_ref = Tensor::empty({3}, DType::f32), points_ref = Tensor::empty(points_shape, DType::f32);
+  kernels::cpu::mask_loss(p.cls, p.mask, p.seg, p.candidates, p.randoms, p.cfg, losses_ref, points_ref);
+  Tensor grad_cls_ref = Tensor::empty(p.cls.shape(), DType::f32),
+         grad_mask_ref = Tensor::empty(p.mask.shape(), DType::f32);
+  kernels::cpu::mask_loss_backward(p.cls, p.mask, p.seg, points_ref, p.cfg, p.grad_losses, grad_cls_ref, grad_mask_ref);
+
+  const auto cuda = [](const Tensor& t) { return t.to(Device::cuda()); };
+  const Tensor cls = cuda(p.cls), mask = cuda(p.mask), seg = cuda(p.seg), grad_losses = cuda(p.grad_losses);
+  const Tensor candidates = cuda(p.candidates), randoms = cuda(p.randoms);
+  struct Run {
+    Tensor losses, points, grad_cls, grad_mask;
+  } runs[2];
+  for (Run& r : runs) {
+    Tensor losses = test::poisoned_cuda({3}, DType::f32), points = test::poisoned_cuda(points_shape, DType::f32);
+    kernels::mask_loss(cls, mask, seg, candidates, randoms, p.cfg, losses, points);
+    Tensor grad_cls = test::poisoned_cuda(p.cls.shape(), DType::f32);
+    Tensor grad_mask = test::poisoned_cuda(p.mask.shape(), DType::f32);
+    kernels::mask_loss_backward(cls, mask, seg, points, p.cfg, grad_losses, grad_cls, grad_mask);
+    r = {losses.to(Device::cpu()), points.to(Device::cpu()), grad_cls.to(Device::cpu()), grad_mask.to(Device::cpu())};
+  }
+  const Run& r = runs[0];
+  const char* names[] = {"loss_cls", "loss_mask", "loss_dice"};
+  for (int64_t k = 0; k < 3; ++k)
+    expect_matches(r.losses.slice_rows(k, k + 1), losses_ref.slice_rows(k, k + 1), name + " " + names[k]);
+  EXPECT_TRUE(bitwise_equal(r.points, points_ref)) << name << ": the chosen points differ from the CPU's";
+  expect_matches(r.grad_cls, grad_cls_ref, name + " grad_cls_scores");
+  expect_matches(r.grad_mask, grad_mask_ref, name + " grad_mask_preds");
+  EXPECT_TRUE(bitwise_equal(r.losses, runs[1].losses) && bitwise_equal(r.points, runs[1].points) &&
+              bitwise_equal(r.grad_cls, runs[1].grad_cls) && bitwise_equal(r.grad_mask, runs[1].grad_mask))
+      << name << ": two runs differ";
+
+  // One gradient at a time, the other's inputs undefined: the same bits.
+  const Tensor points = cuda(r.points);
+  Tensor only_cls = test::poisoned_cuda(p.cls.shape(), DType::f32), none;
+  kernels::mask_loss_backward(cls, Tensor(), seg, Tensor(), p.cfg, grad_losses, only_cls, none);
+  EXPECT_TRUE(bitwise_equal(only_cls.to(Device::cpu()), r.grad_cls)) << name << ": grad_cls_scores alone";
+  Tensor only_mask = test::poisoned_cuda(p.mask.shape(), DType::f32);
+  kernels::mask_loss_backward(Tensor(), mask, seg, points, p.cfg, grad_losses, none, only_mask);
+  EXPECT_TRUE(bitwise_equal(only_mask.to(Device::cpu()), r.grad_mask)) << name << ": grad_mask_preds alone";
+}
+
+TEST(MaskLossCuda, MatchesCpuAtTinyShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase cases[] = {{"tiny.basic", 2, 3, 3, 5, 6, 12, 10, 20, 3.0, 0.75, 2, false},
+                            {"tiny.copies", 2, 6, 3, 4, 4, 9, 9, 10, 2.5, 0.75, 2, false},
+                            {"tiny.partial_queries", 1, 5, 4, 3, 4, 7, 5, 8, 2.0, 0.5, 3, false},
+                            {"tiny.random_only", 2, 3, 3, 4, 5, 8, 8, 12, 3.0, 0.0, 2, false},
+                            {"tiny.uncertain_only", 2, 3, 3, 4, 5, 8, 8, 12, 3.0, 1.0, 3, false},
+                            {"tiny.no_positive", 2, 3, 3, 4, 4, 8, 8, 20, 3.0, 0.75, 0, false},
+                            {"tiny.ties", 2, 3, 3, 4, 4, 8, 8, 20, 3.0, 0.75, 2, true}};
+  for (const CudaCase& c : cases) expect_mask_loss_matches_cpu(c);
+}
+
+// One decoder prediction of the real config: 2 images, 19 queries and classes, 128x128 mask logits, 512x512
+// labels, 12544 points from 37632 candidates (rows far larger than a block's shared memory).
+TEST(MaskLossCuda, MatchesCpuAtModelShapes) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  expect_mask_loss_matches_cpu({"real", 2, 19, 19, 128, 128, 512, 512, 12544, 3.0, 0.75, 12, false});
+}
+
+// A label that is neither a class nor ignore_index cannot throw on the device: every loss is NaN.
+TEST(MaskLossCuda, BadLabelMakesTheLossesNaN) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  const CudaCase c{"bad", 1, 3, 3, 4, 4, 8, 8, 8, 2.0, 0.5, 2, false};
+  Problem p = random_problem(c);
+  p.seg.data<int64_t>()[5] = c.classes;
+  Tensor losses = test::poisoned_cuda({3}, DType::f32), points = test::poisoned_cuda({3, 8, 2}, DType::f32);
+  kernels::mask_loss(p.cls.to(Device::cuda()), p.mask.to(Device::cuda()), p.seg.to(Device::cuda()),
+                     p.candidates.to(Device::cuda()), p.randoms.to(Device::cuda()), p.cfg, losses, points);
+  const Tensor host = losses.to(Device::cpu());
+  for (int k = 0; k < 3; ++k) EXPECT_TRUE(std::isnan(host.data<float>()[k])) << "loss " << k;
 }
 
 }  // namespace

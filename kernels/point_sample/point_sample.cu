@@ -14,6 +14,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "kernels/common/cuda_common.cuh"
+#include "kernels/point_sample/bilinear_taps.cuh"
 #include "kernels/point_sample/point_sample.h"
 
 namespace mfuser::kernels {
@@ -29,29 +30,15 @@ __global__ void point_sample_kernel(const T* __restrict__ input, const T* __rest
     const int64_t p = i % num_points, nc = i / num_points, n = nc / channels;
     const T* map = input + nc * height * width;
     const T* point = points + 2 * (n * num_points + p);
-    const double x = double(to_float(point[0])) * double(width) - 0.5;
-    const double y = double(to_float(point[1])) * double(height) - 0.5;
     float acc = 0.f;
-    // No corner inside the map (also keeps huge or NaN coordinates away from the integer casts).
-    if (x > -1 && y > -1 && x < double(width) && y < double(height)) {
-      const double x0 = floor(x), y0 = floor(y), fx = x - x0, fy = y - y0;
-      const double weight[4] = {(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx};
+    BilinearTaps taps;
+    if (bilinear_taps(to_float(point[0]), to_float(point[1]), height, width, taps)) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const int64_t row = int64_t(y0) + k / 2, col = int64_t(x0) + k % 2;
-        if (row < 0 || row >= height || col < 0 || col >= width) continue;  // zero padding
-        acc += float(weight[k]) * to_float(map[row * width + col]);
-      }
+      for (int k = 0; k < 4; ++k)  // corners outside: zero padding
+        if (taps.inside(k, height, width)) acc += float(taps.weight[k]) * to_float(map[taps.offset(k, width)]);
     }
     out[i] = from_float<T>(acc);
   }
-}
-
-// Pixel coordinates of a point as the forward forms them (double, exact for f32 points).
-template <class T>
-__device__ __forceinline__ void pixel_coords(const T* point, int64_t height, int64_t width, double& x, double& y) {
-  x = double(to_float(point[0])) * double(width) - 0.5;
-  y = double(to_float(point[1])) * double(height) - 0.5;
 }
 
 // key of point np = n * (H + 1) * (W + 1) + (y0 + 1) * (W + 1) + (x0 + 1), y0 in [-1, H), x0 in [-1, W); a point
@@ -62,12 +49,11 @@ __global__ void point_keys_kernel(const T* __restrict__ points, uint32_t* __rest
                                   int64_t width, uint32_t no_corner) {
   for (int64_t np = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; np < count;
        np += int64_t(gridDim.x) * blockDim.x) {
-    double x, y;
-    pixel_coords(points + 2 * np, height, width, x, y);
     uint32_t key = no_corner;
-    if (x > -1 && y > -1 && x < double(width) && y < double(height)) {
-      const int64_t n = np / num_points, y0 = int64_t(floor(y)), x0 = int64_t(floor(x));
-      key = uint32_t((n * (height + 1) + y0 + 1) * (width + 1) + x0 + 1);
+    BilinearTaps taps;
+    if (bilinear_taps(to_float(points[2 * np]), to_float(points[2 * np + 1]), height, width, taps)) {
+      const int64_t n = np / num_points;
+      key = uint32_t((n * (height + 1) + taps.row0 + 1) * (width + 1) + taps.col0 + 1);
     }
     keys[np] = key;
     values[np] = int32_t(np);
@@ -111,11 +97,9 @@ __global__ void point_sample_gather_kernel(const T* __restrict__ points, const u
       for (int k = 0; k < 4; ++k)
         for (int64_t s = begin[k]; s < end[k]; ++s) {
           const int64_t np = sorted_points[s];
-          double x, y;
-          pixel_coords(points + 2 * np, height, width, x, y);
-          const double fx = x - floor(x), fy = y - floor(y);
-          const double weight = (k / 2 ? fy : 1 - fy) * (k % 2 ? fx : 1 - fx);  // as the forward's weight[k]
-          acc += float(weight) * to_float(g[np - n * num_points]);
+          BilinearTaps taps;  // inside the map: the point has a corner here
+          bilinear_taps(to_float(points[2 * np]), to_float(points[2 * np + 1]), height, width, taps);
+          acc += float(taps.weight[k]) * to_float(g[np - n * num_points]);
         }
       grad_input[(n * channels + c) * plane + pixel] = from_float<T>(acc);
     }
