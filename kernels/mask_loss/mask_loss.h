@@ -51,19 +51,19 @@
 // No gradient for the points (chosen under torch.no_grad in the oracle), candidates, randoms or gt_seg.
 // Gradients may not alias any input.
 //
-// CUDA (f32 only, like the CPU): the same results without any host synchronization (a whole training step can
-// be captured in a CUDA graph), so N stays on the device and every kernel runs over all B * Q rows, rows >= N
-// doing nothing or writing zeros. Presence of each class, labels, positives and N are computed by two small
-// kernels from gt_seg; the class CE is kernels/cross_entropy; the point choice computes |m| of every candidate
-// in double with the taps of point_sample (kernels/point_sample/bilinear_taps.cuh, products and sums rounded
-// one at a time, no FMA, so they equal the CPU's bit for bit), then orders the candidates of all rows by two
-// stable radix sorts (CUB: by |m|, then by row), which leaves each row in increasing |m| with ties in
-// candidate order; x is kernels/point_sample on the positives' gathered mask logits, t samples gt_seg directly
-// with the same taps (equal to point_sample of the 0/1 mask); BCE and dice are kernels/bce_dice told N through
-// device memory; the backward is cross_entropy_backward, bce/dice backward, point_sample_backward and a
-// scatter into the positive queries. Every step is deterministic (sorts and fixed-order sums, no float
-// atomics). A gt_seg value that is neither a class nor ignore_index cannot throw there (that needs the host):
-// it makes all three losses NaN, and the gradients NaN, which the trainer's non-finite check stops on.
+// CUDA (f32 only, like the CPU): the same results without any host synchronization (a whole training step can be
+// captured in a CUDA graph), so N stays on the device and every kernel runs over all B * Q rows, rows >= N doing
+// nothing or writing zeros. Presence of each class, labels, positives and N are computed by two small kernels from
+// gt_seg; the class CE is kernels/cross_entropy; the point choice computes |m| of every candidate in double with the
+// taps of point_sample (kernels/point_sample/bilinear_taps.cuh; products and sums rounded one at a time, no FMA, as the
+// x86-64 CPU build rounds them, so both choose the same points; a CPU build that contracts to FMA may order near-ties
+// differently), then orders the candidates of all rows by two stable radix sorts (CUB: by |m|, then by row), which
+// leaves each row in increasing |m| with ties in candidate order; x is kernels/point_sample on the positives' gathered
+// mask logits, t samples gt_seg directly with the same taps (equal to point_sample of the 0/1 mask); BCE and dice are
+// kernels/bce_dice told N through device memory; the backward is cross_entropy_backward, bce/dice backward,
+// point_sample_backward and a scatter into the positive queries. Every step is deterministic (sorts and fixed-order
+// sums, no float atomics). A gt_seg value that is neither a class nor ignore_index cannot throw there (that needs the
+// host): it makes all three losses NaN, and the gradients NaN, which the trainer's non-finite check stops on.
 #pragma once
 
 #include <cstdint>
