@@ -22,6 +22,7 @@
 #include "graph/executor.h"
 #include "graph/model/mfuser.h"
 #include "graph/model/training.h"
+#include "kernels/adamw/adamw.h"
 #include "kernels/cast/cast.h"
 #include "kernels/gemm/gemm.h"
 #include "runtime/log.h"
@@ -38,15 +39,19 @@ struct BenchArgs {
   int size = 0, threads = 0, runs = 0, oracle_runs = 3, top = 12;
   bool oracle = true;
   bool train = false;  // time a training step (forward + losses + backward) instead of the forward
+  bool recompute = false;  // --train: time the step with activation checkpointing
+  bool plan_only = false;  // --train: plan the step's memory, run nothing
 };
 
 constexpr const char* kBenchUsage =
     "usage: mfuser bench --weights FILE.safetensors [--config CONFIG.json] [--device cpu|cuda]\n"
     "                    [--batch N[,N..]] [--precision fp32|bf16|fp32,bf16] [--size PIXELS] [--threads N]\n"
-    "                    [--runs N] [--oracle-runs N] [--top N] [--no-oracle] [--train]\n"
+    "                    [--runs N] [--oracle-runs N] [--top N] [--no-oracle] [--train [--recompute] [--plan-only]]\n"
     "Times the forward of N crops (default: 1 crop on the CPU; 1 and 18 crops, fp32 and bf16, on CUDA) and the\n"
     "PyTorch oracle beside it (fp32 eager; bf16 = autocast). --train times one training step of 2 crops\n"
-    "(forward, losses, backward) against PyTorch autograd. --config defaults to config.json next to the\n"
+    "(forward, losses, backward) against PyTorch autograd and prints its planned memory with and without\n"
+    "activation checkpointing; --recompute times the step with it; --plan-only builds and plans the step\n"
+    "without running anything (no oracle). --config defaults to config.json next to the\n"
     "weights; `mfuser init --config tools/configs/mfuser_clip_vitl_512.json` makes random real-size weights.\n";
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -76,9 +81,12 @@ BenchArgs parse(const std::vector<std::string>& args) {
     else if (k == "--top") a.top = parse_int(k, value(), 0);
     else if (k == "--no-oracle") a.oracle = false;
     else if (k == "--train") a.train = true;
+    else if (k == "--recompute") a.recompute = true;
+    else if (k == "--plan-only") a.plan_only = true;
     else MFUSER_CHECK(false, "bench: unknown option '", k, "'\n", kBenchUsage);
   }
   MFUSER_CHECK(!a.weights.empty(), "bench: --weights is required\n", kBenchUsage);
+  MFUSER_CHECK(a.train || (!a.recompute && !a.plan_only), "bench: --recompute and --plan-only go with --train");
   MFUSER_CHECK(a.device == "cpu" || a.device == "cuda", "bench: --device must be cpu or cuda");
   const bool cuda = a.device == "cuda";
   if (a.batches.empty()) a.batches = a.train ? std::vector<int>{2} : cuda ? std::vector<int>{1, 18} : std::vector<int>{1};
@@ -342,20 +350,108 @@ Measured time_training_step(const model::TrainingGraph& t, const model::ModelCon
   return m;
 }
 
+// The planned memory of one training step: the arena of every intermediate (the gradients are graph outputs
+// in it), the weights and constants bound to the graph, and AdamW's two f32 moments per updated parameter;
+// and, per module, the forward activations still alive when the backward starts (kept for it).
+struct TrainingMemory {
+  int batch = 0;
+  bool recompute = false;
+  size_t arena = 0, gradients = 0, weights = 0, constants = 0, optimizer = 0;
+  std::map<std::string, size_t> kept;  // module -> bytes
+  size_t total() const { return arena + weights + constants + optimizer; }
+};
+
+// The module an activation belongs to, by its name.
+std::string module_of(const std::string& value) {
+  const std::pair<const char*, const char*> modules[] = {
+      {"backbone.transformer.", "CLIP visual blocks"}, {"backbone.dinov2.blocks.", "DINOv2 blocks"},
+      {"backbone.adapter", "adapters, layer outputs"}, {"backbone.fusion.", "adapters, layer outputs"},
+      {"backbone.", "backbone rest (embed, FPN)"},     {"text_encoder.", "text encoder"},
+      {"context_decoder.", "context decoder"},         {"text_embeddings", "context decoder"},
+      {"decode_head.", "decode head"}};
+  for (const auto& [prefix, module] : modules)
+    if (value.starts_with(prefix)) return module;
+  return "losses";
+}
+
+TrainingMemory plan_training_memory(const model::TrainingGraph& t, int batch, bool recompute) {
+  const graph::Graph& g = *t.graph;
+  const graph::MemoryPlan plan = graph::plan_memory(g);
+  TrainingMemory m;
+  m.batch = batch;
+  m.recompute = recompute;
+  m.arena = plan.arena_bytes;
+  for (graph::ValueId id = 0; id < graph::ValueId(g.values().size()); ++id) {
+    const graph::Value& v = g.value(id);
+    if (v.alias_of != graph::kNoValue) continue;
+    if (v.kind == graph::ValueKind::weight) m.weights += v.nbytes();
+    if (v.kind == graph::ValueKind::constant) m.constants += v.nbytes();
+    const bool forward = v.producer >= 0 && size_t(v.producer) < t.forward_nodes;
+    if (v.kind == graph::ValueKind::intermediate && forward && size_t(plan.last_node[size_t(id)]) >= t.forward_nodes &&
+        !g.is_output(id))
+      m.kept[module_of(v.name)] += v.nbytes();
+  }
+  for (const graph::ValueId p : t.parameters) {
+    const graph::Value& param = g.value(p);
+    const graph::ValueId grad = g.find("grad." + param.name);
+    if (grad == graph::kNoValue) continue;
+    m.gradients += g.value(grad).nbytes();
+    if (kernels::param_group_rule(param.name).lr_mult != 0) m.optimizer += 2 * size_t(param.shape.numel()) * 4;
+  }
+  return m;
+}
+
+void print_training_memory(const std::vector<TrainingMemory>& rows) {
+  const double gib = 1024.0 * 1024 * 1024;
+  std::printf("\n  planned memory of a training step, GiB (fp32; arena: every activation, kept or recomputed, and\n"
+              "  the gradients; AdamW: two moments per updated parameter; CUDA adds kernel workspaces)\n");
+  std::printf("  %5s %10s | %8s %9s %8s %10s %7s | %7s\n", "crops", "recompute", "arena", "of grads", "weights",
+              "constants", "AdamW", "total");
+  for (const TrainingMemory& m : rows)
+    std::printf("  %5d %10s | %8.2f %9.2f %8.2f %10.2f %7.2f | %7.2f\n", m.batch, m.recompute ? "yes" : "no",
+                double(m.arena) / gib, double(m.gradients) / gib, double(m.weights) / gib, double(m.constants) / gib,
+                double(m.optimizer) / gib, double(m.total()) / gib);
+  std::printf("\n  forward activations kept for the backward (alive when it starts), GiB\n  %-28s", "module");
+  std::map<std::string, std::vector<size_t>> by_module;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::printf(" %5d/%-3s", rows[r].batch, rows[r].recompute ? "yes" : "no");
+    for (const auto& [module, bytes] : rows[r].kept) {
+      by_module[module].resize(rows.size());
+      by_module[module][r] = bytes;
+    }
+  }
+  std::printf("\n");
+  for (auto& [module, bytes] : by_module) {
+    bytes.resize(rows.size());
+    std::printf("  %-28s", module.c_str());
+    for (const size_t b : bytes) std::printf(" %9.3f", double(b) / gib);
+    std::printf("\n");
+  }
+}
+
 // bench --train: one training step of ours (forward, losses, backward: the gradients of every trainable
-// parameter) beside PyTorch autograd's on the same weights and device.
+// parameter) beside PyTorch autograd's on the same weights and device, and the step's planned memory with and
+// without activation checkpointing (the other setting's graph is built and planned only).
 int bench_train(const BenchArgs& a, const model::ModelConfig& config, int size, int threads, Device device) {
   model::WeightStore weights(a.weights);
   const double gib = 1024.0 * 1024 * 1024;
   std::vector<Measured> ours;
-  model::TrainingGraph first;  // the first batch's graph, profiled again for the breakdown
-  for (int batch : a.batches) {
-    model::TrainingGraph t = model::build_training_graph(weights, config, batch, size, size);
-    ours.push_back(time_training_step(t, config, a, device, batch, size));
-    if (!first.graph) first = std::move(t);
-    std::printf("  ours: training step of %d crop(s): %.1f ms\n", batch, ours.back().median_ms);
-    std::fflush(stdout);
-  }
+  std::vector<TrainingMemory> memory;
+  model::TrainingGraph first;  // the first batch's timed graph, profiled again for the breakdown
+  for (int batch : a.batches)
+    for (const bool recompute : {false, true}) {
+      model::TrainingGraph t =
+          model::build_training_graph(weights, config, batch, size, size, {.recompute = recompute});
+      memory.push_back(plan_training_memory(t, batch, recompute));
+      if (a.plan_only || recompute != a.recompute) continue;
+      ours.push_back(time_training_step(t, config, a, device, batch, size));
+      if (!first.graph) first = std::move(t);
+      std::printf("  ours: training step of %d crop(s)%s: %.1f ms\n", batch, recompute ? " (recompute)" : "",
+                  ours.back().median_ms);
+      std::fflush(stdout);
+    }
+  print_training_memory(memory);
+  if (a.plan_only) return 0;
   const nlohmann::json oracle = a.oracle ? run_oracle(a, size, threads) : nlohmann::json();
   std::printf("\n  %5s | %10s %8s %10s %10s | %11s %9s | %8s\n", "crops", "step ms", "TFLOP/s", "arena GiB",
               "peak GiB", "PyTorch ms", "peak GiB", "speed-up");
@@ -372,8 +468,8 @@ int bench_train(const BenchArgs& a, const model::ModelConfig& config, int size, 
       std::printf(" | %11s %9s | %8s\n", "-", "-", "-");
     }
   }
-  std::printf("  FLOPs counted: the matrix work of the forward and backward nodes (%.1f GFLOP per step of %d)\n",
-              ours.front().flops / 1e9, ours.front().batch);
+  std::printf("  FLOPs counted: the matrix work of the forward and backward nodes (%.1f GFLOP per step of %d%s)\n",
+              ours.front().flops / 1e9, ours.front().batch, a.recompute ? ", recomputation included" : "");
   std::printf("  memory: ours = the planned activation arena (forward values the backward reads stay in it);\n"
               "  PyTorch = %s (weights included)\n", device.is_cuda() ? "max_memory_allocated" : "peak RSS");
   if (a.top > 0) {

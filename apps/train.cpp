@@ -21,11 +21,15 @@ constexpr const char* kTrainUsage =
     "usage: mfuser train --weights FILE.safetensors --out DIR [--config CONFIG.json] [--config-train TRAIN.json]\n"
     "                    [--data synthetic|cityscapes|gta|...] [--root DIR] [--iterations N] [--save-every N]\n"
     "                    [--log-every N] [--resume DIR] [--device cpu|cuda] [--threads N] [--data-threads N]\n"
+    "                    [--recompute]\n"
     "--weights: the initial model (e.g. from `mfuser init`, or a converted checkpoint); --config defaults to\n"
     "config.json next to it. --config-train: JSON, every key optional, official values as defaults:\n"
     "  {\"lr\": 1e-4, \"weight_decay\": 1e-4, \"betas\": [0.9, 0.999], \"eps\": 1e-8, \"iterations\": 20000,\n"
     "   \"warmup\": 1500, \"warmup_ratio\": 1e-6, \"power\": 0.9, \"min_lr\": 1e-6, \"batch\": 2, \"crop\": 512,\n"
-    "   \"save_every\": 2000, \"log_every\": 10, \"seed\": 0, \"dataset\": \"synthetic\", \"root\": \"\"}\n"
+    "   \"save_every\": 2000, \"log_every\": 10, \"seed\": 0, \"dataset\": \"synthetic\", \"root\": \"\",\n"
+    "   \"recompute\": false}\n"
+    "--recompute: activation checkpointing, each encoder layer's activations recomputed in the backward\n"
+    "instead of kept (less memory, about one more forward of the encoders per step).\n"
     "The command-line options override the file. Writes DIR/iter_<step>/{model,optimizer}.safetensors and\n"
     "config.json (model.safetensors loads in `mfuser segment`), DIR/latest, and DIR/train_log.jsonl.\n"
     "--resume DIR (an output folder or a checkpoint folder): continues from its last checkpoint with its\n"
@@ -46,6 +50,7 @@ int train(const std::vector<std::string>& args) {
   std::string weights, config, config_train, data, root, out, resume, device = "cpu";
   std::optional<int> iterations, save_every, log_every;
   int threads = 0, data_threads = 4;
+  bool recompute = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& k = args[i];
     const auto value = [&]() -> const std::string& {
@@ -69,6 +74,7 @@ int train(const std::vector<std::string>& args) {
     else if (k == "--log-every") log_every = parse_int(k, value(), 1);
     else if (k == "--threads") threads = parse_int(k, value(), 1);
     else if (k == "--data-threads") data_threads = parse_int(k, value(), 1);
+    else if (k == "--recompute") recompute = true;
     else MFUSER_CHECK(false, "train: unknown option '", k, "'\n", kTrainUsage);
   }
   MFUSER_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device, "'");
@@ -101,6 +107,7 @@ int train(const std::vector<std::string>& args) {
   if (log_every) o.config.log_every = *log_every;
   if (!data.empty()) o.config.dataset = data;
   if (!root.empty()) o.config.root = root;
+  if (recompute) o.config.recompute = true;
   o.config.validate("training config (with the command-line options)");
   o.weights = weights;
   o.out_dir = out;

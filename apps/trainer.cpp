@@ -71,10 +71,14 @@ TrainConfig TrainConfig::parse(const std::string& text, const std::string& sourc
       c.seed = uint64_t(s);
     } else if (key == "dataset") c.dataset = string(key, v);
     else if (key == "root") c.root = string(key, v);
+    else if (key == "recompute") {
+      if (!v.is_boolean()) bad(key, "true or false", v);
+      c.recompute = v.get<bool>();
+    }
     else
       throw ConfigError(str_cat(source, ": unknown key '", key,
                                 "' (known: lr, weight_decay, betas, eps, iterations, warmup, warmup_ratio, power, "
-                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root)"));
+                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root, recompute)"));
   }
   c.validate(source);
   return c;
@@ -125,7 +129,8 @@ std::string TrainConfig::to_json() const {
                   {"log_every", log_every},
                   {"seed", seed},
                   {"dataset", dataset},
-                  {"root", root}};
+                  {"root", root},
+                  {"recompute", recompute}};
   return j.dump();
 }
 
@@ -177,7 +182,8 @@ Trainer::Trainer(const std::string& weights_path, const model::ModelConfig& mode
   weights_ = std::make_unique<model::WeightStore>(weights_path);
   // The weights the optimizer and the BatchNorm updates write to must be owned: not views of the mapped file.
   weights_->set_owned([](const std::string& n) { return model::is_trainable(n) || is_running_stat(n); });
-  graph_ = model::build_training_graph(*weights_, model_config_, config_.batch, config_.crop, config_.crop);
+  graph_ = model::build_training_graph(*weights_, model_config_, config_.batch, config_.crop, config_.crop,
+                                       {.recompute = config_.recompute});
   weights_->finish();
   executor_ = std::make_unique<graph::Executor>(*graph_.graph, device_);
 

@@ -63,6 +63,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string dataset = "synthetic";
   std::string root;
+  bool recompute = false;  // activation checkpointing per encoder layer (model::TrainingGraphOptions)
 
   // Parses JSON text; unknown keys and bad values are ConfigErrors naming `source` and the key.
   static TrainConfig parse(const std::string& text, const std::string& source = "<training config>");

@@ -28,6 +28,11 @@ void Graph::check_id(ValueId id) const {
   MFUSER_CHECK(id >= 0 && size_t(id) < values_.size(), "graph: value id ", id, " does not exist");
 }
 
+ValueId Graph::remapped(ValueId id) const {
+  const auto it = read_remap_.find(id);
+  return it == read_remap_.end() ? id : it->second;
+}
+
 ValueId Graph::input(std::string name, const Shape& shape, DType dtype) {
   return add_value(make_value(std::move(name), shape, dtype, ValueKind::input));
 }
@@ -50,7 +55,10 @@ std::vector<ValueId> Graph::add(std::string op, std::string name, std::vector<Va
                                 std::vector<OutputSpec> outputs, Kernel run) {
   MFUSER_CHECK(run, "graph: node '", name, "' has no kernel");
   MFUSER_CHECK(!outputs.empty(), "graph: node '", name, "' has no outputs");
-  for (ValueId in : inputs) check_id(in);
+  for (ValueId& in : inputs) {
+    check_id(in);
+    in = remapped(in);
+  }
   const int node = int(nodes_.size());
   std::vector<ValueId> ids;
   for (size_t k = 0; k < outputs.size(); ++k) {
@@ -69,27 +77,39 @@ ValueId Graph::add1(std::string op, std::string name, std::vector<ValueId> input
 
 ValueId Graph::reshape(ValueId base, const Shape& shape, std::string name) {
   check_id(base);
+  base = remapped(base);
   const Value& b = values_[size_t(base)];
   MFUSER_CHECK(shape.numel() == b.shape.numel(), "graph: reshape of '", b.name, "' ", b.shape.str(), " to ",
                shape.str());
-  Value v = make_value(name.empty() ? str_cat(b.name, ".view", shape.str()) : std::move(name), shape, b.dtype, b.kind);
-  v.producer = b.producer;
-  v.alias_of = base;
-  return add_value(std::move(v));
+  return add_view(base, shape, 0, name.empty() ? str_cat(b.name, ".view", shape.str()) : std::move(name));
 }
 
 ValueId Graph::slice_rows(ValueId base, int64_t begin, int64_t end, std::string name) {
   check_id(base);
+  base = remapped(base);
   const Value& b = values_[size_t(base)];
   MFUSER_CHECK(b.shape.ndim() >= 1 && 0 <= begin && begin <= end && end <= b.shape[0], "graph: slice_rows [",
                begin, ", ", end, ") of '", b.name, "' ", b.shape.str());
   Shape shape = b.shape;
   shape[0] = end - begin;
   const size_t row_bytes = b.shape[0] ? b.nbytes() / size_t(b.shape[0]) : 0;
-  Value v = make_value(name.empty() ? str_cat(b.name, ".rows[", begin, ':', end, ']') : std::move(name), shape, b.dtype, b.kind);
+  return add_view(base, shape, size_t(begin) * row_bytes,
+                  name.empty() ? str_cat(b.name, ".rows[", begin, ':', end, ']') : std::move(name));
+}
+
+ValueId Graph::view(ValueId base, const Shape& shape, size_t byte_offset, std::string name) {
+  check_id(base);
+  return add_view(remapped(base), shape, byte_offset, std::move(name));
+}
+
+ValueId Graph::add_view(ValueId base, const Shape& shape, size_t byte_offset, std::string name) {
+  const Value& b = values_[size_t(base)];
+  Value v = make_value(std::move(name), shape, b.dtype, b.kind);
+  MFUSER_CHECK(byte_offset + v.nbytes() <= b.nbytes(), "graph: view '", v.name, "' ", shape.str(), " at byte ",
+               byte_offset, " does not fit in '", b.name, "' ", b.shape.str());
   v.producer = b.producer;
   v.alias_of = base;
-  v.alias_offset = size_t(begin) * row_bytes;
+  v.alias_offset = byte_offset;
   return add_value(std::move(v));
 }
 

@@ -66,9 +66,16 @@ class Graph {
                            std::vector<OutputSpec> outputs, Kernel run);
   ValueId add1(std::string op, std::string name, std::vector<ValueId> inputs, OutputSpec output, Kernel run);
 
-  // Zero-cost views of `base` (any kind): same bytes, another shape; or rows [begin, end) of dim 0.
+  // Zero-cost views of `base` (any kind): same bytes, another shape; or rows [begin, end) of dim 0; or any
+  // `shape` starting `byte_offset` bytes into `base` (what the other two make; copies a view onto another base).
   ValueId reshape(ValueId base, const Shape& shape, std::string name = {});
   ValueId slice_rows(ValueId base, int64_t begin, int64_t end, std::string name = {});
+  ValueId view(ValueId base, const Shape& shape, size_t byte_offset, std::string name);
+
+  // Activation recomputation (model/backward.h): while a remap is set, every value that a new node or view
+  // reads is looked up in it and replaced by its mapped value (a recomputed copy); values not in it are read
+  // as they are. Nodes and views made before are untouched. An empty map switches it off.
+  void set_read_remap(std::map<ValueId, ValueId> remap) { read_remap_ = std::move(remap); }
 
   // Keeps a value alive to the end of the run so it can be read afterwards (final results, --dump, tests).
   void mark_output(ValueId id);
@@ -86,11 +93,14 @@ class Graph {
  private:
   ValueId add_value(Value v);
   void check_id(ValueId id) const;
+  ValueId remapped(ValueId id) const;
+  ValueId add_view(ValueId base, const Shape& shape, size_t byte_offset, std::string name);  // base: remapped
 
   std::vector<Value> values_;
   std::vector<Node> nodes_;
   std::vector<ValueId> outputs_;
   std::map<std::string, ValueId, std::less<>> by_name_;
+  std::map<ValueId, ValueId> read_remap_;
 };
 
 }  // namespace mfuser::graph

@@ -121,6 +121,9 @@ BackboneStreams build_backbone_embed(Builder& b, const ModelConfig& cfg, ValueId
 BackboneStreams build_backbone_layer(Builder& b, const ModelConfig& cfg, const BackboneStreams& in, int layer) {
   const std::string p = "backbone", n = std::to_string(layer);
   const int64_t c = cfg.vision.width, tokens = b.shape(in.clip_x)[1];
+  // One checkpoint segment per layer, adapter included: a recomputing backward keeps only the two streams
+  // between layers (the adapter's scan activations are as large as a block's).
+  b.begin_checkpoint(p + ".layer." + n);
   BackboneStreams out;
   const ValueId clip_x =
       clip_residual_block(b, in.clip_x, cfg.vision.heads, p + ".transformer.resblocks." + n, /*causal=*/false);
@@ -131,6 +134,7 @@ BackboneStreams build_backbone_layer(Builder& b, const ModelConfig& cfg, const B
   const auto halves = b.split(build_mvfuser(b, cfg, joint, p + ".adapter." + n), {tokens, tokens}, 1, f + ".halves");
   out.dino_x = b.add(dino_x, b.linear(halves[0], p + ".adapter_proj2." + n, c), f + ".dinov2_x");
   out.clip_x = b.add(clip_x, halves[1], f + ".clip_x");
+  b.end_checkpoint();
   return out;
 }
 

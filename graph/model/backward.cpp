@@ -1,10 +1,58 @@
 #include "graph/model/backward.h"
 
 #include <algorithm>
+#include <set>
 
 #include "graph/model/builder.h"
 
 namespace mfuser::model {
+
+namespace {
+
+// Appends the copy of `segment`'s forward nodes and views (the rules are in backward.h) and returns the remap
+// its rules read through: internal, non-escaping value -> its copy.
+std::map<ValueId, ValueId> recompute_segment(Graph& g, const CheckpointSegment& segment) {
+  const auto internal_root = [&](ValueId root) {
+    const graph::Value& v = g.value(root);
+    return v.kind == graph::ValueKind::intermediate && v.alias_of == graph::kNoValue &&
+           v.producer >= segment.first_node && v.producer < segment.end_node;
+  };
+  std::set<ValueId> escaping;
+  const auto note_read = [&](ValueId read) {
+    if (const ValueId root = g.root_of(read); internal_root(root)) escaping.insert(root);
+  };
+  for (size_t n = size_t(segment.end_node); n < g.nodes().size(); ++n)
+    for (const ValueId in : g.nodes()[n].inputs) note_read(in);
+  for (const ValueId out : g.outputs()) note_read(out);
+
+  std::map<ValueId, ValueId> copies;
+  const auto read = [&](ValueId v) {
+    const auto it = copies.find(v);
+    return it == copies.end() ? v : it->second;
+  };
+  // In creation order: a node's inputs and a view's base were made before it.
+  for (ValueId v = segment.first_value; v < segment.end_value; ++v) {
+    const graph::Value value = g.value(v);  // a copy: appending moves the originals
+    const ValueId root = g.root_of(v);
+    if (!internal_root(root) || escaping.contains(root) || copies.contains(v)) continue;
+    if (value.alias_of != graph::kNoValue) {
+      copies[v] = g.view(read(value.alias_of), value.shape, value.alias_offset, value.name + ".recompute");
+      continue;
+    }
+    const graph::Node node = g.nodes()[size_t(value.producer)];
+    std::vector<ValueId> inputs;
+    for (const ValueId in : node.inputs) inputs.push_back(read(in));
+    std::vector<graph::OutputSpec> specs;
+    for (const ValueId out : node.outputs) specs.push_back({g.value(out).shape, g.value(out).dtype});
+    const std::vector<ValueId> outs =
+        g.add(node.op, node.name + ".recompute", std::move(inputs), std::move(specs), node.run);
+    for (size_t k = 0; k < outs.size(); ++k)
+      if (!escaping.contains(node.outputs[k])) copies[node.outputs[k]] = outs[k];
+  }
+  return copies;
+}
+
+}  // namespace
 
 ValueId GradContext::grad(ValueId forward_output) const {
   const auto it = grads_.find(forward_output);
@@ -39,7 +87,7 @@ ValueId Gradients::at(ValueId forward) const {
 }
 
 Gradients build_backward(Builder& b, const Tape& tape, const std::map<ValueId, ValueId>& seeds,
-                         const std::vector<ValueId>& wrt) {
+                         const std::vector<ValueId>& wrt, const BackwardOptions& options) {
   Graph& g = b.graph();
   std::vector<bool> requires_grad(g.values().size(), false);
   for (ValueId v : wrt) requires_grad.at(size_t(v)) = true;
@@ -58,11 +106,28 @@ Gradients build_backward(Builder& b, const Tape& tape, const std::map<ValueId, V
   b.set_tape(nullptr);
   GradContext ctx(b, requires_grad, result.of);
   const auto& entries = tape.entries();
-  for (auto it = entries.rbegin(); it != entries.rend(); ++it) {
-    const bool has_output_grad = std::any_of(it->outputs.begin(), it->outputs.end(),
-                                             [&](ValueId v) { return result.of.contains(v); });
-    if (has_output_grad && any_requires(it->inputs)) it->rule(ctx);
+  std::vector<int> segment_of(entries.size(), -1);  // entry -> the segment it belongs to, when recomputing
+  if (options.recompute)
+    for (size_t s = 0; s < tape.segments().size(); ++s)
+      std::fill(segment_of.begin() + ptrdiff_t(tape.segments()[s].first_entry),
+                segment_of.begin() + ptrdiff_t(tape.segments()[s].end_entry), int(s));
+  int recomputed = -1;  // the segment whose copies the rules read now
+  for (size_t i = entries.size(); i-- > 0;) {
+    const TapeEntry& e = entries[i];
+    if (segment_of[i] != recomputed) {  // left the segment: later nodes read the originals again
+      g.set_read_remap({});
+      recomputed = -1;
+    }
+    const bool has_output_grad =
+        std::any_of(e.outputs.begin(), e.outputs.end(), [&](ValueId v) { return result.of.contains(v); });
+    if (!has_output_grad || !any_requires(e.inputs)) continue;
+    if (segment_of[i] >= 0 && recomputed < 0) {  // the segment's first rule to run: recompute it now
+      recomputed = segment_of[i];
+      g.set_read_remap(recompute_segment(g, tape.segments()[size_t(recomputed)]));
+    }
+    e.rule(ctx);
   }
+  g.set_read_remap({});
   b.set_tape(forward_tape);
 
   for (ValueId v : wrt) {

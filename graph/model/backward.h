@@ -11,6 +11,26 @@
 // Backward nodes are named after their forward node plus ".grad", so errors, NVTX ranges and profiles name
 // them. Forward values a rule reads simply stay alive longer (the planner sees the reads): that is the
 // "saved for backward" memory.
+//
+// Activation checkpointing: model code brackets a block with Builder::begin_checkpoint / end_checkpoint, which
+// records a CheckpointSegment on the tape. With BackwardOptions::recompute, the backward keeps only what
+// enters and leaves a segment: when the reverse walk is about to run the segment's first rule, it appends a
+// copy of the segment's forward nodes (same kernels; nodes and values named "<original>.recompute"), and
+// while the segment's rules run, every read of one of its internal activations goes to the copy
+// (Graph::set_read_remap), so the originals die right after the forward. The rules:
+//   - internal: a value whose memory belongs to an intermediate produced by a node of the segment (views of it
+//     included); everything else (the segment's inputs, weights, constants, values made elsewhere) is never
+//     remapped;
+//   - escaping: an internal value read by a node outside the segment (later forward nodes, backward nodes
+//     built before) or a graph output. It is kept: never remapped, and a node whose outputs all escape (the
+//     block's last residual add) is not recomputed. A recomputed node reads the copies of internal values and
+//     the originals of escaping ones;
+//   - gradients stay keyed by the original values (GradContext::grad / accumulate take forward ids); only the
+//     inputs of nodes and views appended while the segment's rules run are redirected;
+//   - segments do not nest, and a segment may not hold a node with side effects beyond its outputs
+//     (training-mode BatchNorm's running statistics): end_checkpoint refuses it, naming the node;
+//   - the copies run the same kernels on the same inputs, so gradients are bitwise those without recompute
+//     (as long as the kernels are deterministic, which ours are).
 #pragma once
 
 #include <functional>
@@ -35,16 +55,27 @@ struct TapeEntry {
   BackwardRule rule;
 };
 
-// Forward ops in build order, with their backward rules.
+// A checkpointed block (Builder::begin_checkpoint / end_checkpoint): what was appended between the two calls.
+struct CheckpointSegment {
+  std::string name;
+  size_t first_entry = 0, end_entry = 0;   // tape entries [first, end)
+  int first_node = 0, end_node = 0;        // graph nodes [first, end)
+  ValueId first_value = 0, end_value = 0;  // values (nodes' outputs, views, weights, ...) [first, end)
+};
+
+// Forward ops in build order, with their backward rules, and the checkpoint segments among them.
 class Tape {
  public:
   void record(std::vector<ValueId> inputs, std::vector<ValueId> outputs, BackwardRule rule) {
     entries_.push_back({std::move(inputs), std::move(outputs), std::move(rule)});
   }
+  void add_segment(CheckpointSegment segment) { segments_.push_back(std::move(segment)); }
   const std::vector<TapeEntry>& entries() const { return entries_; }
+  const std::vector<CheckpointSegment>& segments() const { return segments_; }  // in build order
 
  private:
   std::vector<TapeEntry> entries_;
+  std::vector<CheckpointSegment> segments_;
 };
 
 // What a rule sees: the gradients of its outputs, which inputs want one, and where to put them.
@@ -69,6 +100,10 @@ class GradContext {
   std::map<ValueId, ValueId>& grads_;
 };
 
+struct BackwardOptions {
+  bool recompute = false;  // recompute the checkpoint segments' activations instead of keeping them (above)
+};
+
 struct Gradients {
   std::map<ValueId, ValueId> of;  // forward value -> its gradient value, for every value that got one
   ValueId at(ValueId forward) const;  // throws when `forward` got no gradient
@@ -80,6 +115,6 @@ struct Gradients {
 // values computed from them are the only ones that get gradients. Each gradient of a `wrt` value is marked
 // as a graph output named "grad.<value name>".
 Gradients build_backward(Builder& b, const Tape& tape, const std::map<ValueId, ValueId>& seeds,
-                         const std::vector<ValueId>& wrt);
+                         const std::vector<ValueId>& wrt, const BackwardOptions& options = {});
 
 }  // namespace mfuser::model

@@ -89,6 +89,33 @@ void Builder::record(std::vector<ValueId> inputs, std::vector<ValueId> outputs, 
   if (tape_) tape_->record(std::move(inputs), std::move(outputs), std::move(rule));
 }
 
+void Builder::begin_checkpoint(const std::string& name) {
+  if (!tape_) return;
+  MFUSER_CHECK(!open_segment_, "checkpoint segment '", name, "' begins inside segment '", open_segment_->name,
+               "' (segments do not nest)");
+  open_segment_ = CheckpointSegment{.name = name,
+                                    .first_entry = tape_->entries().size(),
+                                    .first_node = int(g_.nodes().size()),
+                                    .first_value = ValueId(g_.values().size())};
+}
+
+void Builder::end_checkpoint() {
+  if (!tape_) return;
+  MFUSER_CHECK(open_segment_, "end_checkpoint without begin_checkpoint");
+  CheckpointSegment segment = std::move(*open_segment_);
+  open_segment_.reset();
+  segment.end_entry = tape_->entries().size();
+  segment.end_node = int(g_.nodes().size());
+  segment.end_value = ValueId(g_.values().size());
+  for (const int n : stateful_nodes_) {
+    const graph::Node& node = g_.nodes()[size_t(n)];
+    MFUSER_CHECK(n < segment.first_node || n >= segment.end_node, "checkpoint segment '", segment.name,
+                 "' holds node '", node.name, "' (", node.op,
+                 "), whose effect goes beyond its outputs (running statistics): it cannot be recomputed");
+  }
+  tape_->add_segment(std::move(segment));
+}
+
 // ---- dense ----
 
 ValueId Builder::linear(ValueId x, const std::string& prefix, int64_t out_features, bool has_bias,
@@ -190,6 +217,7 @@ ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
                kernels::cast(in[4], o[4]);
                kernels::batchnorm_train(in[0], in[1], in[2], o[3], o[4], o[0], o[1], o[2], kMomentum, eps);
              });
+  stateful_nodes_.push_back(g_.value(outs[0]).producer);
   // Views naming the outputs (a multi-output node's values are "<prefix>.<k>").
   const ValueId y = g_.reshape(outs[0], shape(x), prefix);  // named as in eval mode
   const ValueId save_mean = g_.reshape(outs[1], channels, prefix + ".save_mean");

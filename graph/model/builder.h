@@ -45,6 +45,11 @@ class Builder {
   Tape* tape() const { return tape_; }
   void set_training(bool training) { training_ = training; }
   bool training() const { return training_; }
+  // Activation checkpointing (backward.h): the ops appended between the two calls form one segment, whose
+  // activations a recomputing backward recomputes instead of keeping. No-ops without a tape. Segments do not
+  // nest; end_checkpoint refuses a segment holding a node with side effects (training-mode BatchNorm).
+  void begin_checkpoint(const std::string& name);
+  void end_checkpoint();
   Shape shape(ValueId v) const { return g_.value(v).shape; }  // a copy: adding values may move the originals
 
   // A weight by its state-dict name, loaded once (a second request returns the same value), in the storage
@@ -130,6 +135,8 @@ class Builder {
   DType storage_;
   Tape* tape_ = nullptr;
   bool training_ = false;
+  std::optional<CheckpointSegment> open_segment_;
+  std::vector<int> stateful_nodes_;  // nodes whose effect goes beyond their outputs: never recomputed
 };
 
 }  // namespace mfuser::model

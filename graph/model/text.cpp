@@ -78,8 +78,12 @@ ValueId build_text_encoder(Builder& b, const ModelConfig& cfg, ValueId token_ids
   ValueId x = b.concat({sot_rest[0], ctx, sot_rest[1]}, 1, "text_encoder.prompt");
   x = b.add(x, b.param("text_encoder.positional_embedding", {len, c}), "text_encoder.prompt_pos");
 
-  for (int i = 0; i < t.layers; ++i)
-    x = clip_residual_block(b, x, t.heads, str_cat("text_encoder.transformer.resblocks.", i), /*causal=*/true);
+  for (int i = 0; i < t.layers; ++i) {
+    const std::string block = str_cat("text_encoder.transformer.resblocks.", i);
+    b.begin_checkpoint(block);
+    x = clip_residual_block(b, x, t.heads, block, /*causal=*/true);
+    b.end_checkpoint();
+  }
   x = b.layernorm(x, "text_encoder.ln_final", 1e-5f);
 
   // Gather the EOT rows of the flattened tokens (their positions are known at build time: row views joined

@@ -41,7 +41,7 @@ ValueId score_map(Builder& b, const ModelConfig& cfg, ValueId visual_embedding, 
 }  // namespace
 
 TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg, int64_t batch, int64_t height,
-                                   int64_t width) {
+                                   int64_t width, const TrainingGraphOptions& options) {
   TrainingGraph t;
   t.graph = std::make_unique<Graph>();
   Graph& g = *t.graph;
@@ -104,8 +104,9 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
         is_trainable(value.name))
       t.parameters.push_back(v);
   }
+  t.forward_nodes = g.nodes().size();
   const ValueId seed = b.constant("loss.total.grad_seed", Tensor::from_vector(std::vector<float>{1.f}, {1, 1}));
-  t.gradients = build_backward(b, tape, {{t.total_loss, seed}}, t.parameters);
+  t.gradients = build_backward(b, tape, {{t.total_loss, seed}}, t.parameters, {.recompute = options.recompute});
   return t;
 }
 

@@ -43,6 +43,7 @@ struct TrainingGraph {
   Gradients gradients;
   kernels::MaskLossConfig mask_loss;  // the decode head's loss settings (sizes of the point inputs)
   int predictions = 0;                // decode-head predictions with a loss (decoder_layers + 1)
+  size_t forward_nodes = 0;           // nodes [0, forward_nodes) are the forward and the losses; then backward
 };
 
 // Upstream's set_trainable, by state-dict name.
@@ -52,7 +53,14 @@ bool is_trainable(std::string_view parameter_name);
 // config's point sampling (official: 12544 points, oversample 3, importance 0.75).
 kernels::MaskLossConfig mask_loss_config(const ModelConfig& cfg);
 
+// How the training graph is built (defaults: the plain step).
+struct TrainingGraphOptions {
+  // Activation checkpointing per encoder layer (each backbone layer with its adapter, each text encoder
+  // block): the backward recomputes a layer's activations instead of keeping them (backward.h).
+  bool recompute = false;
+};
+
 TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg, int64_t batch, int64_t height,
-                                   int64_t width);
+                                   int64_t width, const TrainingGraphOptions& options = {});
 
 }  // namespace mfuser::model

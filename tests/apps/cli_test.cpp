@@ -182,8 +182,17 @@ TEST(BenchCli, PrintsTheTableAndTheBreakdown) {
   // One training step of the tiny model: its table and the backward ops in the breakdown.
   r = mfuser(str_cat("bench --weights ", q(ws.weights), " --train --no-oracle --runs 1 --top 40"), ws.dir);
   EXPECT_EQ(r.code, 0);
-  for (const char* needle : {"training graph:", "step ms", "linear_backward", "mask_loss_backward"})
+  for (const char* needle : {"training graph:", "step ms", "linear_backward", "mask_loss_backward",
+                             "planned memory of a training step"})
     EXPECT_NE(r.out.find(needle), std::string::npos) << "missing '" << needle << "'";
+  // The step with activation checkpointing, planned only: both settings' memory, nothing run.
+  r = mfuser(str_cat("bench --weights ", q(ws.weights), " --train --recompute --plan-only"), ws.dir);
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("planned memory of a training step"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("training graph:"), std::string::npos) << r.out;
+  r = mfuser(str_cat("bench --weights ", q(ws.weights), " --recompute"), ws.dir);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("--recompute and --plan-only go with --train"), std::string::npos) << r.err;
 }
 
 // The same image through `segment` on CUDA (fp32) gives the CPU's labels on all but a handful of pixels

@@ -292,15 +292,18 @@ TEST(TrainConfig, DefaultsAreTheOfficialValues) {
   EXPECT_EQ(c.log_every, 10);
   EXPECT_EQ(c.seed, 0u);
   EXPECT_EQ(c.dataset, "synthetic");
+  EXPECT_FALSE(c.recompute);
   // Round trip, non-default values included.
   TrainConfig d = small_config(17);
   d.beta2 = 0.95;
   d.dataset = "gta";
   d.root = "/data/gta";
+  d.recompute = true;
   const TrainConfig e = TrainConfig::parse(d.to_json());
   EXPECT_EQ(e.to_json(), d.to_json());
   EXPECT_EQ(e.beta2, 0.95);
   EXPECT_EQ(e.iterations, 17);
+  EXPECT_TRUE(e.recompute);
 }
 
 TEST(TrainConfig, BadValuesNameTheKey) {
@@ -326,6 +329,7 @@ TEST(TrainConfig, BadValuesNameTheKey) {
       {R"({"save_every": -1})", "train.json: key 'save_every' must be an integer >= 0"},
       {R"({"log_every": 0})", "train.json: key 'log_every' must be an integer >= 1"},
       {R"({"dataset": 3})", "train.json: key 'dataset' must be a string"},
+      {R"({"recompute": 1})", "train.json: key 'recompute' must be true or false"},
       {R"({"learning_rate": 1})", "train.json: unknown key 'learning_rate'"},
       {R"({"lr": 1)", "train.json: invalid JSON"},
       {R"([1])", "train.json: the training config must be a JSON object"},
