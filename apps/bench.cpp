@@ -112,9 +112,12 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// Multiply-add FLOPs of the matrix work of one node (linear, matmul, attention, convolutions); the
-// element-wise ops are bandwidth, not FLOPs, and are left out as MFU conventions do.
+double backward_flops(const graph::Graph& g, const graph::Node& n);
+
+// Multiply-add FLOPs of the matrix work of one node (linear, matmul, attention, convolutions, and their
+// backward nodes); the element-wise ops are bandwidth, not FLOPs, and are left out as MFU conventions do.
 double node_flops(const graph::Graph& g, const graph::Node& n) {
+  if (n.op.ends_with("_backward")) return backward_flops(g, n);
   const auto shape = [&](size_t i) { return g.value(n.inputs[i]).shape; };
   const Shape out = g.value(n.outputs[0]).shape;
   if (n.op == "linear") return 2.0 * double(out.numel()) * double(shape(1)[1]);
@@ -129,6 +132,26 @@ double node_flops(const graph::Graph& g, const graph::Node& n) {
     return 2.0 * double(shape(0).numel()) * double(w[1] * w[2] * w[3]);
   }
   return 0;
+}
+
+// A backward node is named after its forward value ("<value>.grad..."). Each gradient of one of the forward
+// node's two matrix operands (x and the weight of a linear or convolution, both sides of a matmul) is one
+// product of the forward's size; attention's backward recomputes the scores and makes four products, 2.5
+// forwards. The rest (norms, element-wise, bias sums) is bandwidth.
+double backward_flops(const graph::Graph& g, const graph::Node& n) {
+  const graph::ValueId forward_value = g.find(n.name.substr(0, n.name.rfind(".grad")));
+  if (forward_value == graph::kNoValue || g.value(forward_value).producer < 0) return 0;
+  const graph::Node& forward = g.nodes()[size_t(g.value(forward_value).producer)];
+  const double once = node_flops(g, forward);
+  if (n.op == "attention_backward") return 2.5 * once;
+  int products = 0;
+  for (const graph::ValueId grad : n.outputs)
+    for (size_t operand = 0; operand < std::min<size_t>(2, forward.inputs.size()); ++operand)
+      if (g.value(grad).shape == g.value(forward.inputs[operand]).shape) {
+        ++products;
+        break;
+      }
+  return products * once;
 }
 
 double graph_flops(const graph::Graph& g) {
@@ -352,10 +375,12 @@ Measured time_training_step(const model::TrainingGraph& t, const model::ModelCon
 
 // The planned memory of one training step: the arena of every intermediate (the gradients are graph outputs
 // in it), the weights and constants bound to the graph, and AdamW's two f32 moments per updated parameter;
-// and, per module, the forward activations still alive when the backward starts (kept for it).
+// and, per module, the forward activations still alive when the backward starts (kept for it). Also the
+// step's matrix FLOPs, the price of recomputation.
 struct TrainingMemory {
   int batch = 0;
   bool recompute = false;
+  double flops = 0;
   size_t arena = 0, gradients = 0, weights = 0, constants = 0, optimizer = 0;
   std::map<std::string, size_t> kept;  // module -> bytes
   size_t total() const { return arena + weights + constants + optimizer; }
@@ -380,6 +405,7 @@ TrainingMemory plan_training_memory(const model::TrainingGraph& t, int batch, bo
   TrainingMemory m;
   m.batch = batch;
   m.recompute = recompute;
+  m.flops = graph_flops(g);
   m.arena = plan.arena_bytes;
   for (graph::ValueId id = 0; id < graph::ValueId(g.values().size()); ++id) {
     const graph::Value& v = g.value(id);
@@ -404,13 +430,14 @@ TrainingMemory plan_training_memory(const model::TrainingGraph& t, int batch, bo
 void print_training_memory(const std::vector<TrainingMemory>& rows) {
   const double gib = 1024.0 * 1024 * 1024;
   std::printf("\n  planned memory of a training step, GiB (fp32; arena: every activation, kept or recomputed, and\n"
-              "  the gradients; AdamW: two moments per updated parameter; CUDA adds kernel workspaces)\n");
-  std::printf("  %5s %10s | %8s %9s %8s %10s %7s | %7s\n", "crops", "recompute", "arena", "of grads", "weights",
-              "constants", "AdamW", "total");
+              "  the gradients; AdamW: two moments per updated parameter; CUDA adds kernel workspaces; GFLOP: the\n"
+              "  matrix work of the forward, the recomputation and the backward)\n");
+  std::printf("  %5s %10s | %8s %9s %8s %10s %7s | %7s | %7s\n", "crops", "recompute", "arena", "of grads",
+              "weights", "constants", "AdamW", "total", "GFLOP");
   for (const TrainingMemory& m : rows)
-    std::printf("  %5d %10s | %8.2f %9.2f %8.2f %10.2f %7.2f | %7.2f\n", m.batch, m.recompute ? "yes" : "no",
+    std::printf("  %5d %10s | %8.2f %9.2f %8.2f %10.2f %7.2f | %7.2f | %7.0f\n", m.batch, m.recompute ? "yes" : "no",
                 double(m.arena) / gib, double(m.gradients) / gib, double(m.weights) / gib, double(m.constants) / gib,
-                double(m.optimizer) / gib, double(m.total()) / gib);
+                double(m.optimizer) / gib, double(m.total()) / gib, m.flops / 1e9);
   std::printf("\n  forward activations kept for the backward (alive when it starts), GiB\n  %-28s", "module");
   std::map<std::string, std::vector<size_t>> by_module;
   for (size_t r = 0; r < rows.size(); ++r) {
