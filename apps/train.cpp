@@ -1,4 +1,5 @@
-// mfuser train: fine-tunes MFuser-CLIP (apps/trainer.h) on one device, single process.
+// mfuser train: fine-tunes MFuser-CLIP (apps/trainer.h): one process on one device, or one process per device
+// of a data-parallel group launched by torchrun-style variables, mpirun or srun (runtime/launch.h).
 #include <unistd.h>
 
 #include <chrono>
@@ -11,7 +12,10 @@
 #include "apps/train_data.h"
 #include "apps/trainer.h"
 #include "loaders/safetensors.h"
+#include "runtime/launch.h"
+#include "runtime/nccl_communicator.h"
 #include "runtime/parallel.h"
+#include "runtime/socket_communicator.h"
 
 namespace mfuser::apps {
 
@@ -34,7 +38,10 @@ constexpr const char* kTrainUsage =
     "config.json (model.safetensors loads in `mfuser segment`), DIR/latest, and DIR/train_log.jsonl.\n"
     "--resume DIR (an output folder or a checkpoint folder): continues from its last checkpoint with its\n"
     "training config (unless --config-train is given), exactly as if the run had not stopped; --out defaults\n"
-    "to the output folder resumed. A non-finite loss stops the run (exit 1), keeping the last checkpoint.\n";
+    "to the output folder resumed. A non-finite loss stops the run (exit 1), keeping the last checkpoint.\n"
+    "Data parallel: start one process per device with torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK,\n"
+    "MASTER_ADDR, MASTER_PORT), `mpirun -np N` (Open MPI / MPICH) or srun; each rank takes `batch` crops, GPU\n"
+    "LOCAL_RANK, NCCL (CPU: sockets), SyncBN; rank 0 writes. See docs/TRAINING.md.\n";
 
 std::string duration_text(double seconds) {
   const auto s = int64_t(seconds + 0.5);
@@ -79,6 +86,16 @@ int train(const std::vector<std::string>& args) {
   }
   MFUSER_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device, "'");
   if (threads > 0) set_num_threads(threads);
+  // A multi-process launch: the ranks meet at MASTER_ADDR:MASTER_PORT; CUDA ranks then talk NCCL on GPU
+  // LOCAL_RANK, CPU ranks over the sockets. Only rank 0 prints progress and writes files.
+  const LaunchEnv launch = launch_env();
+  std::unique_ptr<Communicator> comm;
+  if (launch.distributed()) {
+    auto group = std::make_unique<SocketCommunicator>(
+        launch.rank, launch.world_size, SocketOptions{launch.master_addr, launch.master_port});
+    comm = device == "cuda" ? make_nccl_communicator(std::move(group), launch.local_rank) : std::move(group);
+  }
+  const bool speaker = launch.rank == 0;
 
   TrainRunOptions o;
   std::string checkpoint;
@@ -112,7 +129,8 @@ int train(const std::vector<std::string>& args) {
   o.weights = weights;
   o.out_dir = out;
   o.resume = checkpoint;
-  o.device = device == "cuda" ? Device::cuda() : Device::cpu();
+  o.device = device == "cuda" ? Device::cuda(launch.local_rank) : Device::cpu();
+  o.comm = comm.get();
 
   TrainDataOptions d;
   d.dataset = o.config.dataset;
@@ -121,23 +139,31 @@ int train(const std::vector<std::string>& args) {
   d.crop = o.config.crop;
   d.seed = o.config.seed;
   d.threads = data_threads;
+  d.rank = launch.rank;
+  d.world_size = launch.world_size;
   if (!checkpoint.empty()) {  // start the data where the checkpoint left off (run_training checks it)
     const SafetensorsReader ck(checkpoint + "/optimizer.safetensors");
     const auto it = ck.metadata().find("step");
     if (it != ck.metadata().end()) d.start_step = std::stoll(it->second);
   }
   std::unique_ptr<TrainData> source = open_train_data(d);
-  std::fprintf(stderr, "train: %s (%lld images), batch %lld x %lld^2, %lld iterations, lr %g, on %s, out %s\n",
-               d.dataset.c_str(), static_cast<long long>(source->size()), static_cast<long long>(d.batch),
-               static_cast<long long>(d.crop), static_cast<long long>(o.config.iterations), o.config.lr,
-               o.device.str().c_str(), out.c_str());
+  if (speaker)
+    std::fprintf(stderr, "train: %s (%lld images), batch %lld x %lld^2, %lld iterations, lr %g, on %s, out %s\n",
+                 d.dataset.c_str(), static_cast<long long>(source->size()), static_cast<long long>(d.batch),
+                 static_cast<long long>(d.crop), static_cast<long long>(o.config.iterations), o.config.lr,
+                 o.device.str().c_str(), out.c_str());
+  if (speaker && comm)
+    std::fprintf(stderr, "train: data parallel over %d ranks (%s, %s, via %s:%d): global batch %lld\n",
+                 launch.world_size, launch.launcher.c_str(), comm->kind().c_str(), launch.master_addr.c_str(),
+                 launch.master_port, static_cast<long long>(d.batch * launch.world_size));
 
   // A redrawn progress bar on a terminal; in a log file the log lines (with their ETA) are the progress.
-  const bool tty = isatty(STDERR_FILENO) != 0;
+  const bool tty = speaker && isatty(STDERR_FILENO) != 0;
   std::unique_ptr<Progress> progress;
   int64_t first_step = 0;
   const auto start = std::chrono::steady_clock::now();
   const auto print = [&](const std::string& text) {
+    if (!speaker) return;
     if (progress) progress->message(text);
     else std::fprintf(stderr, "%s\n", text.c_str());
   };
@@ -156,7 +182,8 @@ int train(const std::vector<std::string>& args) {
   const std::string last = run_training(o, *source);
   if (progress) progress->finish();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::fprintf(stderr, "train: done in %s; final checkpoint %s\n", duration_text(seconds).c_str(), last.c_str());
+  if (speaker)
+    std::fprintf(stderr, "train: done in %s; final checkpoint %s\n", duration_text(seconds).c_str(), last.c_str());
   return 0;
 }
 

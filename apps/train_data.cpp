@@ -527,7 +527,8 @@ class PrefetchingTrainData final : public TrainData {
     out.images = Tensor::empty({b, 3, c, c}, DType::f32);
     out.labels = Tensor::empty({b, c, c}, DType::i64);
     for (int64_t i = 0; i < b; ++i) {
-      const int64_t position = step * b + i;
+      // This rank's slice of the group's global batch of world_size * b samples.
+      const int64_t position = (step * o_.world_size + o_.rank) * b + i;
       const int64_t index = (*permutation(position / size_))[size_t(position % size_)];
       out.indices.push_back(index);
       LabeledImage s = load(index);
@@ -560,6 +561,8 @@ class PrefetchingTrainData final : public TrainData {
 
 std::unique_ptr<TrainData> open_train_data(const TrainDataOptions& options) {
   const TrainDataOptions& o = options;
+  MFUSER_CHECK(o.world_size >= 1 && o.rank >= 0 && o.rank < o.world_size, "training data: rank ", o.rank,
+               " of world size ", o.world_size);
   MFUSER_CHECK(o.batch >= 1 && o.crop >= 16 && o.threads >= 1 && o.prefetch >= 1 && o.start_step >= 0,
                "training data: bad options (batch ", o.batch, ", crop ", o.crop, ", threads ", o.threads, ", prefetch ",
                o.prefetch, ", start step ", o.start_step, ")");

@@ -60,6 +60,9 @@ struct TrainDataOptions {
   std::string root;         // data-set folder (unused for "synthetic")
   std::string split = "train";  // the split listed by list_dataset (ignored for gta and synthetic)
   int64_t batch = 2;        // crops per step (per rank)
+  // Data parallel: step s's global batch is world_size * batch samples, of which this rank gets the slice
+  // [rank * batch, (rank + 1) * batch), so N ranks see exactly what one process with batch N * batch sees.
+  int rank = 0, world_size = 1;
   int64_t crop = 512;       // square crop side
   uint64_t seed = 0;        // shuffling and augmentation randomness
   int threads = 4;          // decoding / augmentation workers

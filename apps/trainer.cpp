@@ -176,14 +176,18 @@ std::string fmt(double v, int precision = 6) {
 }  // namespace
 
 Trainer::Trainer(const std::string& weights_path, const model::ModelConfig& model_config, const TrainConfig& config,
-                 Device device)
-    : config_(config), model_config_(model_config), device_(device), weights_path_(weights_path) {
+                 Device device, Communicator* comm)
+    : config_(config), model_config_(model_config), device_(device), weights_path_(weights_path),
+      single_(comm ? nullptr : make_single_communicator()), comm_(comm ? comm : single_.get()) {
   config_.validate();
   weights_ = std::make_unique<model::WeightStore>(weights_path);
   // The weights the optimizer and the BatchNorm updates write to must be owned: not views of the mapped file.
   weights_->set_owned([](const std::string& n) { return model::is_trainable(n) || is_running_stat(n); });
-  graph_ = model::build_training_graph(*weights_, model_config_, config_.batch, config_.crop, config_.crop,
-                                       {.recompute = config_.recompute});
+  model::TrainingGraphOptions options;
+  options.recompute = config_.recompute;
+  options.comm = comm_;
+  options.loss_weights_input = true;
+  graph_ = model::build_training_graph(*weights_, model_config_, config_.batch, config_.crop, config_.crop, options);
   weights_->finish();
   executor_ = std::make_unique<graph::Executor>(*graph_.graph, device_);
 
@@ -212,20 +216,46 @@ Trainer::Trainer(const std::string& weights_path, const model::ModelConfig& mode
 }
 
 // Uniform [0, 1) draws, element e of point input j at step s: splitmix64 of a key formed from (seed, s, j) plus
-// e, top 24 bits. Counter-based, so any step's draws are reproducible without replaying earlier ones.
-void Trainer::draw_points() {
+// the element's index in the group's global batch (rows from `first_row` on: row n is the n-th positive query
+// of the global batch), top 24 bits. Counter-based, so any step's draws are reproducible without replaying
+// earlier ones, and a rank draws for its positives exactly what one process with the whole batch draws.
+void Trainer::draw_points(int64_t first_row) {
   const uint64_t step_key = splitmix64(splitmix64(config_.seed) ^ uint64_t(step_));
   for (size_t j = 0; j < point_inputs_.size(); ++j) {
     const graph::Value& value = graph_.graph->value(graph_.graph->at(point_inputs_[j]));
     Tensor host = Tensor::empty(value.shape, DType::f32);
     float* out = host.data<float>();
-    const uint64_t key = splitmix64(step_key + 0x632BE59BD9B4E019ull * (j + 1));
+    const uint64_t key =
+        splitmix64(step_key + 0x632BE59BD9B4E019ull * (j + 1)) + uint64_t(first_row * value.shape[1] * value.shape[2]);
     parallel_for(host.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e)
         out[e] = float(splitmix64(key + uint64_t(e)) >> 40) * (1.f / 16777216.f);
     });
     executor_->set_input(point_inputs_[j], host);
   }
+}
+
+std::vector<float> Trainer::bind_group_normalization(const Tensor& labels) {
+  const kernels::MaskLossCounts own = kernels::mask_loss_counts(labels, graph_.queries, graph_.mask_loss);
+  const Tensor mine = Tensor::from_vector(std::vector<float>{float(own.class_weight_sum), float(own.positives)}, {2});
+  Tensor all = Tensor::empty({world_size(), 2}, DType::f32);
+  comm_->all_gather(mine, all);
+  // Every rank derives the same means from the same gathered floats (so one rank's weights are exactly 1).
+  const float* counts = all.data<float>();
+  kernels::MaskLossCounts local{counts[2 * rank()], counts[2 * rank() + 1]}, group_mean;
+  int64_t first_row = 0;
+  for (int r = 0; r < world_size(); ++r) {
+    group_mean.class_weight_sum += counts[2 * r];
+    group_mean.positives += counts[2 * r + 1];
+    if (r < rank()) first_row += int64_t(counts[2 * r + 1]);
+  }
+  group_mean.class_weight_sum /= world_size();
+  group_mean.positives /= world_size();
+  if (world_size() == 1) group_mean = local;
+  std::vector<float> weights = model::loss_weights(graph_, local, group_mean);
+  executor_->set_input("loss.weights", Tensor::from_vector(weights, {1, int64_t(weights.size())}));
+  draw_points(first_row);
+  return weights;
 }
 
 StepStats Trainer::step(const TrainBatch& batch) {
@@ -240,16 +270,25 @@ StepStats Trainer::step(const TrainBatch& batch) {
                ", expected i64", label_shape.str());
   executor_->set_input("image", batch.images);
   executor_->set_input("gt_semantic_seg", batch.labels);
-  draw_points();
+  const std::vector<float> weights = bind_group_normalization(batch.labels);
   executor_->run();
+
+  // The group's losses: the mean over ranks of each rank's weighted parts (with one rank, its own losses).
+  const size_t parts = graph_.losses.size();
+  Tensor losses = Tensor::empty({int64_t(parts) + 1}, DType::f32);
+  for (size_t k = 0; k < parts; ++k)
+    losses.data<float>()[k] = float(scalar(executor_->get(graph_.graph->value(graph_.losses[k].second).name))) *
+                              weights[k];
+  losses.data<float>()[parts] = float(scalar(executor_->get("loss.total")));
+  comm_->all_reduce(losses, losses, ReduceOp::mean);
 
   StepStats s;
   s.step = step_ + 1;
-  s.total = scalar(executor_->get("loss.total"));
+  s.total = losses.data<float>()[parts];
   std::string bad;
-  for (const auto& [name, id] : graph_.losses) {
-    s.losses.emplace_back(name, scalar(executor_->get(graph_.graph->value(id).name)));
-    if (!std::isfinite(s.losses.back().second)) bad += str_cat(" loss.", name, " = ", s.losses.back().second, ";");
+  for (size_t k = 0; k < parts; ++k) {
+    s.losses.emplace_back(graph_.losses[k].first, losses.data<float>()[k]);
+    if (!std::isfinite(s.losses.back().second)) bad += str_cat(" loss.", s.losses.back().first, " = ", s.losses.back().second, ";");
   }
   if (!std::isfinite(s.total) || !bad.empty())
     throw TrainingDiverged(str_cat("step ", s.step, ": the loss is not finite (loss.total = ", s.total, ";", bad,
@@ -314,6 +353,7 @@ std::vector<std::pair<std::string, Tensor>> Trainer::state_dict() const {
 std::string Trainer::save(const std::string& out_dir, const std::string& model_config_path) const {
   const std::string name = str_cat("iter_", step_);
   const fs::path final_dir = fs::path(out_dir) / name, tmp = fs::path(out_dir) / ("." + name + ".tmp");
+  if (rank() != 0) return final_dir.string();  // every rank holds the same parameters: rank 0 writes them
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   const std::map<std::string, std::string> meta = {{"format", "mfuser"},
@@ -399,7 +439,8 @@ std::string run_training(const TrainRunOptions& options, TrainData& data) {
     weights = (fs::path(checkpoint) / "model.safetensors").string();
   }
   MFUSER_CHECK(!options.out_dir.empty(), "train: no output folder (--out)");
-  Trainer trainer(weights, options.model_config, cfg, options.device);
+  Trainer trainer(weights, options.model_config, cfg, options.device, options.comm);
+  const bool writer = trainer.rank() == 0;
   const auto say = [&](const std::string& m) {
     if (options.on_message) options.on_message(m);
   };
@@ -408,10 +449,13 @@ std::string run_training(const TrainRunOptions& options, TrainData& data) {
     say(str_cat("resumed from ", checkpoint, " at step ", trainer.steps_done()));
   }
   if (data.step() != trainer.steps_done()) data.skip_to(trainer.steps_done());
-  fs::create_directories(options.out_dir);
   const fs::path log_path = fs::path(options.out_dir) / "train_log.jsonl";
-  std::ofstream log(log_path, std::ios::app);
-  MFUSER_CHECK(log.good(), "train: cannot write ", log_path.string());
+  std::ofstream log;
+  if (writer) {
+    fs::create_directories(options.out_dir);
+    log.open(log_path, std::ios::app);
+    MFUSER_CHECK(log.good(), "train: cannot write ", log_path.string());
+  }
 
   std::string last = checkpoint;
   double wait_sum = 0, step_sum = 0;
@@ -441,7 +485,7 @@ std::string run_training(const TrainRunOptions& options, TrainData& data) {
       line.stats = s;
       line.data_wait_seconds = wait_sum / double(since_log);
       line.step_seconds = step_sum / double(since_log);
-      line.images_per_second = double(cfg.batch * since_log) / (wait_sum + step_sum);
+      line.images_per_second = double(cfg.batch * trainer.world_size() * since_log) / (wait_sum + step_sum);
       line.memory_bytes =
           options.device.is_cuda() ? cuda::memory_stats(options.device.index).peak : peak_rss_bytes();
       std::string terms;
@@ -466,8 +510,10 @@ std::string run_training(const TrainRunOptions& options, TrainData& data) {
                        {"memory_bytes", line.memory_bytes},
                        {"elapsed_s", elapsed}}
                       .dump();
-      log << line.json << "\n";
-      log.flush();
+      if (writer) {
+        log << line.json << "\n";
+        log.flush();
+      }
       if (options.on_log) options.on_log(line);
       wait_sum = step_sum = 0;
       since_log = 0;

@@ -1,11 +1,13 @@
 // Training MFuser-CLIP (`mfuser train`): the training configuration, the Trainer (one optimizer step on the
 // training graph of graph/model/training.h), its checkpoints, and the training loop the command runs.
 //
-// A step: bind the batch, draw the mask losses' point inputs (a counter-based generator keyed by (seed, step),
-// so a resumed run draws exactly what an uninterrupted one does), run the graph (forward + backward), check
-// that every loss is finite (else TrainingDiverged, before anything is updated), call the gradient hook (the
-// place for a multi-rank all-reduce of the grad.<name> outputs), AdamW on every trainable parameter (lr from
-// the poly schedule, mmcv's parameter-group rule), and copy the BatchNorm running statistics back.
+// A step: bind the batch and the loss-part weights (the group's loss normalization), draw the mask losses'
+// point inputs (a counter-based generator keyed by (seed, step, the global row), so a resumed run draws
+// exactly what an uninterrupted one does, and N ranks what one process with all their images draws), run
+// the graph (forward + backward; with several ranks the gradients come out averaged), check that every loss
+// is finite (else TrainingDiverged, before anything is updated), call the gradient hook, AdamW on every
+// trainable parameter (lr from the poly schedule, mmcv's parameter-group rule), and copy the BatchNorm
+// running statistics back.
 //
 // Parameters are updated where the executor keeps them (Executor::get(name): the bound host tensor on CPU, the
 // device copy on CUDA), so there is one code path for both devices; the WeightStore hands out owned, writable
@@ -39,6 +41,7 @@
 #include "graph/model/config.h"
 #include "graph/model/training.h"
 #include "kernels/adamw/lr_schedule.h"
+#include "runtime/communicator.h"
 #include "runtime/error.h"
 
 namespace mfuser::apps {
@@ -97,8 +100,12 @@ class Trainer {
  public:
   // Builds the training graph for `config.batch` crops of `config.crop` pixels on the weights file and places
   // it on `device`. Optimizer state starts at zero, step 0.
+  // `comm`: the data-parallel group this Trainer is one rank of (not owned; null: a single process). Every rank
+  // steps on its own `config.batch` crops; SyncBN, gradient averaging and the loss normalization make N ranks
+  // reach the parameters one process reaches with batch N * config.batch (graph/model/distributed.h,
+  // training.h loss_weights), and StepStats' losses are the group's.
   Trainer(const std::string& weights_path, const model::ModelConfig& model_config, const TrainConfig& config,
-          Device device);
+          Device device, Communicator* comm = nullptr);
 
   // Restores the optimizer state and step of a checkpoint folder (the weights come from its model.safetensors,
   // which must be the weights_path this Trainer was built on).
@@ -119,9 +126,14 @@ class Trainer {
   std::vector<std::pair<std::string, Tensor>> state_dict() const;
   void set_gradient_hook(GradientHook hook) { hook_ = std::move(hook); }
   Device device() const { return device_; }
+  int rank() const { return comm_->rank(); }
+  int world_size() const { return comm_->world_size(); }
 
  private:
-  void draw_points();
+  void draw_points(int64_t first_row);
+  // Binds "loss.weights" (the group's loss normalization, training.h loss_weights) and the point draws for this
+  // step's labels; returns the loss weights.
+  std::vector<float> bind_group_normalization(const Tensor& labels);
 
   TrainConfig config_;
   model::ModelConfig model_config_;
@@ -135,6 +147,8 @@ class Trainer {
   std::vector<std::pair<std::string, std::string>> running_stats_;  // (updated output, weight)
   std::vector<std::string> point_inputs_;
   GradientHook hook_;
+  std::unique_ptr<Communicator> single_;  // the group of one when no communicator is given
+  Communicator* comm_;
   int64_t step_ = 0;
 };
 
@@ -158,6 +172,9 @@ struct TrainRunOptions {
   std::string out_dir;
   std::string resume;  // a checkpoint folder, or an out folder (its `latest`); empty: start fresh
   Device device = Device::cpu();
+  // The data-parallel group (null: one process). Only rank 0 writes checkpoints and the log file; every rank
+  // calls the callbacks.
+  Communicator* comm = nullptr;
   // Called after every step (progress) and at every log line; both optional.
   std::function<void(const StepStats&)> on_step;
   std::function<void(const TrainLogLine&)> on_log;

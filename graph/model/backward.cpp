@@ -111,8 +111,18 @@ Gradients build_backward(Builder& b, const Tape& tape, const std::map<ValueId, V
     for (size_t s = 0; s < tape.segments().size(); ++s)
       std::fill(segment_of.begin() + ptrdiff_t(tape.segments()[s].first_entry),
                 segment_of.begin() + ptrdiff_t(tape.segments()[s].end_entry), int(s));
+  // wrt values by the tape entry of their first use: their gradients are complete once it has run.
+  std::multimap<size_t, ValueId> completed_after;
+  if (options.on_complete) {
+    std::map<ValueId, size_t> first_use;
+    for (size_t i = entries.size(); i-- > 0;)
+      for (ValueId v : entries[i].inputs)
+        if (v != graph::kNoValue) first_use[v] = i;
+    for (ValueId v : wrt)
+      if (const auto it = first_use.find(v); it != first_use.end()) completed_after.emplace(it->second, v);
+  }
   int recomputed = -1;  // the segment whose copies the rules read now
-  for (size_t i = entries.size(); i-- > 0;) {
+  const auto run_entry = [&](size_t i) {
     const TapeEntry& e = entries[i];
     if (segment_of[i] != recomputed) {  // left the segment: later nodes read the originals again
       g.set_read_remap({});
@@ -120,16 +130,24 @@ Gradients build_backward(Builder& b, const Tape& tape, const std::map<ValueId, V
     }
     const bool has_output_grad =
         std::any_of(e.outputs.begin(), e.outputs.end(), [&](ValueId v) { return result.of.contains(v); });
-    if (!has_output_grad || !any_requires(e.inputs)) continue;
+    if (!has_output_grad || !any_requires(e.inputs)) return;
     if (segment_of[i] >= 0 && recomputed < 0) {  // the segment's first rule to run: recompute it now
       recomputed = segment_of[i];
       g.set_read_remap(recompute_segment(g, tape.segments()[size_t(recomputed)]));
     }
     e.rule(ctx);
+  };
+  for (size_t i = entries.size(); i-- > 0;) {
+    run_entry(i);
+    const auto [first, last] = completed_after.equal_range(i);
+    for (auto it = first; it != last; ++it)
+      if (const auto grad = result.of.find(it->second); grad != result.of.end())
+        options.on_complete(it->second, grad->second);
   }
   g.set_read_remap({});
   b.set_tape(forward_tape);
 
+  if (options.on_complete) return result;
   for (ValueId v : wrt) {
     const auto it = result.of.find(v);
     if (it == result.of.end()) continue;  // the loss does not depend on it

@@ -102,6 +102,11 @@ class GradContext {
 
 struct BackwardOptions {
   bool recompute = false;  // recompute the checkpoint segments' activations instead of keeping them (above)
+  // Called for every `wrt` value that got a gradient, as soon as no later rule can add to it (after the rule of
+  // its first use in the forward), in that order: the data-parallel trainer starts reducing a bucket of
+  // gradients while the backward goes on (graph/model/distributed.h). With it, build_backward publishes nothing:
+  // naming and marking the gradients "grad.<name>" is the callee's job.
+  std::function<void(ValueId wrt, ValueId grad)> on_complete = {};
 };
 
 struct Gradients {

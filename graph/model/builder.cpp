@@ -77,6 +77,22 @@ ValueId Builder::add_node(const std::string& op, const std::string& name, std::v
   return g_.add1(op, name, std::move(inputs), {out, dtype.value_or(storage_)}, std::move(run));
 }
 
+ValueId Builder::all_reduce(Communicator& comm, ValueId x, ReduceOp op, CollectiveOrder order,
+                            const std::string& name) {
+  MFUSER_CHECK(g_.value(x).dtype == DType::f32, "all_reduce '", name, "': needs an f32 value, got ",
+               dtype_name(g_.value(x).dtype));
+  return add_node("all_reduce", name, {x}, shape(x),
+                  [&comm, op, order](Ins in, Outs o) { comm.all_reduce(in[0], o[0], op, order); }, DType::f32);
+}
+
+ValueId Builder::all_gather(Communicator& comm, ValueId x, const std::string& name) {
+  const Shape xs = shape(x);
+  std::vector<int64_t> dims{comm.world_size()};
+  dims.insert(dims.end(), xs.dims().begin(), xs.dims().end());
+  return add_node("all_gather", name, {x}, Shape(std::span<const int64_t>(dims)),
+                  [&comm](Ins in, Outs o) { comm.all_gather(in[0], o[0]); }, g_.value(x).dtype);
+}
+
 ValueId Builder::node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
                       graph::Kernel run, std::optional<DType> dtype) {
   const std::vector<ValueId> ins = inputs;
@@ -205,17 +221,29 @@ ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
   // Training: batch statistics (F.batch_norm(training=True), momentum 0.1 as PyTorch / mmcv). One node writes
   // out, the batch statistics saved for the backward, and the updated running statistics (f32 [C] copies of
   // the read-only running-stat weights, updated in place by the kernel), marked as graph outputs for the
-  // trainer to read back.
+  // trainer to read back. With a communicator it is SyncBN: the node also reads every rank's moments
+  // (kernels/batchnorm/batchnorm.h), gathered by a collective before it.
   constexpr float kMomentum = 0.1f;
   const Shape channels{c};
+  const bool synced = comm_ != nullptr;
+  std::vector<ValueId> inputs{x, w, b, mean, var};
+  if (synced) {
+    const ValueId moments = add_node("batchnorm_moments", prefix + ".moments", {x}, {2, c},
+                                     [](Ins in, Outs o) { kernels::batchnorm_moments(in[0], o[0]); }, DType::f32);
+    inputs.push_back(all_gather(*comm_, moments, prefix + ".moments.gathered"));
+  }
   const std::vector<ValueId> outs =
-      g_.add("batchnorm_train", prefix, {x, w, b, mean, var},
+      g_.add(synced ? "batchnorm_train_synced" : "batchnorm_train", prefix, std::move(inputs),
              {{shape(x), storage_}, {channels, DType::f32}, {channels, DType::f32}, {channels, DType::f32},
               {channels, DType::f32}},
-             [eps](Ins in, Outs o) {
+             [eps, synced](Ins in, Outs o) {
                kernels::cast(in[3], o[3]);  // running stats -> f32 copies (a plain copy when already f32)
                kernels::cast(in[4], o[4]);
-               kernels::batchnorm_train(in[0], in[1], in[2], o[3], o[4], o[0], o[1], o[2], kMomentum, eps);
+               if (synced)
+                 kernels::batchnorm_train_synced(in[0], in[1], in[2], in[5], o[3], o[4], o[0], o[1], o[2], kMomentum,
+                                                 eps);
+               else
+                 kernels::batchnorm_train(in[0], in[1], in[2], o[3], o[4], o[0], o[1], o[2], kMomentum, eps);
              });
   stateful_nodes_.push_back(g_.value(outs[0]).producer);
   // Views naming the outputs (a multi-output node's values are "<prefix>.<k>").
@@ -224,7 +252,9 @@ ValueId Builder::batchnorm(ValueId x, const std::string& prefix, float eps) {
   const ValueId save_rstd = g_.reshape(outs[2], channels, prefix + ".save_rstd");
   g_.mark_output(g_.reshape(outs[3], channels, prefix + ".running_mean.updated"));
   g_.mark_output(g_.reshape(outs[4], channels, prefix + ".running_var.updated"));
-  record({x, w, b}, {y}, grad::batchnorm_train(x, w, b, y, save_mean, save_rstd));
+  record({x, w, b}, {y},
+         synced ? grad::sync_batchnorm_train(*comm_, x, w, b, y, save_mean, save_rstd)
+                : grad::batchnorm_train(x, w, b, y, save_mean, save_rstd));
   return y;
 }
 

@@ -24,6 +24,7 @@
 #include "graph/model/backward.h"
 #include "graph/model/weights.h"
 #include "kernels/activation/activation.h"
+#include "runtime/communicator.h"
 
 namespace mfuser::model {
 
@@ -45,6 +46,10 @@ class Builder {
   Tape* tape() const { return tape_; }
   void set_training(bool training) { training_ = training; }
   bool training() const { return training_; }
+  // Data-parallel training: with a communicator, training-mode BatchNorm is SyncBN (batch statistics over every
+  // rank's batch, graph/model/distributed.h). Not owned; must outlive the graph's runs.
+  void set_communicator(Communicator* comm) { comm_ = comm; }
+  Communicator* communicator() const { return comm_; }
   // Activation checkpointing (backward.h): the ops appended between the two calls form one segment, whose
   // activations a recomputing backward recomputes instead of keeping. No-ops without a tape. Segments do not
   // nest; end_checkpoint refuses a segment holding a node with side effects (training-mode BatchNorm).
@@ -120,6 +125,13 @@ class Builder {
   std::vector<ValueId> split(ValueId x, const std::vector<int64_t>& sizes, int dim, const std::string& name);
   ValueId embedding(ValueId ids, ValueId table, const std::string& name);
 
+  // ---- collectives (over the ranks of a Communicator; no backward rule: used by rules and by the trainer's
+  // gradient buckets, see graph/model/distributed.h) ----
+  // f32 x -> the sum / mean over ranks, same shape.
+  ValueId all_reduce(Communicator& comm, ValueId x, ReduceOp op, CollectiveOrder order, const std::string& name);
+  // x -> [W, *x.shape]: every rank's x, rank 0 first.
+  ValueId all_gather(Communicator& comm, ValueId x, const std::string& name);
+
   // Appends a node running `run`, for ops with no helper above. The output is in the storage type unless
   // `dtype` says otherwise. Such a node has no backward rule: a backward through it fails, naming it.
   ValueId node(const std::string& op, const std::string& name, std::vector<ValueId> inputs, const Shape& out,
@@ -135,6 +147,7 @@ class Builder {
   DType storage_;
   Tape* tape_ = nullptr;
   bool training_ = false;
+  Communicator* comm_ = nullptr;
   std::optional<CheckpointSegment> open_segment_;
   std::vector<int> stateful_nodes_;  // nodes whose effect goes beyond their outputs: never recomputed
 };

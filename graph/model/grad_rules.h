@@ -17,6 +17,7 @@
 #include "graph/model/backward.h"
 #include "kernels/activation/activation.h"
 #include "kernels/gemm/gemm.h"
+#include "runtime/communicator.h"
 
 namespace mfuser::model::grad {
 
@@ -44,6 +45,10 @@ BackwardRule groupnorm(ValueId x, ValueId weight, ValueId bias, ValueId out, int
 // Training-mode BatchNorm: save_mean / save_rstd are the forward's batch statistics (f32 [C]).
 BackwardRule batchnorm_train(ValueId x, ValueId weight, ValueId bias, ValueId out, ValueId save_mean,
                              ValueId save_rstd);
+// SyncBN (statistics over every rank of `comm`): this rank's gradient sums, all-reduced over the ranks, give
+// grad_x; the parameter gradients are this rank's sums (views), averaged later with every other gradient.
+BackwardRule sync_batchnorm_train(Communicator& comm, ValueId x, ValueId weight, ValueId bias, ValueId out,
+                                  ValueId save_mean, ValueId save_rstd);
 BackwardRule rmsnorm_gated(ValueId x, ValueId z, ValueId weight, ValueId out, float eps);
 BackwardRule l2norm(ValueId x, ValueId out, int dim);
 

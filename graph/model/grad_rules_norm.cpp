@@ -15,6 +15,7 @@ namespace mfuser::model::grad {
 using detail::backward_node;
 using detail::Grads;
 using detail::Ins;
+using detail::Outs;
 
 // layernorm_backward with the statistics recomputed from x: reads x, weight and the output gradient. grad_x
 // is always computed (the kernel requires it); grad_weight / grad_bias only when wanted.
@@ -48,6 +49,34 @@ BackwardRule batchnorm_train(ValueId x, ValueId weight, ValueId bias, ValueId ou
                     kernels::batchnorm_train_backward(in[0], in[1], in[2], in[3], in[4], g[0], g[1], g[2],
                                                       /*eps=*/0.f);
                   });
+  };
+}
+
+// SyncBN: node "batchnorm_grad_sums" ([2, C]: sum of grad_out, sum of grad_out * xhat on this rank), their
+// all_reduce, then "batchnorm_train_backward_synced" for grad_x over the group's W * M values per channel.
+BackwardRule sync_batchnorm_train(Communicator& comm, ValueId x, ValueId weight, ValueId bias, ValueId out,
+                                  ValueId save_mean, ValueId save_rstd) {
+  return [=, &comm](GradContext& c) {
+    Builder& b = c.builder();
+    const Shape xs = b.shape(x);
+    const int64_t channels = xs[1], count = xs.numel() / channels * comm.world_size();
+    const ValueId dy = c.grad(out);
+    const ValueId sums = b.node("batchnorm_grad_sums", c.name(out, ".sums"), {x, save_mean, save_rstd, dy},
+                                {2, channels}, [](Ins in, Outs o) {
+                                  kernels::batchnorm_grad_sums(in[0], in[1], in[2], in[3], o[0]);
+                                }, DType::f32);
+    if (c.wants(x)) {
+      const ValueId group_sums = b.all_reduce(comm, sums, ReduceOp::sum, CollectiveOrder::in_stream,
+                                              c.name(out, ".sums.all_reduce"));
+      c.accumulate(x, b.node("batchnorm_train_backward_synced", c.name(out), {x, weight, save_mean, save_rstd, dy,
+                                                                               group_sums},
+                             xs, [count](Ins in, Outs o) {
+                               kernels::batchnorm_train_backward_synced(in[0], in[1], in[2], in[3], in[4], in[5],
+                                                                        count, o[0]);
+                             }, DType::f32));
+    }
+    c.accumulate(bias, b.reshape(b.slice_rows(sums, 0, 1), {channels}, c.name(bias)));
+    c.accumulate(weight, b.reshape(b.slice_rows(sums, 1, 2), {channels}, c.name(weight)));
   };
 }
 

@@ -1,5 +1,8 @@
 #include "graph/model/training.h"
 
+#include <algorithm>
+#include <optional>
+
 #include "graph/model/builder.h"
 #include "graph/model/loss.h"
 #include "graph/model/modules.h"
@@ -49,6 +52,10 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
   Builder b(g, weights);
   b.set_tape(&tape);
   b.set_training(true);
+  // A real communicator (socket, NCCL) makes the data-parallel graph even for one rank, so that a world-size-1
+  // run exercises SyncBN and the bucketed all-reduces; the single-process one (or none) the plain graph.
+  const bool data_parallel = options.comm && options.comm->kind() != "single";
+  b.set_communicator(data_parallel ? options.comm : nullptr);
 
   const ValueId image = g.input("image", {batch, 3, height, width});
   const ValueId gt = g.input("gt_semantic_seg", {batch, height, width}, DType::i64);
@@ -74,7 +81,8 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
                               "scr_map.loss_seg"),
             "scr_map.loss_seg");
   t.mask_loss = mask_loss_config(cfg);
-  const int64_t rows = batch * b.shape(head.cls_preds[0])[1];
+  t.queries = b.shape(head.cls_preds[0])[1];
+  const int64_t rows = batch * t.queries;
   const int64_t candidates = int64_t(double(t.mask_loss.num_points) * t.mask_loss.oversample_ratio);
   const int64_t randoms =
       t.mask_loss.num_points - int64_t(t.mask_loss.importance_sample_ratio * double(t.mask_loss.num_points));
@@ -90,12 +98,19 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
     const char* kinds[] = {"loss_cls", "loss_mask", "loss_dice"};
     for (int k = 0; k < 3; ++k) name_loss(b.slice_rows(three, k, k + 1), prefix + kinds[k]);
   }
-  // mmseg's _parse_losses: the sum of every loss (a product with ones, which has a backward rule).
+  // mmseg's _parse_losses: the sum of every loss (a product with ones, which has a backward rule), or with the
+  // trainer's weights.
   const auto n = int64_t(parts.size());
   const ValueId all = b.reshape(b.concat(parts, 0, "loss.parts"), {1, n});
-  Tensor ones = Tensor::empty({1, n}, DType::f32);
-  for (int64_t i = 0; i < n; ++i) ones.data<float>()[i] = 1.f;
-  t.total_loss = b.linear(all, b.constant("loss.ones", ones), graph::kNoValue, "loss.total");
+  ValueId weights_of_parts;
+  if (options.loss_weights_input) {
+    weights_of_parts = g.input("loss.weights", {1, n});
+  } else {
+    Tensor ones = Tensor::empty({1, n}, DType::f32);
+    for (int64_t i = 0; i < n; ++i) ones.data<float>()[i] = 1.f;
+    weights_of_parts = b.constant("loss.ones", ones);
+  }
+  t.total_loss = b.linear(all, weights_of_parts, graph::kNoValue, "loss.total");
   g.mark_output(t.total_loss);
 
   for (ValueId v = 0; v < ValueId(g.values().size()); ++v) {
@@ -106,8 +121,31 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
   }
   t.forward_nodes = g.nodes().size();
   const ValueId seed = b.constant("loss.total.grad_seed", Tensor::from_vector(std::vector<float>{1.f}, {1, 1}));
-  t.gradients = build_backward(b, tape, {{t.total_loss, seed}}, t.parameters, {.recompute = options.recompute});
+  BackwardOptions backward;
+  backward.recompute = options.recompute;
+  std::optional<GradientBuckets> buckets;
+  if (data_parallel) {
+    buckets.emplace(b, *options.comm, options.bucket_bytes);
+    backward.on_complete = [&](ValueId param, ValueId grad) { buckets->add(param, grad); };
+  }
+  t.gradients = build_backward(b, tape, {{t.total_loss, seed}}, t.parameters, backward);
+  if (buckets) buckets->finish();
   return t;
+}
+
+std::vector<float> loss_weights(const TrainingGraph& graph, const kernels::MaskLossCounts& local,
+                                const kernels::MaskLossCounts& group_mean) {
+  MFUSER_CHECK(group_mean.class_weight_sum > 0, "loss_weights: the group's class-weight sum is ",
+               group_mean.class_weight_sum);
+  const double cls = local.class_weight_sum / group_mean.class_weight_sum;
+  const double masks = std::max(local.positives, 1.0) / std::max(group_mean.positives, 1.0);
+  std::vector<float> weights;
+  for (const auto& [name, value] : graph.losses) {
+    if (name.ends_with("loss_cls")) weights.push_back(float(cls));
+    else if (name.ends_with("loss_mask") || name.ends_with("loss_dice")) weights.push_back(float(masks));
+    else weights.push_back(1.f);
+  }
+  return weights;
 }
 
 }  // namespace mfuser::model

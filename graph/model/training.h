@@ -30,6 +30,7 @@
 #include "graph/graph.h"
 #include "graph/model/backward.h"
 #include "graph/model/config.h"
+#include "graph/model/distributed.h"
 #include "graph/model/weights.h"
 #include "kernels/mask_loss/mask_loss.h"
 
@@ -44,6 +45,7 @@ struct TrainingGraph {
   kernels::MaskLossConfig mask_loss;  // the decode head's loss settings (sizes of the point inputs)
   int predictions = 0;                // decode-head predictions with a loss (decoder_layers + 1)
   size_t forward_nodes = 0;           // nodes [0, forward_nodes) are the forward and the losses; then backward
+  int64_t queries = 0;                // decode-head queries per image
 };
 
 // Upstream's set_trainable, by state-dict name.
@@ -58,7 +60,27 @@ struct TrainingGraphOptions {
   // Activation checkpointing per encoder layer (each backbone layer with its adapter, each text encoder
   // block): the backward recomputes a layer's activations instead of keeping them (backward.h).
   bool recompute = false;
+  // Data parallel (graph/model/distributed.h): with a group communicator (not make_single_communicator's; any
+  // world size, 1 included) the FPN's BatchNorms are SyncBN and "grad.<name>" are the gradients averaged over
+  // the ranks (bucketed all-reduces in the backward). Not owned; must outlive the graph's runs.
+  Communicator* comm = nullptr;
+  size_t bucket_bytes = GradientBuckets::kDefaultBucketBytes;
+  // The loss parts' weights in loss.total become the graph input "loss.weights" f32 [1, parts] (else all 1):
+  // the trainer sets them each step so that every rank's loss is normalized by the whole group's counts
+  // (loss_weights below).
+  bool loss_weights_input = false;
 };
+
+// The weights of the loss parts (TrainingGraph::losses order) that turn a rank's losses, normalized by its own
+// counts, into its share of the group's: loss_cls by local / group-mean class-weight sum, loss_mask and
+// loss_dice by max(local positives, 1) / max(group-mean positives, 1) (mmdet's reduce_mean of num_total_masks),
+// the score-map loss (a mean over equally many pixels per rank) by 1. Averaging the ranks' gradients then gives
+// the gradient of the loss of the whole global batch, as one process with all of it computes; with one rank
+// every weight is exactly 1. (Upstream normalizes loss_cls by each rank's own class-weight sum: the same with
+// one GPU, not with several.)
+// `local` and `group_mean` are kernels::mask_loss_counts of this rank's labels and their mean over the ranks.
+std::vector<float> loss_weights(const TrainingGraph& graph, const kernels::MaskLossCounts& local,
+                                const kernels::MaskLossCounts& group_mean);
 
 TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg, int64_t batch, int64_t height,
                                    int64_t width, const TrainingGraphOptions& options = {});

@@ -34,6 +34,24 @@
 // For both backwards an undefined grad_weight / grad_bias is not computed, and every gradient output is
 // OVERWRITTEN, never accumulated into. Channel sums are deterministic: in double, one channel per task on the
 // CPU; in f32, one block per channel on CUDA (no atomics). On CUDA grad_x may be grad_out's memory.
+//
+// SyncBN (graph/model/distributed.h): batchnorm_train whose batch statistics are those of every rank's x
+// together (all ranks' x of one shape, M = N * spatial values per channel each, W ranks), as torch's
+// SyncBatchNorm. Four steps around two collectives (CPU and CUDA; statistics in double on the CPU, f32 on CUDA):
+//   batchnorm_moments(x, moments)    moments f32 [2, C]: this rank's channel means (row 0) and M2 (row 1, sum of
+//                                    squared deviations from that mean)
+//   -> all_gather over ranks: gathered f32 [W, 2, C]
+//   batchnorm_train_synced(...)      combines them (equal counts: mean = the average of the means, M2 = sum of the
+//                                    M2 + M * sum of (mean_r - mean)^2, var = M2 / (W M)) and then does what
+//                                    batchnorm_train does with those statistics (running_var gets the unbiased
+//                                    var * WM / (WM - 1)); x, weight, bias, out, save_* as batchnorm_train
+//   batchnorm_grad_sums(...)         sums f32 [2, C]: this rank's channel sums of grad_out (row 0) and of
+//                                    grad_out * xhat (row 1), xhat from the saved statistics
+//   -> all_reduce(sum) over ranks
+//   batchnorm_train_backward_synced  grad_x = weight * rstd * (grad_out - s0 / count - xhat * s1 / count) with the
+//                                    group's sums s and count = W * M; grad_x may not alias grad_out.
+// The parameter gradients of a rank are its own sums (rows 1 and 0 of batchnorm_grad_sums' output), which the
+// data-parallel gradient average then combines. With W = 1 the steps give batchnorm_train and its backward.
 #pragma once
 
 #include "runtime/tensor.h"
@@ -50,6 +68,15 @@ void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, 
 void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
                               const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
                               float eps);
+void batchnorm_moments(const Tensor& x, Tensor& moments);
+void batchnorm_train_synced(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& gathered,
+                            Tensor& running_mean, Tensor& running_var, Tensor& out, Tensor& save_mean,
+                            Tensor& save_rstd, float momentum, float eps);
+void batchnorm_grad_sums(const Tensor& x, const Tensor& save_mean, const Tensor& save_rstd, const Tensor& grad_out,
+                         Tensor& sums);
+void batchnorm_train_backward_synced(const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                                     const Tensor& save_rstd, const Tensor& grad_out, const Tensor& sums,
+                                     int64_t count, Tensor& grad_x);
 
 namespace cpu {
 void batchnorm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var, const Tensor& weight,
@@ -62,6 +89,15 @@ void batchnorm_train(const Tensor& x, const Tensor& weight, const Tensor& bias, 
 void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
                               const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
                               float eps);
+void batchnorm_moments(const Tensor& x, Tensor& moments);
+void batchnorm_train_synced(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& gathered,
+                            Tensor& running_mean, Tensor& running_var, Tensor& out, Tensor& save_mean,
+                            Tensor& save_rstd, float momentum, float eps);
+void batchnorm_grad_sums(const Tensor& x, const Tensor& save_mean, const Tensor& save_rstd, const Tensor& grad_out,
+                         Tensor& sums);
+void batchnorm_train_backward_synced(const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                                     const Tensor& save_rstd, const Tensor& grad_out, const Tensor& sums,
+                                     int64_t count, Tensor& grad_x);
 }
 // The CUDA launchers (batchnorm.cu); call them through the dispatchers above, which check the shapes.
 namespace cuda {
@@ -75,6 +111,15 @@ void batchnorm_backward(const Tensor& x, const Tensor& running_mean, const Tenso
 void batchnorm_train_backward(const Tensor& x, const Tensor& weight, const Tensor& save_mean, const Tensor& save_rstd,
                               const Tensor& grad_out, Tensor& grad_x, Tensor& grad_weight, Tensor& grad_bias,
                               float eps);
+void batchnorm_moments(const Tensor& x, Tensor& moments);
+void batchnorm_train_synced(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& gathered,
+                            Tensor& running_mean, Tensor& running_var, Tensor& out, Tensor& save_mean,
+                            Tensor& save_rstd, float momentum, float eps);
+void batchnorm_grad_sums(const Tensor& x, const Tensor& save_mean, const Tensor& save_rstd, const Tensor& grad_out,
+                         Tensor& sums);
+void batchnorm_train_backward_synced(const Tensor& x, const Tensor& weight, const Tensor& save_mean,
+                                     const Tensor& save_rstd, const Tensor& grad_out, const Tensor& sums,
+                                     int64_t count, Tensor& grad_x);
 }
 
 }  // namespace mfuser::kernels

@@ -180,6 +180,143 @@ TEST_F(BatchnormTest, RejectsBadArguments) {
   EXPECT_THROW(kernels::batchnorm(f16_x, s, s, s, s, out, kEps), Error);
 }
 
+// ---- SyncBN: W ranks' steps give batchnorm_train (and its backward) over the ranks' x together ----
+
+// The group's synced forward and backward, each rank an image slice of x; results are concatenated back.
+struct SyncedResult {
+  Tensor out, save_mean, save_rstd, running_mean, running_var, grad_x, grad_weight, grad_bias;
+};
+
+template <class Kernels>
+SyncedResult run_synced_group(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& running_mean,
+                              const Tensor& running_var, const Tensor& grad_out, int ranks, Device device,
+                              const Kernels& k) {
+  const int64_t c = x.dim(1), per_rank = x.dim(0) / ranks;
+  const auto on = [&](const Tensor& t) { return t.to(device); };
+  const auto rows = [&](const Tensor& t, int r) { return on(t.slice_rows(r * per_rank, (r + 1) * per_rank)); };
+  Tensor gathered = Tensor::empty({ranks, 2, c}, DType::f32, device);
+  for (int r = 0; r < ranks; ++r) {
+    Tensor moments = gathered.slice_rows(r, r + 1).reshape({2, c});
+    k.moments(rows(x, r), moments);
+  }
+  SyncedResult res{Tensor::empty(x.shape(), DType::f32), {}, {}, {}, {}, Tensor::empty(x.shape(), DType::f32),
+                   Tensor::zeros({c}, DType::f32), Tensor::zeros({c}, DType::f32)};
+  Tensor sums = Tensor::zeros({2, c}, DType::f32);
+  std::vector<Tensor> save_means, save_rstds;
+  for (int r = 0; r < ranks; ++r) {
+    Tensor out = on(Tensor::empty(rows(x, r).shape(), DType::f32)), rm = on(running_mean), rv = on(running_var),
+           sm = on(Tensor::empty({c}, DType::f32)), sr = on(Tensor::empty({c}, DType::f32));
+    test::poison(out);
+    test::poison(sm);
+    test::poison(sr);
+    k.train(rows(x, r), on(w), on(b), gathered, rm, rv, out, sm, sr);
+    res.out.slice_rows(r * per_rank, (r + 1) * per_rank).copy_from(out.to(Device::cpu()));
+    res.save_mean = sm.to(Device::cpu());
+    res.save_rstd = sr.to(Device::cpu());
+    res.running_mean = rm.to(Device::cpu());
+    res.running_var = rv.to(Device::cpu());
+    save_means.push_back(sm);
+    save_rstds.push_back(sr);
+    Tensor rank_sums = on(Tensor::empty({2, c}, DType::f32));
+    test::poison(rank_sums);
+    k.grad_sums(rows(x, r), sm, sr, rows(grad_out, r), rank_sums);
+    const Tensor host_sums = rank_sums.to(Device::cpu());
+    for (int64_t i = 0; i < 2 * c; ++i) sums.data<float>()[i] += host_sums.data<float>()[i];  // the all_reduce
+  }
+  for (int64_t i = 0; i < c; ++i) {
+    res.grad_bias.data<float>()[i] = sums.data<float>()[i];
+    res.grad_weight.data<float>()[i] = sums.data<float>()[c + i];
+  }
+  for (int r = 0; r < ranks; ++r) {
+    Tensor gx = on(Tensor::empty(rows(x, r).shape(), DType::f32));
+    test::poison(gx);
+    k.backward(rows(x, r), on(w), save_means[size_t(r)], save_rstds[size_t(r)], rows(grad_out, r), on(sums),
+               x.dim(0) / per_rank * (x.numel() / x.dim(1) / ranks), gx);
+    res.grad_x.slice_rows(r * per_rank, (r + 1) * per_rank).copy_from(gx.to(Device::cpu()));
+  }
+  return res;
+}
+
+struct CpuSyncedKernels {
+  void moments(const Tensor& x, Tensor& m) const { kernels::cpu::batchnorm_moments(x, m); }
+  void train(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g, Tensor& rm, Tensor& rv, Tensor& out,
+             Tensor& sm, Tensor& sr) const {
+    kernels::cpu::batchnorm_train_synced(x, w, b, g, rm, rv, out, sm, sr, 0.1f, kEps);
+  }
+  void grad_sums(const Tensor& x, const Tensor& sm, const Tensor& sr, const Tensor& dy, Tensor& sums) const {
+    kernels::cpu::batchnorm_grad_sums(x, sm, sr, dy, sums);
+  }
+  void backward(const Tensor& x, const Tensor& w, const Tensor& sm, const Tensor& sr, const Tensor& dy,
+                const Tensor& sums, int64_t count, Tensor& gx) const {
+    kernels::cpu::batchnorm_train_backward_synced(x, w, sm, sr, dy, sums, count, gx);
+  }
+};
+
+// The single-process batchnorm_train and backward over all of x: what the group must reproduce.
+SyncedResult run_whole_batch(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& running_mean,
+                             const Tensor& running_var, const Tensor& grad_out) {
+  const int64_t c = x.dim(1);
+  SyncedResult res{Tensor::empty(x.shape(), DType::f32), Tensor::empty({c}, DType::f32),
+                   Tensor::empty({c}, DType::f32), copy_of(running_mean), copy_of(running_var),
+                   Tensor::empty(x.shape(), DType::f32), Tensor::empty({c}, DType::f32),
+                   Tensor::empty({c}, DType::f32)};
+  kernels::cpu::batchnorm_train(x, w, b, res.running_mean, res.running_var, res.out, res.save_mean, res.save_rstd,
+                                0.1f, kEps);
+  kernels::cpu::batchnorm_train_backward(x, w, res.save_mean, res.save_rstd, grad_out, res.grad_x, res.grad_weight,
+                                         res.grad_bias, kEps);
+  return res;
+}
+
+void expect_same_batchnorm(const SyncedResult& got, const SyncedResult& want, const std::string& what, double max_abs,
+                           double rel_l2) {
+  test::expect_close(got.out, want.out, what + " out", max_abs, rel_l2);
+  test::expect_close(got.save_mean, want.save_mean, what + " save_mean", max_abs, rel_l2);
+  test::expect_close(got.save_rstd, want.save_rstd, what + " save_rstd", max_abs, rel_l2);
+  test::expect_close(got.running_mean, want.running_mean, what + " running_mean", max_abs, rel_l2);
+  test::expect_close(got.running_var, want.running_var, what + " running_var", max_abs, rel_l2);
+  test::expect_close(got.grad_x, want.grad_x, what + " grad_x", max_abs, rel_l2);
+  test::expect_close(got.grad_weight, want.grad_weight, what + " grad_weight", max_abs, rel_l2);
+  test::expect_close(got.grad_bias, want.grad_bias, what + " grad_bias", max_abs, rel_l2);
+}
+
+// Ranks with different data means (the combination's between-rank term matters) and a mean far from 0.
+Tensor synced_input(const Shape& shape) {
+  Tensor x = Tensor::empty(shape, DType::f32);
+  test::fill_uniform(x, 2.f, 4.f);
+  const int64_t half = x.numel() / 2;
+  for (int64_t i = half; i < x.numel(); ++i) x.data<float>()[i] += 3.f;
+  return x;
+}
+
+TEST(BatchnormSynced, GroupEqualsOneBatch) {
+  MFUSER_SEED_TRACE();
+  for (const Shape& shape : {Shape{4, 3, 5, 5}, Shape{8, 16, 4, 4}, Shape{8, 7}}) {
+    const int64_t c = shape[1];
+    const Tensor x = synced_input(shape), w = test::random_host({c}, DType::f32, 0.5f, 1.5f),
+                 b = test::random_host({c}, DType::f32), rm = test::random_host({c}, DType::f32),
+                 rv = test::random_host({c}, DType::f32, 0.5f, 1.5f), dy = test::random_host(shape, DType::f32);
+    const SyncedResult want = run_whole_batch(x, w, b, rm, rv, dy);
+    for (const int ranks : {1, 2, 4}) {
+      // Statistics combined from f32 moments: a few ulps off the single pass.
+      expect_same_batchnorm(run_synced_group(x, w, b, rm, rv, dy, ranks, Device::cpu(), CpuSyncedKernels{}), want,
+                            "synced batchnorm " + shape.str() + " over " + std::to_string(ranks) + " ranks", 1e-4,
+                            1e-5);
+    }
+  }
+}
+
+TEST(BatchnormSynced, RejectsBadArguments) {
+  const Tensor x = synced_input({4, 3, 2, 2}), w = test::random_host({3}, DType::f32);
+  Tensor moments = Tensor::empty({3, 2}, DType::f32);  // transposed
+  EXPECT_THROW(kernels::batchnorm_moments(x, moments), Error);
+  Tensor gathered = Tensor::empty({2, 3, 3}, DType::f32), out = Tensor::empty(x.shape(), DType::f32),
+         sm = Tensor::empty({3}, DType::f32), sr = Tensor::empty({3}, DType::f32), none;
+  EXPECT_THROW(kernels::batchnorm_train_synced(x, w, w, gathered, none, none, out, sm, sr, 0.1f, kEps), Error);
+  Tensor sums = Tensor::zeros({2, 3}, DType::f32), gx = Tensor::empty(x.shape(), DType::f32);
+  EXPECT_THROW(kernels::batchnorm_train_backward_synced(x, w, sm, sr, x, sums, 15, gx), Error);  // count % 16
+  EXPECT_THROW(kernels::batchnorm_train_backward_synced(x, w, sm, sr, gx, sums, 32, gx), Error);  // aliasing
+}
+
 // ---- CUDA forwards vs the CPU reference ----
 
 struct CudaCase {
@@ -385,6 +522,53 @@ TEST(BatchnormCuda, TrainBackwardInPlaceOverGradOut) {
                                       kEps);
     test::expect_cuda_close(g, ref_gx, "batchnorm_train_backward in place grad_x");
     test::expect_cuda_close(gb, ref_gb, "batchnorm_train_backward in place grad_bias");
+  }
+}
+
+// SyncBN's four kernels on CUDA vs the same group on the CPU (the group equivalence itself is tested above).
+struct CudaSyncedKernels {
+  DType dtype;
+  Tensor in(const Tensor& t) const { return kernels::cast_to(t, dtype); }
+  void moments(const Tensor& x, Tensor& m) const { kernels::batchnorm_moments(in(x), m); }
+  void train(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& g, Tensor& rm, Tensor& rv, Tensor& out,
+             Tensor& sm, Tensor& sr) const {
+    Tensor typed_out = Tensor::empty(out.shape(), dtype, out.device());
+    test::poison(typed_out);
+    kernels::batchnorm_train_synced(in(x), in(w), in(b), g, rm, rv, typed_out, sm, sr, 0.1f, kEps);
+    kernels::cast(typed_out, out);
+  }
+  void grad_sums(const Tensor& x, const Tensor& sm, const Tensor& sr, const Tensor& dy, Tensor& sums) const {
+    kernels::batchnorm_grad_sums(in(x), sm, sr, in(dy), sums);
+  }
+  void backward(const Tensor& x, const Tensor& w, const Tensor& sm, const Tensor& sr, const Tensor& dy,
+                const Tensor& sums, int64_t count, Tensor& gx) const {
+    Tensor typed_gx = Tensor::empty(gx.shape(), dtype, gx.device());
+    test::poison(typed_gx);
+    kernels::batchnorm_train_backward_synced(in(x), in(w), sm, sr, in(dy), sums, count, typed_gx);
+    kernels::cast(typed_gx, gx);
+  }
+};
+
+TEST(BatchnormCuda, SyncedMatchesCpu) {
+  MFUSER_REQUIRE_CUDA();
+  MFUSER_SEED_TRACE();
+  for (const DType dtype : test::kCudaDtypes) {
+    for (const Shape& shape : {Shape{4, 3, 5, 5}, Shape{4, 2048, 16, 16}}) {
+      const int64_t c = shape[1];
+      const Tensor x = test::representable(synced_input(shape), dtype),
+                   w = test::random_host({c}, dtype, 0.5f, 1.5f), b = test::random_host({c}, dtype),
+                   rm = test::random_host({c}, DType::f32), rv = test::random_host({c}, DType::f32, 0.5f, 1.5f),
+                   dy = test::random_host(shape, dtype);
+      for (const int ranks : {1, 2}) {
+        const SyncedResult want = run_synced_group(x, w, b, rm, rv, dy, ranks, Device::cpu(), CpuSyncedKernels{});
+        const SyncedResult got =
+            run_synced_group(x, w, b, rm, rv, dy, ranks, Device::cuda(), CudaSyncedKernels{dtype});
+        const std::string what = "synced batchnorm " + shape.str() + " ranks " + std::to_string(ranks);
+        // Relative L2 at the dtype's CUDA bound; no max-abs bound beyond it (parameter gradients are sums).
+        expect_same_batchnorm(got, want, what + " " + std::string(dtype_name(dtype)), 1e30,
+                              test::cuda_tolerance(dtype));
+      }
+    }
   }
 }
 

@@ -102,6 +102,29 @@ void check_labels(const char* op, const Tensor& gt_seg, int64_t batch) {
                "predictions ", batch);
 }
 
+}  // namespace
+
+MaskLossCounts mask_loss_counts(const Tensor& gt_seg, int64_t queries, const MaskLossConfig& config) {
+  constexpr const char* op = "mask_loss_counts";
+  config.validate(op);
+  MFUSER_CHECK(gt_seg.defined() && gt_seg.device().is_cpu(), op, ": needs the labels on the host");
+  check_labels(op, gt_seg, gt_seg.ndim() == 3 ? gt_seg.dim(0) : -1);
+  MFUSER_CHECK(queries >= config.num_classes, op, ": ", queries, " queries for ", config.num_classes, " classes");
+  Dims d;
+  d.batch = gt_seg.dim(0);
+  d.queries = queries;
+  d.classes = config.num_classes;
+  d.height = gt_seg.dim(1);
+  d.width = gt_seg.dim(2);
+  const Assignment a = assign(op, gt_seg, d, config.ignore_index);
+  MaskLossCounts counts;
+  for (const int64_t label : a.labels) counts.class_weight_sum += config.class_weight[size_t(label)];
+  counts.positives = double(a.positives.size());
+  return counts;
+}
+
+namespace {
+
 // Dims from whichever of cls_scores / mask_preds is defined (both checked when both are).
 Dims check_predictions(const char* op, const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg,
                        const MaskLossConfig& cfg) {

@@ -94,6 +94,16 @@ struct MaskLossConfig {
   void validate(const char* op) const;  // throws naming `op` when a field is out of range
 };
 
+// The counts that normalize one batch's losses (gt_seg i64 [B, H, W] on the host, Q queries per image): the sum
+// over all B * Q queries of their target's class weight (loss_cls's denominator) and the number of positives N
+// (loss_mask's and loss_dice's). Data-parallel training normalizes by the group's counts instead of each rank's
+// (graph/model/training.h loss_weights).
+struct MaskLossCounts {
+  double class_weight_sum = 0;
+  double positives = 0;  // a double: group means are fractional
+};
+MaskLossCounts mask_loss_counts(const Tensor& gt_seg, int64_t queries, const MaskLossConfig& config);
+
 // Dispatch on the device.
 void mask_loss(const Tensor& cls_scores, const Tensor& mask_preds, const Tensor& gt_seg, const Tensor& candidates,
                const Tensor& randoms, const MaskLossConfig& config, Tensor& losses, Tensor& points);

@@ -64,7 +64,9 @@ struct HandBuilt {
     b.end_checkpoint();
     loss = b.mul(out, halves[1], "tail");
     g.mark_output(loss);
-    model::build_backward(b, tape, {{loss, g.constant("tail.cotangent", cotangent)}}, wrt, {.recompute = recompute});
+    model::BackwardOptions options;
+    options.recompute = recompute;
+    model::build_backward(b, tape, {{loss, g.constant("tail.cotangent", cotangent)}}, wrt, options);
   }
 };
 
@@ -160,8 +162,9 @@ TEST(Recompute, TinyTrainingStepIsBitwiseTheSameInASmallerArena) {
   std::map<std::string, Tensor> points;
   const auto step = [&](bool recompute, std::map<std::string, Tensor>& results) {
     model::WeightStore weights = model::WeightStore::synthesize(3);
-    const model::TrainingGraph t =
-        model::build_training_graph(weights, cfg, batch, size, size, {.recompute = recompute});
+    model::TrainingGraphOptions options;
+    options.recompute = recompute;
+    const model::TrainingGraph t = model::build_training_graph(weights, cfg, batch, size, size, options);
     graph::Executor ex(*t.graph, Device::cpu());
     ex.set_input("image", image);
     ex.set_input("gt_semantic_seg", labels);
