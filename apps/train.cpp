@@ -90,7 +90,7 @@ int train(const std::vector<std::string>& args) {
   // LOCAL_RANK, CPU ranks over the sockets. Only rank 0 prints progress and writes files.
   const LaunchEnv launch = launch_env();
   std::unique_ptr<Communicator> comm;
-  if (launch.distributed()) {
+  if (launch.launched()) {
     auto group = std::make_unique<SocketCommunicator>(
         launch.rank, launch.world_size, SocketOptions{launch.master_addr, launch.master_port});
     comm = device == "cuda" ? make_nccl_communicator(std::move(group), launch.local_rank) : std::move(group);

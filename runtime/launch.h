@@ -21,7 +21,9 @@ struct LaunchEnv {
   int master_port = 29500;
   std::string launcher = "single process";  // which variables were found ("torchrun", "Open MPI", ...)
 
-  bool distributed() const { return world_size > 1; }
+  // A launcher set the variables (any world size, 1 included: `mfuser train` then runs the data-parallel
+  // graph with a group of one, which exercises SyncBN and the gradient all-reduces on a single GPU).
+  bool launched() const { return launcher != "single process"; }
 };
 
 // Reads the variables through `getenv` (std::getenv by default); malformed or inconsistent values throw an

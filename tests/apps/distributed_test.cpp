@@ -139,7 +139,7 @@ TEST(LaunchEnv, ReadsTorchrunOpenMpiAndRejectsNonsense) {
   };
   const LaunchEnv single = from({});
   EXPECT_EQ(single.world_size, 1);
-  EXPECT_FALSE(single.distributed());
+  EXPECT_FALSE(single.launched());
   const LaunchEnv torchrun = from({{"RANK", "5"}, {"WORLD_SIZE", "16"}, {"LOCAL_RANK", "1"},
                                    {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "23456"}});
   EXPECT_EQ(torchrun.rank, 5);
@@ -148,6 +148,7 @@ TEST(LaunchEnv, ReadsTorchrunOpenMpiAndRejectsNonsense) {
   EXPECT_EQ(torchrun.master_addr, "node0");
   EXPECT_EQ(torchrun.master_port, 23456);
   EXPECT_EQ(torchrun.launcher, "torchrun");
+  EXPECT_TRUE(torchrun.launched());
   const LaunchEnv mpi = from({{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "8"},
                               {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}});
   EXPECT_EQ(mpi.rank, 3);
