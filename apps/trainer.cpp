@@ -11,6 +11,7 @@
 
 #include "apps/progress.h"
 #include "kernels/adamw/adamw.h"
+#include "kernels/sum_of_squares/sum_of_squares.h"
 #include "loaders/config.h"
 #include "loaders/safetensors.h"
 #include "runtime/cuda.h"
@@ -300,15 +301,13 @@ StepStats Trainer::step(const TrainBatch& batch) {
   for (const std::string& name : names_) grads.push_back(executor_->get("grad." + name));
   if (hook_) hook_(names_, grads);
 
+  // One reduction on the gradients' device; only one double per tensor comes back to the host.
+  const std::vector<double> squares = kernels::sum_of_squares(grads);
   double sum_squares = 0;
   std::string first_bad;
-  for (size_t i = 0; i < grads.size(); ++i) {
-    const Tensor host = grads[i].device().is_cpu() ? grads[i] : grads[i].to(Device::cpu());
-    const float* g = host.data<float>();
-    double part = 0;
-    for (int64_t e = 0, n = host.numel(); e < n; ++e) part += double(g[e]) * double(g[e]);
-    if (!std::isfinite(part) && first_bad.empty()) first_bad = names_[i];
-    sum_squares += part;
+  for (size_t i = 0; i < squares.size(); ++i) {
+    if (!std::isfinite(squares[i]) && first_bad.empty()) first_bad = names_[i];
+    sum_squares += squares[i];
   }
   s.grad_norm = std::sqrt(sum_squares);
   if (!std::isfinite(s.grad_norm))
