@@ -25,13 +25,13 @@ constexpr const char* kTrainUsage =
     "usage: mfuser train --weights FILE.safetensors --out DIR [--config CONFIG.json] [--config-train TRAIN.json]\n"
     "                    [--data synthetic|cityscapes|gta|...] [--root DIR] [--iterations N] [--save-every N]\n"
     "                    [--log-every N] [--resume DIR] [--device cpu|cuda] [--threads N] [--data-threads N]\n"
-    "                    [--recompute]\n"
+    "                    [--recompute] [--zero1]\n"
     "--weights: the initial model (e.g. from `mfuser init`, or a converted checkpoint); --config defaults to\n"
     "config.json next to it. --config-train: JSON, every key optional, official values as defaults:\n"
     "  {\"lr\": 1e-4, \"weight_decay\": 1e-4, \"betas\": [0.9, 0.999], \"eps\": 1e-8, \"iterations\": 20000,\n"
     "   \"warmup\": 1500, \"warmup_ratio\": 1e-6, \"power\": 0.9, \"min_lr\": 1e-6, \"batch\": 2, \"crop\": 512,\n"
     "   \"save_every\": 2000, \"log_every\": 10, \"seed\": 0, \"dataset\": \"synthetic\", \"root\": \"\",\n"
-    "   \"recompute\": false}\n"
+    "   \"recompute\": false, \"zero1\": false}\n"
     "--recompute: activation checkpointing, each encoder layer's activations recomputed in the backward\n"
     "instead of kept (less memory, about one more forward of the encoders per step).\n"
     "The command-line options override the file. Writes DIR/iter_<step>/{model,optimizer}.safetensors and\n"
@@ -41,7 +41,8 @@ constexpr const char* kTrainUsage =
     "to the output folder resumed. A non-finite loss stops the run (exit 1), keeping the last checkpoint.\n"
     "Data parallel: start one process per device with torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK,\n"
     "MASTER_ADDR, MASTER_PORT), `mpirun -np N` (Open MPI / MPICH) or srun; each rank takes `batch` crops, GPU\n"
-    "LOCAL_RANK, NCCL (CPU: sockets), SyncBN; rank 0 writes. See docs/TRAINING.md.\n";
+    "LOCAL_RANK, NCCL (CPU: sockets), SyncBN; rank 0 writes. --zero1: the AdamW state sharded over the ranks\n"
+    "(ZeRO-1). See docs/TRAINING.md.\n";
 
 std::string duration_text(double seconds) {
   const auto s = int64_t(seconds + 0.5);
@@ -57,7 +58,7 @@ int train(const std::vector<std::string>& args) {
   std::string weights, config, config_train, data, root, out, resume, device = "cpu";
   std::optional<int> iterations, save_every, log_every;
   int threads = 0, data_threads = 4;
-  bool recompute = false;
+  bool recompute = false, zero1 = false;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& k = args[i];
     const auto value = [&]() -> const std::string& {
@@ -82,6 +83,7 @@ int train(const std::vector<std::string>& args) {
     else if (k == "--threads") threads = parse_int(k, value(), 1);
     else if (k == "--data-threads") data_threads = parse_int(k, value(), 1);
     else if (k == "--recompute") recompute = true;
+    else if (k == "--zero1") zero1 = true;
     else MFUSER_CHECK(false, "train: unknown option '", k, "'\n", kTrainUsage);
   }
   MFUSER_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device, "'");
@@ -125,6 +127,7 @@ int train(const std::vector<std::string>& args) {
   if (!data.empty()) o.config.dataset = data;
   if (!root.empty()) o.config.root = root;
   if (recompute) o.config.recompute = true;
+  if (zero1) o.config.zero1 = true;
   o.config.validate("training config (with the command-line options)");
   o.weights = weights;
   o.out_dir = out;

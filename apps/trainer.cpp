@@ -8,8 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include "apps/progress.h"
+#include "apps/sharded_adamw.h"
 #include "kernels/adamw/adamw.h"
 #include "kernels/sum_of_squares/sum_of_squares.h"
 #include "loaders/config.h"
@@ -72,14 +74,17 @@ TrainConfig TrainConfig::parse(const std::string& text, const std::string& sourc
       c.seed = uint64_t(s);
     } else if (key == "dataset") c.dataset = string(key, v);
     else if (key == "root") c.root = string(key, v);
-    else if (key == "recompute") {
+    else if (key == "zero1") {
+      if (!v.is_boolean()) bad(key, "true or false", v);
+      c.zero1 = v.get<bool>();
+    } else if (key == "recompute") {
       if (!v.is_boolean()) bad(key, "true or false", v);
       c.recompute = v.get<bool>();
     }
     else
       throw ConfigError(str_cat(source, ": unknown key '", key,
                                 "' (known: lr, weight_decay, betas, eps, iterations, warmup, warmup_ratio, power, "
-                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root, recompute)"));
+                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root, recompute, zero1)"));
   }
   c.validate(source);
   return c;
@@ -131,7 +136,8 @@ std::string TrainConfig::to_json() const {
                   {"seed", seed},
                   {"dataset", dataset},
                   {"root", root},
-                  {"recompute", recompute}};
+                  {"recompute", recompute},
+                  {"zero1", zero1}};
   return j.dump();
 }
 
@@ -187,21 +193,31 @@ Trainer::Trainer(const std::string& weights_path, const model::ModelConfig& mode
   model::TrainingGraphOptions options;
   options.recompute = config_.recompute;
   options.comm = comm_;
+  options.zero1 = config_.zero1;
   options.loss_weights_input = true;
   graph_ = model::build_training_graph(*weights_, model_config_, config_.batch, config_.crop, config_.crop, options);
   weights_->finish();
   executor_ = std::make_unique<graph::Executor>(*graph_.graph, device_);
 
   const graph::Graph& g = *graph_.graph;
+  std::set<std::string> with_gradient;  // unused parameters get no gradient and no update (as torch)
+  for (const model::GradientBucket& b : graph_.buckets)
+    for (const model::GradientBucket::Slot& slot : b.slots) with_gradient.insert(slot.param);
   for (const graph::ValueId v : graph_.parameters) {
     const graph::Value& value = g.value(v);
-    if (g.find("grad." + value.name) == graph::kNoValue) continue;  // unused: no gradient, no update (as torch)
+    if (g.find("grad." + value.name) == graph::kNoValue && !with_gradient.contains(value.name)) continue;
     if (kernels::param_group_rule(value.name).lr_mult == 0) continue;  // frozen by its group
     MFUSER_CHECK(value.dtype == DType::f32, "trainer: parameter '", value.name, "' is ", dtype_name(value.dtype),
                  ", expected f32 master weights");
     names_.push_back(value.name);
+    if (config_.zero1) continue;  // the sharded optimizer below keeps the state
     exp_avg_.push_back(Tensor::zeros(value.shape, DType::f32, device_));
     exp_avg_sq_.push_back(Tensor::zeros(value.shape, DType::f32, device_));
+  }
+  if (config_.zero1) {
+    const std::set<std::string> updated(names_.begin(), names_.end());
+    sharded_ = std::make_unique<ShardedAdamW>(
+        graph_.buckets, [&](const std::string& name) { return updated.contains(name); }, *comm_, device_);
   }
   MFUSER_CHECK(!names_.empty(), "trainer: the training graph has no trainable parameter with a gradient");
   for (const graph::ValueId v : g.outputs()) {
@@ -215,6 +231,8 @@ Trainer::Trainer(const std::string& weights_path, const model::ModelConfig& mode
     point_inputs_.push_back(str_cat("points.randoms.", i));
   }
 }
+
+Trainer::~Trainer() = default;
 
 // Uniform [0, 1) draws, element e of point input j at step s: splitmix64 of a key formed from (seed, s, j) plus
 // the element's index in the group's global batch (rows from `first_row` on: row n is the n-th positive query
@@ -297,17 +315,24 @@ StepStats Trainer::step(const TrainBatch& batch) {
                                    "updating the parameters"));
 
   std::vector<Tensor> grads;
-  grads.reserve(names_.size());
-  for (const std::string& name : names_) grads.push_back(executor_->get("grad." + name));
-  if (hook_) hook_(names_, grads);
-
-  // One reduction on the gradients' device; only one double per tensor comes back to the host.
-  const std::vector<double> squares = kernels::sum_of_squares(grads);
   double sum_squares = 0;
   std::string first_bad;
-  for (size_t i = 0; i < squares.size(); ++i) {
-    if (!std::isfinite(squares[i]) && first_bad.empty()) first_bad = names_[i];
-    sum_squares += squares[i];
+  if (sharded_) {  // each rank holds a shard of the gradient: the norm adds the ranks' sums
+    std::tie(sum_squares, first_bad) = sharded_->local_sum_of_squares(*executor_);
+    Tensor total = Tensor::from_vector(std::vector<float>{float(sum_squares)}, {1});
+    comm_->all_reduce(total, total, ReduceOp::sum);
+    sum_squares = total.data<float>()[0];
+    if (first_bad.empty() && !std::isfinite(sum_squares)) first_bad = "(on another rank)";
+  } else {
+    grads.reserve(names_.size());
+    for (const std::string& name : names_) grads.push_back(executor_->get("grad." + name));
+    if (hook_) hook_(names_, grads);
+    // One reduction on the gradients' device; only one double per tensor comes back to the host.
+    const std::vector<double> squares = kernels::sum_of_squares(grads);
+    for (size_t i = 0; i < squares.size(); ++i) {
+      if (!std::isfinite(squares[i]) && first_bad.empty()) first_bad = names_[i];
+      sum_squares += squares[i];
+    }
   }
   s.grad_norm = std::sqrt(sum_squares);
   if (!std::isfinite(s.grad_norm))
@@ -316,8 +341,8 @@ StepStats Trainer::step(const TrainBatch& batch) {
 
   const kernels::PolySchedule schedule = config_.schedule();
   s.lr = kernels::poly_lr(step_, schedule);
-  for (size_t i = 0; i < names_.size(); ++i) {
-    const kernels::ParamGroupRule rule = kernels::param_group_rule(names_[i]);
+  const auto adamw_params = [&](const std::string& name) {
+    const kernels::ParamGroupRule rule = kernels::param_group_rule(name);
     kernels::PolySchedule group = schedule;
     group.base_lr *= rule.lr_mult;  // mmcv scales the group's base lr; min_lr stays
     kernels::AdamWParams p;
@@ -327,8 +352,15 @@ StepStats Trainer::step(const TrainBatch& batch) {
     p.eps = config_.eps;
     p.weight_decay = config_.weight_decay * rule.decay_mult;
     p.step = step_ + 1;
-    Tensor param = executor_->get(names_[i]);
-    kernels::adamw_step(param, grads[i], exp_avg_[i], exp_avg_sq_[i], p);
+    return p;
+  };
+  if (sharded_) {
+    sharded_->step(*executor_, adamw_params);
+  } else {
+    for (size_t i = 0; i < names_.size(); ++i) {
+      Tensor param = executor_->get(names_[i]);
+      kernels::adamw_step(param, grads[i], exp_avg_[i], exp_avg_sq_[i], adamw_params(names_[i]));
+    }
   }
   for (const auto& [updated, stat] : running_stats_) executor_->get(stat).copy_from(executor_->get(updated));
   ++step_;
@@ -352,6 +384,9 @@ std::vector<std::pair<std::string, Tensor>> Trainer::state_dict() const {
 std::string Trainer::save(const std::string& out_dir, const std::string& model_config_path) const {
   const std::string name = str_cat("iter_", step_);
   const fs::path final_dir = fs::path(out_dir) / name, tmp = fs::path(out_dir) / ("." + name + ".tmp");
+  // ZeRO-1: every rank takes part in gathering the optimizer state.
+  std::vector<std::pair<std::string, Tensor>> sharded_state;
+  if (sharded_) sharded_state = sharded_->gather_state(*executor_);
   if (rank() != 0) return final_dir.string();  // every rank holds the same parameters: rank 0 writes them
   fs::remove_all(tmp);
   fs::create_directories(tmp);
@@ -361,8 +396,8 @@ std::string Trainer::save(const std::string& out_dir, const std::string& model_c
                                                     {"points_rng", "splitmix64(seed, step)"},
                                                     {"train_config", config_.to_json()}};
   write_safetensors((tmp / "model.safetensors").string(), state_dict(), meta);
-  std::vector<std::pair<std::string, Tensor>> optimizer;
-  for (size_t i = 0; i < names_.size(); ++i) {
+  std::vector<std::pair<std::string, Tensor>> optimizer = std::move(sharded_state);
+  for (size_t i = 0; i < exp_avg_.size(); ++i) {
     optimizer.emplace_back("optimizer.exp_avg." + names_[i], exp_avg_[i]);
     optimizer.emplace_back("optimizer.exp_avg_sq." + names_[i], exp_avg_sq_[i]);
   }
@@ -393,7 +428,8 @@ void Trainer::load_optimizer(const std::string& checkpoint_dir) {
   const auto seed = meta.find("seed");
   MFUSER_CHECK(seed != meta.end() && seed->second == std::to_string(config_.seed), path, ": the checkpoint was "
                "trained with seed ", seed == meta.end() ? "?" : seed->second, ", the config says ", config_.seed);
-  for (size_t i = 0; i < names_.size(); ++i) {
+  if (sharded_) sharded_->load_state(reader, path, *executor_);
+  for (size_t i = 0; i < exp_avg_.size(); ++i) {
     for (const auto& [prefix, state] : {std::pair{"optimizer.exp_avg.", &exp_avg_[i]},
                                         std::pair{"optimizer.exp_avg_sq.", &exp_avg_sq_[i]}}) {
       const std::string key = prefix + names_[i];

@@ -46,6 +46,8 @@
 
 namespace mfuser::apps {
 
+class ShardedAdamW;
+
 // The training configuration (`--config-train FILE`): every key optional, the official values as defaults
 // (MFuser configs: AdamW lr 1e-4, weight decay 1e-4; schedule_20k: poly 0.9 to 1e-6, linear warmup 1500
 // iterations from 1e-6; 2 images per GPU, 512 crops).
@@ -67,6 +69,7 @@ struct TrainConfig {
   std::string dataset = "synthetic";
   std::string root;
   bool recompute = false;  // activation checkpointing per encoder layer (model::TrainingGraphOptions)
+  bool zero1 = false;      // data parallel: AdamW state sharded over the ranks (apps/sharded_adamw.h)
 
   // Parses JSON text; unknown keys and bad values are ConfigErrors naming `source` and the key.
   static TrainConfig parse(const std::string& text, const std::string& source = "<training config>");
@@ -93,7 +96,8 @@ struct StepStats {
 };
 
 // Called with every trainable parameter's gradient (executor views: modify in place) between backward and
-// the optimizer, in parameter order: the place for a gradient all-reduce across ranks.
+// the optimizer, in parameter order (after the data-parallel average; not called with ZeRO-1, where no rank
+// holds whole gradients).
 using GradientHook = std::function<void(std::span<const std::string> names, std::span<Tensor> grads)>;
 
 class Trainer {
@@ -106,6 +110,7 @@ class Trainer {
   // training.h loss_weights), and StepStats' losses are the group's.
   Trainer(const std::string& weights_path, const model::ModelConfig& model_config, const TrainConfig& config,
           Device device, Communicator* comm = nullptr);
+  ~Trainer();
 
   // Restores the optimizer state and step of a checkpoint folder (the weights come from its model.safetensors,
   // which must be the weights_path this Trainer was built on).
@@ -143,7 +148,8 @@ class Trainer {
   model::TrainingGraph graph_;
   std::unique_ptr<graph::Executor> executor_;
   std::vector<std::string> names_;  // trainable parameters (graph order)
-  std::vector<Tensor> exp_avg_, exp_avg_sq_;
+  std::vector<Tensor> exp_avg_, exp_avg_sq_;     // per parameter (empty with ZeRO-1)
+  std::unique_ptr<ShardedAdamW> sharded_;        // ZeRO-1's optimizer state
   std::vector<std::pair<std::string, std::string>> running_stats_;  // (updated output, weight)
   std::vector<std::string> point_inputs_;
   GradientHook hook_;

@@ -12,7 +12,9 @@ class SingleCommunicator final : public Communicator {
   std::string kind() const override { return "single"; }
   void all_reduce(const Tensor& in, Tensor& out, ReduceOp, CollectiveOrder) override { copy(in, out, "all_reduce"); }
   void all_gather(const Tensor& in, Tensor& out) override { copy(in, out, "all_gather"); }
-  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp) override { copy(in, out, "reduce_scatter"); }
+  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp, CollectiveOrder) override {
+    copy(in, out, "reduce_scatter");
+  }
   void join() override {}
   void broadcast_bytes(std::vector<uint8_t>&, int root) override {
     MFUSER_CHECK(root == 0, "communicator: broadcast from rank ", root, " in a world of size 1");

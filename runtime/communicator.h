@@ -52,7 +52,8 @@ class Communicator {
   virtual void all_gather(const Tensor& in, Tensor& out) = 0;
   // out (in.numel() / world_size elements) = this rank's block of the sum (or mean) over ranks of `in`, whose
   // blocks are rank-major. f32. The ZeRO-1 gradient step.
-  virtual void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) = 0;
+  virtual void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op,
+                              CollectiveOrder order = CollectiveOrder::in_stream) = 0;
   // Makes the device's later work wait for every overlapped collective issued so far.
   virtual void join() = 0;
   // `bytes` of rank `root` to every rank (resized): rendezvous data such as the NCCL unique id.

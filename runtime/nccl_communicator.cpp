@@ -68,13 +68,14 @@ class NcclCommunicator final : public Communicator {
                  in.str(), " into ", out.str());
     MFUSER_NCCL_CHECK(ncclAllGather(in.raw_data(), out.raw_data(), in.nbytes(), ncclUint8, comm_, compute_));
   }
-  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override {
+  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, CollectiveOrder order) override {
     check_device(in, "reduce_scatter");
     check_device(out, "reduce_scatter");
     MFUSER_CHECK(in.dtype() == DType::f32 && out.dtype() == DType::f32 && in.numel() == out.numel() * world_size(),
                  "nccl: reduce_scatter of ", in.str(), " into ", out.str());
+    cudaStream_t stream = order == CollectiveOrder::overlapped ? fork() : compute_;
     MFUSER_NCCL_CHECK(ncclReduceScatter(in.raw_data(), out.raw_data(), size_t(out.numel()), ncclFloat, nccl_op(op),
-                                        comm_, compute_));
+                                        comm_, stream));
   }
   void join() override {
     if (!forked_) return;

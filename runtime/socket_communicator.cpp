@@ -251,7 +251,7 @@ void SocketCommunicator::all_gather(const Tensor& in, Tensor& out) {
   std::memcpy(out.raw_data(), result.data(), result.size());
 }
 
-void SocketCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) {
+void SocketCommunicator::reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, CollectiveOrder) {
   check_host(in, "reduce_scatter", "input");
   check_host(out, "reduce_scatter", "output");
   MFUSER_CHECK(in.dtype() == DType::f32 && out.dtype() == DType::f32 && in.numel() == out.numel() * world_size_,

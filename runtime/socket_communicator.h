@@ -38,7 +38,7 @@ class SocketCommunicator final : public Communicator {
   std::string kind() const override { return "socket"; }
   void all_reduce(const Tensor& in, Tensor& out, ReduceOp op, CollectiveOrder order) override;
   void all_gather(const Tensor& in, Tensor& out) override;
-  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op) override;
+  void reduce_scatter(const Tensor& in, Tensor& out, ReduceOp op, CollectiveOrder order) override;
   void join() override {}
   void broadcast_bytes(std::vector<uint8_t>& bytes, int root) override;
   void barrier() override;

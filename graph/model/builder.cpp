@@ -85,6 +85,15 @@ ValueId Builder::all_reduce(Communicator& comm, ValueId x, ReduceOp op, Collecti
                   [&comm, op, order](Ins in, Outs o) { comm.all_reduce(in[0], o[0], op, order); }, DType::f32);
 }
 
+ValueId Builder::reduce_scatter(Communicator& comm, ValueId x, ReduceOp op, CollectiveOrder order,
+                                const std::string& name) {
+  const int64_t n = shape(x).numel(), ranks = comm.world_size();
+  MFUSER_CHECK(g_.value(x).dtype == DType::f32 && shape(x).ndim() == 1 && n % ranks == 0, "reduce_scatter '", name,
+               "': needs an f32 vector whose size is a multiple of ", ranks, ", got ", shape(x).str());
+  return add_node("reduce_scatter", name, {x}, {n / ranks},
+                  [&comm, op, order](Ins in, Outs o) { comm.reduce_scatter(in[0], o[0], op, order); }, DType::f32);
+}
+
 ValueId Builder::all_gather(Communicator& comm, ValueId x, const std::string& name) {
   const Shape xs = shape(x);
   std::vector<int64_t> dims{comm.world_size()};

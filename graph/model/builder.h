@@ -131,6 +131,8 @@ class Builder {
   ValueId all_reduce(Communicator& comm, ValueId x, ReduceOp op, CollectiveOrder order, const std::string& name);
   // x -> [W, *x.shape]: every rank's x, rank 0 first.
   ValueId all_gather(Communicator& comm, ValueId x, const std::string& name);
+  // f32 x [W * n] -> [n]: this rank's block of the sum / mean over ranks.
+  ValueId reduce_scatter(Communicator& comm, ValueId x, ReduceOp op, CollectiveOrder order, const std::string& name);
 
   // Appends a node running `run`, for ops with no helper above. The output is in the storage type unless
   // `dtype` says otherwise. Such a node has no backward rule: a backward through it fails, naming it.

@@ -123,13 +123,19 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
   const ValueId seed = b.constant("loss.total.grad_seed", Tensor::from_vector(std::vector<float>{1.f}, {1, 1}));
   BackwardOptions backward;
   backward.recompute = options.recompute;
+  MFUSER_CHECK(!options.zero1 || data_parallel, "training graph: ZeRO-1 needs a group communicator (a launch)");
   std::optional<GradientBuckets> buckets;
   if (data_parallel) {
-    buckets.emplace(b, *options.comm, options.bucket_bytes);
+    buckets.emplace(b, *options.comm,
+                    options.zero1 ? GradientReduction::reduce_scatter : GradientReduction::all_reduce,
+                    options.bucket_bytes);
     backward.on_complete = [&](ValueId param, ValueId grad) { buckets->add(param, grad); };
   }
   t.gradients = build_backward(b, tape, {{t.total_loss, seed}}, t.parameters, backward);
-  if (buckets) buckets->finish();
+  if (buckets) {
+    buckets->finish();
+    t.buckets = buckets->buckets();
+  }
   return t;
 }
 

@@ -46,6 +46,7 @@ struct TrainingGraph {
   int predictions = 0;                // decode-head predictions with a loss (decoder_layers + 1)
   size_t forward_nodes = 0;           // nodes [0, forward_nodes) are the forward and the losses; then backward
   int64_t queries = 0;                // decode-head queries per image
+  std::vector<GradientBucket> buckets;  // data parallel: the gradient buckets, in reduction order
 };
 
 // Upstream's set_trainable, by state-dict name.
@@ -65,6 +66,9 @@ struct TrainingGraphOptions {
   // the ranks (bucketed all-reduces in the backward). Not owned; must outlive the graph's runs.
   Communicator* comm = nullptr;
   size_t bucket_bytes = GradientBuckets::kDefaultBucketBytes;
+  // ZeRO-1: the buckets are reduce-scattered instead of all-reduced; the graph then outputs this rank's shards
+  // "grad_shard.<k>" (TrainingGraph::buckets says where each parameter lies) instead of "grad.<name>".
+  bool zero1 = false;
   // The loss parts' weights in loss.total become the graph input "loss.weights" f32 [1, parts] (else all 1):
   // the trainer sets them each step so that every rank's loss is normalized by the whole group's counts
   // (loss_weights below).

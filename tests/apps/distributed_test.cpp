@@ -237,8 +237,11 @@ struct RunResult {
   std::map<std::string, Tensor> first_grads, params;
 };
 
-RunResult train_steps(int rank, int world, int64_t batch, Communicator* comm) {
-  apps::Trainer trainer(tiny().weights.string(), tiny().config, train_config(batch), Device::cpu(), comm);
+RunResult train_steps(int rank, int world, int64_t batch, Communicator* comm, bool zero1 = false,
+                      const fs::path& save_to = {}) {
+  apps::TrainConfig config = train_config(batch);
+  config.zero1 = zero1;
+  apps::Trainer trainer(tiny().weights.string(), tiny().config, config, Device::cpu(), comm);
   RunResult result;
   trainer.set_gradient_hook([&](std::span<const std::string> names, std::span<Tensor> grads) {
     if (!result.first_grads.empty()) return;
@@ -246,6 +249,7 @@ RunResult train_steps(int rank, int world, int64_t batch, Communicator* comm) {
   });
   auto data = data_for(rank, world, batch);
   for (int s = 0; s < 3; ++s) result.steps.push_back(trainer.step(data->next()));
+  if (!save_to.empty()) trainer.save(save_to.string());
   for (const auto& [name, t] : trainer.state_dict())
     if (t.dtype() == DType::f32 &&
         (model::is_trainable(name) || name.ends_with("running_mean") || name.ends_with("running_var")))
@@ -368,6 +372,37 @@ TEST(DataParallel, TwoRanksEqualOneProcessWithTheirBatch) {
   // without gradient inside the tensor, where AdamW amplifies rounding the same way (measured 1.2e-2).
   EXPECT_LE(params.total, 1e-3);
   EXPECT_LE(params.worst, 5e-2) << params.worst_name;
+}
+
+// ZeRO-1 shards the AdamW state; the arithmetic per element is the replicated optimizer's, and the socket
+// group's reduce-scatter sums in the all-reduce's order: the parameters and the checkpointed state are the
+// same, bit for bit.
+TEST(DataParallel, ZeroOneEqualsTheReplicatedOptimizerBitwise) {
+  const fs::path dir = tiny().dir / "zero1";
+  std::map<bool, std::vector<RunResult>> runs;
+  for (const bool zero1 : {false, true}) {
+    runs[zero1].resize(2);
+    expect_no_errors(run_group(2, [&](int rank, Communicator& comm) {
+      runs[zero1][size_t(rank)] = train_steps(rank, 2, 1, &comm, zero1, dir / (zero1 ? "sharded" : "replicated"));
+    }, std::chrono::seconds(300)));
+  }
+  EXPECT_TRUE(runs[true][0].first_grads.empty()) << "ZeRO-1 holds no whole gradient: the hook is not called";
+  EXPECT_FALSE(runs[false][0].first_grads.empty());
+  for (const auto& [name, t] : runs[false][0].params)
+    for (int rank = 0; rank < 2; ++rank)
+      ASSERT_EQ(std::memcmp(t.raw_data(), runs[true][size_t(rank)].params.at(name).raw_data(), t.nbytes()), 0)
+          << name << " on rank " << rank;
+  for (size_t s = 0; s < 3; ++s) EXPECT_EQ(runs[true][0].steps[s].total, runs[false][0].steps[s].total);
+  const SafetensorsReader sharded((dir / "sharded/iter_3/optimizer.safetensors").string()),
+      replicated((dir / "replicated/iter_3/optimizer.safetensors").string());
+  ASSERT_EQ(sharded.entries().size(), replicated.entries().size());
+  for (const SafetensorsEntry& e : replicated.entries()) {
+    const Tensor want = replicated.view(e.name);
+    ASSERT_NE(sharded.find(e.name), nullptr) << e.name;
+    const Tensor got = sharded.view(e.name);
+    ASSERT_EQ(got.shape(), want.shape()) << e.name;
+    ASSERT_EQ(std::memcmp(got.raw_data(), want.raw_data(), want.nbytes()), 0) << e.name;
+  }
 }
 
 // `mfuser train` launched as two processes with torchrun's variables (the CPU ranks meet over loopback) trains
