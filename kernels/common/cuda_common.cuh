@@ -67,7 +67,8 @@ inline dim3 row_grid(int64_t rows, int64_t cols, int threads) {
   return dim3(unsigned(x < 1 ? 1 : (x > 1024 ? 1024 : x)), unsigned(rows < 1 ? 1 : (rows > 65535 ? 65535 : rows)));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
+template <class T>  // float or double
+__device__ __forceinline__ T warp_sum(T v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
 }
@@ -77,13 +78,14 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// `scratch` is 32 floats of shared memory; the call ends with a barrier so scratch can be reused.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// `scratch` is 32 values of shared memory; the call ends with a barrier so scratch can be reused.
+template <class T>  // float or double
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   v = warp_sum(v);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.f;
+  v = lane < warps ? scratch[lane] : T(0);
   v = warp_sum(v);
   __syncthreads();
   return v;

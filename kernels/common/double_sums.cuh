@@ -26,24 +26,6 @@ inline unsigned partial_blocks(int64_t n) {
 inline Tensor double_scratch(int64_t n, Device device) { return Tensor::empty({std::max<int64_t>(n, 1)}, DType::i64, device); }
 inline double* double_data(const Tensor& scratch) { return static_cast<double*>(scratch.raw_data()); }
 
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// `scratch` is 32 doubles of shared memory; the call ends with a barrier so scratch can be reused.
-__device__ __forceinline__ double block_sum(double v, double* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warp_sum(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0;
-  v = warp_sum(v);
-  __syncthreads();
-  return v;
-}
-
 // First pass: each thread's `values` summed over the block into partial[blockIdx.x * Width + k].
 template <int Width>
 __device__ void store_block_partials(const double (&values)[Width], double* partial, double* scratch) {
