@@ -150,10 +150,9 @@ const std::array<uint8_t, 256>& cityscapes_label_id_to_train_id() {
   return table;
 }
 
-Tensor load_label(const Sample& sample, int64_t image_h, int64_t image_w, int num_classes) {
+Tensor read_train_ids(const Sample& sample, int num_classes) {
   Tensor label = read_label(sample.label);
-  MFUSER_CHECK(label.dim(0) == image_h && label.dim(1) == image_w, "label '", sample.label, "' is ", label.dim(1), "x",
-               label.dim(0), " (WxH) but its image '", sample.image, "' is ", image_w, "x", image_h);
+  const int64_t width = label.dim(1);
   uint8_t* l = label.data<uint8_t>();
   if (sample.encoding == LabelEncoding::cityscapes_label_ids) {
     const auto& table = cityscapes_label_id_to_train_id();
@@ -166,8 +165,15 @@ Tensor load_label(const Sample& sample, int64_t image_h, int64_t image_w, int nu
       ++bad;
     }
   MFUSER_CHECK(bad == 0, "label '", sample.label, "': ", bad, " pixel(s) with values outside 0..", num_classes - 1,
-               " and 255 (first: value ", first < 0 ? 0 : int(l[first]), " at row ", first / image_w, ", column ",
-               first % image_w, ")");
+               " and 255 (first: value ", first < 0 ? 0 : int(l[first]), " at row ", first / width, ", column ",
+               first % width, ")");
+  return label;
+}
+
+Tensor load_label(const Sample& sample, int64_t image_h, int64_t image_w, int num_classes) {
+  Tensor label = read_train_ids(sample, num_classes);
+  MFUSER_CHECK(label.dim(0) == image_h && label.dim(1) == image_w, "label '", sample.label, "' is ", label.dim(1), "x",
+               label.dim(0), " (WxH) but its image '", sample.image, "' is ", image_w, "x", image_h);
   return label;
 }
 

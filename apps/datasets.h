@@ -56,9 +56,10 @@ std::vector<InputImage> list_inputs(const std::vector<std::string>& inputs);
 // every id that is not one of the 19 evaluated classes.
 const std::array<uint8_t, 256>& cityscapes_label_id_to_train_id();
 
-// Reads `sample.label`, maps it to trainIds and checks it against the image size: throws an Error naming the
-// label file on a size mismatch or on trainId values other than 0..num_classes-1 and 255 (with the first
-// offending pixel and the count of such pixels).
+// Reads `sample.label` and maps it to trainIds: throws an Error naming the label file on trainId values other
+// than 0..num_classes-1 and 255 (with the first offending pixel and the count of such pixels).
+Tensor read_train_ids(const Sample& sample, int num_classes);
+// read_train_ids, checked against the image size too (an Error naming both files on a mismatch).
 Tensor load_label(const Sample& sample, int64_t image_h, int64_t image_w, int num_classes);
 
 // mmseg's intersect_and_union summed over a data set (ignore index 255 left out of everything).

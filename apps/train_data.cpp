@@ -83,7 +83,8 @@ uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
 
 namespace {
 
-constexpr uint64_t kTagShuffle = 0x5348554646ull, kTagAugment = 0x415547ull, kTagSynthetic = 0x53594eull;
+constexpr uint64_t kTagShuffle = 0x5348554646ull, kTagAugment = 0x415547ull, kTagSynthetic = 0x53594eull,
+                   kTagSyntheticVal = 0x53594e56414cull, kTagRareClass = 0x524353ull;
 
 std::vector<int64_t> epoch_permutation(uint64_t seed, int64_t size, int64_t epoch) {
   std::vector<int64_t> perm(static_cast<size_t>(size));
@@ -102,11 +103,18 @@ int64_t epoch_sample(uint64_t seed, int64_t size, int64_t position) {
 
 // ---- the synthetic data set ------------------------------------------------------------------------------
 
-LabeledImage synthetic_image(uint64_t seed, int64_t index, int64_t crop) {
+SyntheticSplit synthetic_split(const std::string& name) {
+  if (name == "train") return SyntheticSplit::train;
+  if (name == "val") return SyntheticSplit::val;
+  throw Error(str_cat("unknown split '", name, "' of the synthetic data set (train or val)"));
+}
+
+LabeledImage synthetic_image(uint64_t seed, int64_t index, int64_t crop, SyntheticSplit split) {
   MFUSER_CHECK(crop >= 16, "synthetic_image: crop ", crop, " is too small");
-  TrainRng rng(mix_seed(seed, kTagSynthetic, uint64_t(index)));
-  const int64_t h = int64_t(double(crop) * rng.uniform(1.0, 1.5));
-  const int64_t w = int64_t(double(crop) * rng.uniform(1.0, 1.5));
+  const bool train = split == SyntheticSplit::train;
+  TrainRng rng(mix_seed(seed, train ? kTagSynthetic : kTagSyntheticVal, uint64_t(index)));
+  const int64_t h = train ? int64_t(double(crop) * rng.uniform(1.0, 1.5)) : crop;
+  const int64_t w = train ? int64_t(double(crop) * rng.uniform(1.0, 1.5)) : crop * 3 / 2;
   Tensor label = Tensor::empty({h, w}, DType::u8);
   uint8_t* l = label.data<uint8_t>();
   std::fill(l, l + h * w, uint8_t(rng.randint(0, kNumClasses)));  // background class
@@ -381,6 +389,65 @@ void photometric_distortion(Tensor& rgb, TrainRng& rng) {
   if (mode == 0) contrast();
 }
 
+// ---- rare-class sampling -------------------------------------------------------------------------------------
+
+ClassPixels count_class_pixels(const Tensor& label) {
+  check_u8("count_class_pixels", label, 2);
+  std::array<int64_t, 256> all{};
+  const uint8_t* l = label.data<uint8_t>();
+  for (int64_t i = 0; i < label.numel(); ++i) ++all[l[i]];
+  ClassPixels counts{};
+  std::copy_n(all.begin(), kNumClasses, counts.begin());
+  return counts;
+}
+
+RareClassTable rare_class_table(const std::vector<ClassPixels>& per_image, const RareClassSampling& options) {
+  MFUSER_CHECK(std::isfinite(options.temperature) && options.temperature > 0, "rare-class sampling: temperature ",
+               options.temperature, " must be a finite number > 0");
+  ClassPixels overall{};
+  for (const ClassPixels& counts : per_image)
+    for (size_t c = 0; c < counts.size(); ++c) overall[c] += counts[c];
+  RareClassTable t;
+  for (int c = 0; c < kNumClasses; ++c)
+    if (overall[size_t(c)] > 0) t.classes.push_back(c);
+  MFUSER_CHECK(!t.classes.empty(), "rare-class sampling: the training labels hold no class pixel at all");
+  std::stable_sort(t.classes.begin(), t.classes.end(),
+                   [&](int a, int b) { return overall[size_t(a)] < overall[size_t(b)]; });
+  double total = 0;
+  for (int c : t.classes) total += double(overall[size_t(c)]);
+  double top = -INFINITY;
+  for (int c : t.classes) {
+    t.frequency.push_back(double(overall[size_t(c)]) / total);
+    top = std::max(top, (1 - t.frequency.back()) / options.temperature);
+  }
+  double sum = 0;
+  for (double f : t.frequency) sum += t.probability.emplace_back(std::exp((1 - f) / options.temperature - top));
+  for (double& p : t.probability) p /= sum;
+
+  std::string without;
+  for (int c : t.classes) {
+    std::vector<int64_t>& images = t.images.emplace_back();
+    for (size_t i = 0; i < per_image.size(); ++i)
+      if (per_image[i][size_t(c)] > options.min_pixels) images.push_back(int64_t(i));
+    if (images.empty()) without += str_cat(without.empty() ? "" : ", ", c);
+  }
+  MFUSER_CHECK(without.empty(), "rare-class sampling: no training image has more than min_pixels = ",
+               options.min_pixels, " pixels of class(es) ", without, " (lower min_pixels)");
+  return t;
+}
+
+RareClassDraw draw_rare_class(const RareClassTable& table, TrainRng& rng) {
+  MFUSER_CHECK(!table.classes.empty(), "draw_rare_class: empty table");
+  const double u = rng.uniform();
+  size_t i = 0;
+  for (double cumulative = table.probability[0]; i + 1 < table.classes.size() && u >= cumulative;)
+    cumulative += table.probability[++i];
+  const std::vector<int64_t>& images = table.images[i];
+  return {table.classes[i], images[size_t(rng.randint(0, int64_t(images.size())))]};
+}
+
+// ---- the whole augmentation -------------------------------------------------------------------------------
+
 void augment(LabeledImage& s, const TrainDataOptions& o, TrainRng& rng) {
   check_pair("augment", s);
   const int64_t h = s.image.dim(0), w = s.image.dim(1);
@@ -411,12 +478,75 @@ void pack_sample(const LabeledImage& s, int64_t crop, float* image_out, int64_t*
 
 namespace {
 
+// The training images: generated (synthetic) or files.
+class ImageSource {
+ public:
+  ImageSource(const TrainDataOptions& o, std::vector<Sample> samples)
+      : synthetic_(o.dataset == "synthetic"),
+        seed_(o.seed),
+        crop_(o.crop),
+        split_(synthetic_ ? synthetic_split(o.split) : SyntheticSplit::train),
+        samples_(std::move(samples)),
+        size_(synthetic_ ? o.synthetic_images : int64_t(samples_.size())) {}
+
+  int64_t size() const { return size_; }
+
+  LabeledImage load(int64_t index) const {
+    if (synthetic_) return synthetic_image(seed_, index, crop_, split_);
+    const Sample& sample = samples_[size_t(index)];
+    LabeledImage s;
+    s.image = read_rgb(sample.image);
+    s.label = load_label(sample, s.image.dim(0), s.image.dim(1), kNumClasses);
+    return s;
+  }
+
+  // Every image's class pixel counts at full size, read by `threads` threads.
+  std::vector<ClassPixels> class_pixels(int threads) const {
+    std::vector<ClassPixels> counts(static_cast<size_t>(size_));
+    std::mutex mu;
+    std::string error;
+    int64_t next = 0;
+    const auto work = [&] {
+      for (;;) {
+        int64_t i;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          if (next >= size_ || !error.empty()) return;
+          i = next++;
+        }
+        try {
+          const Tensor label = synthetic_ ? synthetic_image(seed_, i, crop_, split_).label
+                                          : read_train_ids(samples_[size_t(i)], kNumClasses);
+          counts[size_t(i)] = count_class_pixels(label);
+        } catch (const std::exception& e) {
+          std::lock_guard<std::mutex> lock(mu);
+          if (error.empty()) error = str_cat("rare-class sampling, counting the classes of image ", i, ": ", e.what());
+        }
+      }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) pool.emplace_back(work);
+    for (std::thread& t : pool) t.join();
+    if (!error.empty()) throw Error(error);
+    return counts;
+  }
+
+ private:
+  const bool synthetic_;
+  const uint64_t seed_;
+  const int64_t crop_;
+  const SyntheticSplit split_;
+  const std::vector<Sample> samples_;
+  const int64_t size_;
+};
+
 class PrefetchingTrainData final : public TrainData {
  public:
-  PrefetchingTrainData(TrainDataOptions options, std::vector<Sample> samples)
+  PrefetchingTrainData(TrainDataOptions options, ImageSource source, RareClassTable rare_classes)
       : o_(std::move(options)),
-        samples_(std::move(samples)),
-        size_(o_.dataset == "synthetic" ? o_.synthetic_images : int64_t(samples_.size())),
+        source_(std::move(source)),
+        rare_classes_(std::move(rare_classes)),
+        size_(source_.size()),
         window_(std::max(o_.prefetch, 1)),
         consumer_(o_.start_step),
         next_claim_(o_.start_step) {
@@ -511,13 +641,26 @@ class PrefetchingTrainData final : public TrainData {
     return perm;
   }
 
-  LabeledImage load(int64_t index) const {
-    if (o_.dataset == "synthetic") return synthetic_image(o_.seed, index, o_.crop);
-    const Sample& sample = samples_[size_t(index)];
-    LabeledImage s;
-    s.image = read_rgb(sample.image);
-    s.label = load_label(sample, s.image.dim(0), s.image.dim(1), kNumClasses);
-    return s;
+  // The crop at global sample position `position`, and its image's index.
+  std::pair<LabeledImage, int64_t> sample(int64_t position) {
+    TrainRng rng(mix_seed(o_.seed, kTagAugment, uint64_t(position)));
+    if (!o_.rare_class_sampling.enabled) {
+      const int64_t index = (*permutation(position / size_))[size_t(position % size_)];
+      LabeledImage s = source_.load(index);
+      augment(s, o_, rng);
+      return {std::move(s), index};
+    }
+    TrainRng pick(mix_seed(o_.seed, kTagRareClass, uint64_t(position)));
+    const RareClassDraw draw = draw_rare_class(rare_classes_, pick);
+    const RareClassSampling& rcs = o_.rare_class_sampling;
+    LabeledImage s = source_.load(draw.image);
+    augment(s, o_, rng);
+    for (int redraw = 0; redraw < 10 && rcs.min_crop_ratio > 0; ++redraw) {
+      if (double(count_class_pixels(s.label)[size_t(draw.cls)]) > double(rcs.min_pixels) * rcs.min_crop_ratio) break;
+      s = source_.load(draw.image);  // afresh: augment works in place
+      augment(s, o_, rng);
+    }
+    return {std::move(s), draw.image};
   }
 
   TrainBatch make_batch(int64_t step) {
@@ -528,19 +671,16 @@ class PrefetchingTrainData final : public TrainData {
     out.labels = Tensor::empty({b, c, c}, DType::i64);
     for (int64_t i = 0; i < b; ++i) {
       // This rank's slice of the group's global batch of world_size * b samples.
-      const int64_t position = (step * o_.world_size + o_.rank) * b + i;
-      const int64_t index = (*permutation(position / size_))[size_t(position % size_)];
+      const auto [s, index] = sample((step * o_.world_size + o_.rank) * b + i);
       out.indices.push_back(index);
-      LabeledImage s = load(index);
-      TrainRng rng(mix_seed(o_.seed, kTagAugment, uint64_t(position)));
-      augment(s, o_, rng);
       pack_sample(s, c, out.images.data<float>() + i * 3 * c * c, out.labels.data<int64_t>() + i * c * c);
     }
     return out;
   }
 
   const TrainDataOptions o_;
-  const std::vector<Sample> samples_;
+  const ImageSource source_;
+  const RareClassTable rare_classes_;  // empty when rare-class sampling is off
   const int64_t size_;
   const int64_t window_;
 
@@ -579,7 +719,16 @@ std::unique_ptr<TrainData> open_train_data(const TrainDataOptions& options) {
       throw Error(str_cat("training data set '", o.dataset, "' under '", o.root, "': ", e.what()));
     }
   }
-  return std::make_unique<PrefetchingTrainData>(o, std::move(samples));
+  ImageSource source(o, std::move(samples));
+  RareClassTable rare_classes;
+  if (o.rare_class_sampling.enabled) {
+    const RareClassSampling& r = o.rare_class_sampling;
+    MFUSER_CHECK(r.min_pixels >= 0 && std::isfinite(r.min_crop_ratio) && r.min_crop_ratio >= 0,
+                 "training data: bad rare-class sampling (min_pixels ", r.min_pixels, ", min_crop_ratio ",
+                 r.min_crop_ratio, ")");
+    rare_classes = rare_class_table(source.class_pixels(o.threads), r);
+  }
+  return std::make_unique<PrefetchingTrainData>(o, std::move(source), std::move(rare_classes));
 }
 
 }  // namespace mfuser::apps

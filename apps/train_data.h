@@ -19,9 +19,11 @@
 //   -> Pad to crop x crop at the bottom / right: 0 in the normalised image, 255 in the label.
 // Randomness comes from our own generator (not numpy's), derived from (seed, sample position), so a batch is
 // a pure function of (options, step): the sequence does not depend on the thread count, and a resumed run
-// (start_step / skip_to) continues it exactly. Rare-class sampling (the config's UGDataset) is not done.
+// (start_step / skip_to) continues it exactly. Rare-class sampling (the config's UGDataset) is optional and
+// off by default (RareClassSampling below).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -55,10 +57,27 @@ class TrainData {
   virtual double total_wait_seconds() const = 0;
 };
 
+// Rare-class sampling (RCS, DAFormer's; the UGDataset of MFuser's official configs). When on, a crop does not
+// take the next image of the shuffled epoch: it draws a class c with probability softmax((1 - f_c) / T) over
+// the classes present in the training labels (f_c: c's share of all labelled pixels, ignore left out), then
+// uniformly one of the images with more than min_pixels pixels of c (at full size, before augmentation),
+// then augments it; while the crop holds no more than min_pixels * min_crop_ratio pixels of c, the whole
+// augmentation is drawn again, up to 10 times (the 11th draw is kept as is; min_crop_ratio 0: no redraw).
+// The draws come from (seed, sample position), like the rest of the sequence.
+struct RareClassSampling {
+  bool enabled = false;
+  // MFuser's values (rare_class_sampling=dict(min_pixels=3000, class_temp=100, min_crop_ratio=0.5) in
+  // configs/_base_/datasets/gta2city-512.py and the other *2*-512 configs). T = 100 makes the class draw
+  // nearly uniform over the classes; DAFormer's T = 0.01 favours the rarest ones sharply.
+  double temperature = 100;
+  int64_t min_pixels = 3000;
+  double min_crop_ratio = 0.5;
+};
+
 struct TrainDataOptions {
   std::string dataset;      // "synthetic", or a data-set kind known to apps/datasets.h ("cityscapes", ...)
   std::string root;         // data-set folder (unused for "synthetic")
-  std::string split = "train";  // the split listed by list_dataset (ignored for gta and synthetic)
+  std::string split = "train";  // the split listed by list_dataset (ignored for gta), or synthetic_split's
   int64_t batch = 2;        // crops per step (per rank)
   // Data parallel: step s's global batch is world_size * batch samples, of which this rank gets the slice
   // [rank * batch, (rank + 1) * batch), so N ranks see exactly what one process with batch N * batch sees.
@@ -67,7 +86,7 @@ struct TrainDataOptions {
   uint64_t seed = 0;        // shuffling and augmentation randomness
   int threads = 4;          // decoding / augmentation workers
   int prefetch = 4;         // batches prepared ahead
-  int64_t synthetic_images = 64;  // size of the synthetic data set
+  int64_t synthetic_images = 4096;  // size of the synthetic train split (generated on the fly; 64 overfit)
   int64_t start_step = 0;         // first step produced (resume)
   // Resize: ratio range, and the scale it multiplies (0, 0: each image's own size, as the official config).
   double ratio_min = 0.5, ratio_max = 2.0;
@@ -75,6 +94,7 @@ struct TrainDataOptions {
   double cat_max_ratio = 0.75;
   double flip_prob = 0.5;
   bool photometric = true;
+  RareClassSampling rare_class_sampling;
 };
 
 // Opens the data source; errors name the folder or file at fault.
@@ -106,11 +126,20 @@ struct LabeledImage {
   Tensor label;  // trainIds u8 [H, W], 255 = ignore
 };
 
-// The synthetic data set's image `index`: deterministic from (seed, index). Size (crop x U[1, 1.5)) per axis;
-// a background class and 3..6 shapes (rectangles, discs, triangles) of classes 0..18; class k is drawn in
-// its Cityscapes palette colour plus a class-dependent texture (horizontal stripes, vertical stripes or a
-// checker by k % 3, period 4 + 2 * (k / 3) pixels) and pixel noise; a 2-pixel border is ignore (255).
-LabeledImage synthetic_image(uint64_t seed, int64_t index, int64_t crop);
+// The synthetic data set has two splits drawn from separate random streams, so no validation image is a
+// training image whatever the seeds: "train" (what `mfuser train --data synthetic` reads) and "val" (the
+// held-out images `mfuser eval --dataset synthetic` scores).
+enum class SyntheticSplit { train, val };
+SyntheticSplit synthetic_split(const std::string& name);  // "train" or "val"; throws for anything else
+
+// The synthetic data set's image `index` of `split`: deterministic from (seed, split, index). Size crop x
+// U[1, 1.5) per axis for train (room for the random crop), crop x 1.5 crop for val (one size, so the test
+// pipeline sees every image at its own size); a background class and 3..6 shapes (rectangles, discs,
+// triangles) of classes 0..18; class k is drawn in its Cityscapes palette colour plus a class-dependent
+// texture (horizontal stripes, vertical stripes or a checker by k % 3, period 4 + 2 * (k / 3) pixels) and
+// pixel noise; a 2-pixel border is ignore (255).
+LabeledImage synthetic_image(uint64_t seed, int64_t index, int64_t crop,
+                             SyntheticSplit split = SyntheticSplit::train);
 
 // cv2.resize(..., INTER_NEAREST) of u8 [H, W] or [H, W, C]: source index min(floor(dst * (1 / (out / in))),
 // in - 1) per axis.
@@ -133,6 +162,25 @@ Tensor rgb_to_hsv_u8(const Tensor& rgb);
 Tensor hsv_to_rgb_u8(const Tensor& hsv);
 // mmseg's PhotoMetricDistortion on RGB u8 [H, W, 3], in place.
 void photometric_distortion(Tensor& rgb, TrainRng& rng);
+
+// RCS's statistics (see RareClassSampling): per image, its pixel count of each of the 19 classes.
+using ClassPixels = std::array<int64_t, 19>;
+ClassPixels count_class_pixels(const Tensor& label);  // u8 [H, W] trainIds; 255 and other values left out
+
+struct RareClassTable {
+  std::vector<int> classes;         // the classes with any pixel, rarest first (upstream's order)
+  std::vector<double> frequency;    // f_c of classes[i]: its share of all counted pixels
+  std::vector<double> probability;  // softmax((1 - f_c) / temperature), summing to 1
+  std::vector<std::vector<int64_t>> images;  // per classes[i]: the images with more than min_pixels of it
+};
+// Builds the table from every image's counts; throws naming the classes that no image holds more than
+// min_pixels pixels of (upstream asserts the same), so the draw cannot pick a class without images.
+RareClassTable rare_class_table(const std::vector<ClassPixels>& per_image, const RareClassSampling& options);
+struct RareClassDraw {
+  int cls;        // the class drawn
+  int64_t image;  // the image drawn among those holding it
+};
+RareClassDraw draw_rare_class(const RareClassTable& table, TrainRng& rng);
 
 // The whole per-sample augmentation above (resize, crop, flip, photometric), with the options' settings.
 void augment(LabeledImage& s, const TrainDataOptions& options, TrainRng& rng);

@@ -74,17 +74,37 @@ TrainConfig TrainConfig::parse(const std::string& text, const std::string& sourc
       c.seed = uint64_t(s);
     } else if (key == "dataset") c.dataset = string(key, v);
     else if (key == "root") c.root = string(key, v);
-    else if (key == "zero1") {
+    else if (key == "resize_ratio") {
+      if (!v.is_array() || v.size() != 2 || !v[0].is_number() || !v[1].is_number()) bad(key, "an array of two numbers", v);
+      c.resize_ratio_min = v[0].get<double>();
+      c.resize_ratio_max = v[1].get<double>();
+    } else if (key == "photometric") {
+      if (!v.is_boolean()) bad(key, "true or false", v);
+      c.photometric = v.get<bool>();
+    } else if (key == "rare_class_sampling") {
+      if (!v.is_null() && !v.is_object()) bad(key, "an object or null", v);
+      RareClassSampling& rcs = c.rare_class_sampling = RareClassSampling{};
+      rcs.enabled = v.is_object();
+      if (rcs.enabled)
+        for (const auto& [rk, rv] : v.items()) {
+          const std::string name = "rare_class_sampling." + rk;
+          if (rk == "temperature") rcs.temperature = number(name, rv);
+          else if (rk == "min_pixels") rcs.min_pixels = integer(name, rv);
+          else if (rk == "min_crop_ratio") rcs.min_crop_ratio = number(name, rv);
+          else
+            throw ConfigError(str_cat(source, ": unknown key '", name, "' (known: temperature, min_pixels, min_crop_ratio)"));
+        }
+    } else if (key == "zero1") {
       if (!v.is_boolean()) bad(key, "true or false", v);
       c.zero1 = v.get<bool>();
     } else if (key == "recompute") {
       if (!v.is_boolean()) bad(key, "true or false", v);
       c.recompute = v.get<bool>();
-    }
-    else
+    } else
       throw ConfigError(str_cat(source, ": unknown key '", key,
                                 "' (known: lr, weight_decay, betas, eps, iterations, warmup, warmup_ratio, power, "
-                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root, recompute, zero1)"));
+                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root, recompute, zero1, "
+                                "resize_ratio, photometric, rare_class_sampling)"));
   }
   c.validate(source);
   return c;
@@ -117,6 +137,15 @@ void TrainConfig::validate(const std::string& source) const {
   check(save_every >= 0, "save_every", "an integer >= 0 (0: only the final checkpoint)", save_every);
   check(log_every >= 1, "log_every", "an integer >= 1", log_every);
   check(!dataset.empty(), "dataset", "a data-set name (synthetic, cityscapes, ...)", "\"\"");
+  check(finite(resize_ratio_min) && resize_ratio_min > 0 && finite(resize_ratio_max) &&
+            resize_ratio_max >= resize_ratio_min,
+        "resize_ratio", "[min, max] with 0 < min <= max", str_cat("[", resize_ratio_min, ", ", resize_ratio_max, "]"));
+  const RareClassSampling& rcs = rare_class_sampling;
+  check(finite(rcs.temperature) && rcs.temperature > 0, "rare_class_sampling.temperature", "a finite number > 0",
+        rcs.temperature);
+  check(rcs.min_pixels >= 0, "rare_class_sampling.min_pixels", "an integer >= 0", rcs.min_pixels);
+  check(finite(rcs.min_crop_ratio) && rcs.min_crop_ratio >= 0, "rare_class_sampling.min_crop_ratio",
+        "a finite number >= 0", rcs.min_crop_ratio);
 }
 
 std::string TrainConfig::to_json() const {
@@ -137,7 +166,14 @@ std::string TrainConfig::to_json() const {
                   {"dataset", dataset},
                   {"root", root},
                   {"recompute", recompute},
-                  {"zero1", zero1}};
+                  {"zero1", zero1},
+                  {"resize_ratio", {resize_ratio_min, resize_ratio_max}},
+                  {"photometric", photometric},
+                  {"rare_class_sampling", rare_class_sampling.enabled
+                                              ? json{{"temperature", rare_class_sampling.temperature},
+                                                     {"min_pixels", rare_class_sampling.min_pixels},
+                                                     {"min_crop_ratio", rare_class_sampling.min_crop_ratio}}
+                                              : json(nullptr)}};
   return j.dump();
 }
 

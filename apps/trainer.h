@@ -70,6 +70,12 @@ struct TrainConfig {
   std::string root;
   bool recompute = false;  // activation checkpointing per encoder layer (model::TrainingGraphOptions)
   bool zero1 = false;      // data parallel: AdamW state sharded over the ranks (apps/sharded_adamw.h)
+  // Augmentation and sampling (apps/train_data.h): the resize ratio range, the photometric distortion, and
+  // rare-class sampling ("rare_class_sampling": {"temperature", "min_pixels", "min_crop_ratio"}, each
+  // optional with MFuser's values; absent or null: off).
+  double resize_ratio_min = 0.5, resize_ratio_max = 2.0;  // JSON: "resize_ratio": [0.5, 2.0]
+  bool photometric = true;
+  RareClassSampling rare_class_sampling;
 
   // Parses JSON text; unknown keys and bad values are ConfigErrors naming `source` and the key.
   static TrainConfig parse(const std::string& text, const std::string& source = "<training config>");

@@ -13,6 +13,8 @@
 #include <set>
 
 #include "apps/pipeline.h"
+#include "apps/trainer.h"
+#include "loaders/config.h"
 #include "loaders/image.h"
 #include "tests/common/test_util.h"
 
@@ -73,6 +75,24 @@ TEST(TrainData, SyntheticImageIsDeterministicAndLabelled) {
   EXPECT_GT(ignore, 0);                       // the ignore border
   EXPECT_EQ(a.label.data<uint8_t>()[0], 255);
   EXPECT_GE(classes.size(), 1u);
+}
+
+TEST(TrainData, SyntheticValSplitIsHeldOut) {
+  // val: one size (crop x 1.5 crop), its own stream: never equal to a training image of any seed tried
+  const LabeledImage v = apps::synthetic_image(0, 3, 64, apps::SyntheticSplit::val);
+  EXPECT_EQ(v.image.shape(), Shape({64, 96, 3}));
+  EXPECT_EQ(v.label.shape(), Shape({64, 96}));
+  EXPECT_TRUE(same_bytes(v.label, apps::synthetic_image(0, 3, 64, apps::SyntheticSplit::val).label));
+  EXPECT_TRUE(same_bytes(apps::synthetic_image(0, 3, 64).label,
+                         apps::synthetic_image(0, 3, 64, apps::SyntheticSplit::train).label));
+  for (uint64_t seed = 0; seed < 4; ++seed)
+    for (int64_t i = 0; i < 16; ++i) {
+      const LabeledImage t = apps::synthetic_image(seed, i, 64);
+      EXPECT_FALSE(same_bytes(t.image, v.image)) << "seed " << seed << " image " << i;
+    }
+  EXPECT_EQ(apps::synthetic_split("val"), apps::synthetic_split("val"));
+  EXPECT_NE(apps::synthetic_split("train"), apps::synthetic_split("val"));
+  EXPECT_THROW(apps::synthetic_split("test"), Error);
 }
 
 TEST(TrainData, ResizeNearestMatchesOpenCvIndexing) {
@@ -347,6 +367,214 @@ TEST(TrainData, RealLayoutAndUnreadableImage) {
     EXPECT_NE(std::string(e.what()).find("00001.png"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("step 0"), std::string::npos) << e.what();
   }
+}
+
+// ---- rare-class sampling ----
+
+TEST(RareClassSampling, CountsFrequenciesAndProbabilities) {
+  const Tensor label = Tensor::from_vector<uint8_t>({0, 0, 3, 255, 18, 3, 3, 255}, {2, 4});
+  const apps::ClassPixels c = apps::count_class_pixels(label);
+  EXPECT_EQ(c[0], 2);
+  EXPECT_EQ(c[3], 3);
+  EXPECT_EQ(c[18], 1);
+  EXPECT_EQ(c[1], 0);
+
+  // pixel totals: class 0: 1000 + 800, class 1: 10, class 2: 190 (2000 in all); classes 3..18 absent
+  std::vector<apps::ClassPixels> per_image(3);
+  per_image[0][0] = 1000;
+  per_image[0][1] = 10;
+  per_image[1][0] = 800;
+  per_image[1][2] = 150;
+  per_image[2][2] = 40;
+  apps::RareClassSampling o;
+  o.enabled = true;
+  o.temperature = 0.1;
+  o.min_pixels = 5;
+  const apps::RareClassTable t = apps::rare_class_table(per_image, o);
+  EXPECT_EQ(t.classes, (std::vector<int>{1, 2, 0}));  // rarest first
+  const std::vector<double> f = {10 / 2000.0, 190 / 2000.0, 1800 / 2000.0};
+  double z = 0;
+  for (double x : f) z += std::exp((1 - x) / 0.1);
+  ASSERT_EQ(t.frequency.size(), 3u);
+  ASSERT_EQ(t.probability.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_NEAR(t.frequency[i], f[i], 1e-15);
+    EXPECT_NEAR(t.probability[i], std::exp((1 - f[i]) / 0.1) / z, 1e-12);
+  }
+  EXPECT_GT(t.probability[0], 0.99 * t.probability[1]);  // 1 and 2: both rare, nearly alike
+  EXPECT_LT(t.probability[2], 1e-3);                    // 0 covers 90% of the pixels
+  // more than min_pixels (strictly) of the class
+  EXPECT_EQ(t.images[0], (std::vector<int64_t>{0}));
+  EXPECT_EQ(t.images[1], (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(t.images[2], (std::vector<int64_t>{0, 1}));
+  o.min_pixels = 10;  // strictly more: image 0's 10 pixels of class 1 do not count
+  try {
+    apps::rare_class_table(per_image, o);
+    FAIL() << "class 1 has no image with more than 10 pixels";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("class(es) 1 "), std::string::npos) << e.what();
+  }
+}
+
+TEST(RareClassSampling, ClassesWithoutImagesAreAnErrorNamingThem) {
+  std::vector<apps::ClassPixels> per_image(2);
+  per_image[0][4] = 100;
+  per_image[1][4] = 50;
+  per_image[1][7] = 20;
+  apps::RareClassSampling o;
+  o.enabled = true;
+  o.min_pixels = 30;
+  try {
+    apps::rare_class_table(per_image, o);
+    FAIL() << "class 7 has no image with more than 30 pixels";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("class(es) 7"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("min_pixels"), std::string::npos) << e.what();
+  }
+  o.min_pixels = 10;
+  EXPECT_EQ(apps::rare_class_table(per_image, o).classes, (std::vector<int>{7, 4}));
+}
+
+TEST(RareClassSampling, DrawsFollowTheProbabilities) {
+  std::vector<apps::ClassPixels> per_image(4);
+  per_image[0][5] = 5000;
+  per_image[1][5] = 5000;
+  per_image[1][9] = 50;
+  per_image[2][9] = 50;
+  per_image[3][11] = 500;
+  apps::RareClassSampling o;
+  o.enabled = true;
+  o.temperature = 0.05;
+  o.min_pixels = 0;
+  const apps::RareClassTable t = apps::rare_class_table(per_image, o);
+  ASSERT_EQ(t.classes, (std::vector<int>{9, 11, 5}));
+  const int draws = 20000;
+  std::vector<int> by_class(19), by_image(4);
+  TrainRng rng(77);
+  for (int i = 0; i < draws; ++i) {
+    const apps::RareClassDraw d = apps::draw_rare_class(t, rng);
+    ++by_class[size_t(d.cls)];
+    ++by_image[size_t(d.image)];
+    ASSERT_GT(per_image[size_t(d.image)][size_t(d.cls)], 0) << "image " << d.image << " lacks class " << d.cls;
+  }
+  for (size_t i = 0; i < t.classes.size(); ++i) {
+    const double p = t.probability[i], tolerance = 5 * std::sqrt(p * (1 - p) / draws);
+    EXPECT_NEAR(by_class[size_t(t.classes[i])] / double(draws), p, tolerance) << "class " << t.classes[i];
+  }
+  // the rarest class (0.8% of the pixels) is drawn most, far above its pixel share
+  EXPECT_GT(by_class[9], by_class[5]);
+  EXPECT_GT(by_class[9], draws / 3);
+  // class 9's two images alike
+  EXPECT_NEAR(by_image[2] / double(by_class[9]), 0.5, 0.05);
+}
+
+TEST(RareClassSampling, LoaderFavoursRareClassesDeterministically) {
+  apps::TrainDataOptions o = synthetic_options(1);
+  o.synthetic_images = 16;
+  o.photometric = false;
+  std::vector<apps::ClassPixels> per_image;
+  for (int64_t i = 0; i < o.synthetic_images; ++i)
+    per_image.push_back(apps::count_class_pixels(apps::synthetic_image(o.seed, i, o.crop).label));
+  o.rare_class_sampling.enabled = true;
+  o.rare_class_sampling.temperature = 0.01;
+  o.rare_class_sampling.min_pixels = 0;  // any image holding the class; a crop is redrawn until it does too
+  o.rare_class_sampling.min_crop_ratio = 1;
+  const apps::RareClassTable t = apps::rare_class_table(per_image, o.rare_class_sampling);
+  const std::set<int> rare(t.classes.begin(), t.classes.begin() + 3);  // the three rarest
+  // the share of crops showing one of the three rarest classes, and the sequence itself
+  const auto rare_share = [&](const apps::TrainDataOptions& options, std::vector<apps::TrainBatch>* keep) {
+    auto data = apps::open_train_data(options);
+    int64_t with_rare = 0, crops = 0;
+    for (int step = 0; step < 40; ++step) {
+      apps::TrainBatch b = data->next();
+      const int64_t pixels = b.labels.numel() / b.labels.dim(0);
+      for (int64_t n = 0; n < b.labels.dim(0); ++n, ++crops) {
+        const int64_t* l = b.labels.data<int64_t>() + n * pixels;
+        with_rare += std::any_of(l, l + pixels, [&](int64_t v) { return rare.count(int(v)) > 0; });
+      }
+      if (keep) keep->push_back(std::move(b));
+    }
+    return double(with_rare) / double(crops);
+  };
+  apps::TrainDataOptions off = o;
+  off.rare_class_sampling.enabled = false;
+  std::vector<apps::TrainBatch> one_thread;
+  const double with_rcs = rare_share(o, &one_thread), without = rare_share(off, nullptr);
+  const double drawn = t.probability[0] + t.probability[1] + t.probability[2];
+  std::printf("crops showing one of the three rarest classes: %.3f with RCS (drawn with probability %.3f), %.3f "
+              "without\n", with_rcs, drawn, without);
+  // a crop is redrawn until it shows the class drawn (80 crops: a binomial standard deviation <= 0.06)
+  EXPECT_GT(with_rcs, drawn - 0.15);
+  EXPECT_GT(with_rcs, 2 * without);
+  for (const apps::TrainBatch& b : one_thread)
+    for (int64_t index : b.indices) {
+      // every crop's image holds one of the table's classes above min_pixels
+      bool listed = false;
+      for (const std::vector<int64_t>& images : t.images)
+        listed = listed || std::find(images.begin(), images.end(), index) != images.end();
+      ASSERT_TRUE(listed) << index;
+    }
+
+  // deterministic from (seed, step): any thread count, and a resumed run continues exactly
+  apps::TrainDataOptions three = o;
+  three.threads = 3;
+  three.start_step = 25;
+  auto resumed = apps::open_train_data(three);
+  for (int step = 25; step < 40; ++step) {
+    const apps::TrainBatch b = resumed->next();
+    ASSERT_TRUE(same_bytes(b.images, one_thread[size_t(step)].images)) << "step " << step;
+    ASSERT_TRUE(same_bytes(b.labels, one_thread[size_t(step)].labels)) << "step " << step;
+    ASSERT_EQ(b.indices, one_thread[size_t(step)].indices);
+  }
+
+  o.rare_class_sampling.min_pixels = 1 << 20;  // more than any image has
+  EXPECT_THROW(apps::open_train_data(o), Error);
+}
+
+TEST(RareClassSampling, TrainingConfigKeys) {
+  const apps::TrainConfig off = apps::TrainConfig::parse("{}");
+  EXPECT_FALSE(off.rare_class_sampling.enabled);
+  EXPECT_TRUE(off.photometric);
+  EXPECT_EQ(off.resize_ratio_min, 0.5);
+  EXPECT_EQ(off.resize_ratio_max, 2.0);
+
+  // an empty object turns RCS on with MFuser's values
+  const apps::TrainConfig mfuser = apps::TrainConfig::parse(R"({"rare_class_sampling": {}})");
+  EXPECT_TRUE(mfuser.rare_class_sampling.enabled);
+  EXPECT_EQ(mfuser.rare_class_sampling.temperature, 100);
+  EXPECT_EQ(mfuser.rare_class_sampling.min_pixels, 3000);
+  EXPECT_EQ(mfuser.rare_class_sampling.min_crop_ratio, 0.5);
+
+  const apps::TrainConfig c = apps::TrainConfig::parse(
+      R"({"rare_class_sampling": {"temperature": 0.01, "min_pixels": 20, "min_crop_ratio": 0},
+          "photometric": false, "resize_ratio": [1, 1.5]})");
+  EXPECT_EQ(c.rare_class_sampling.temperature, 0.01);
+  EXPECT_EQ(c.rare_class_sampling.min_pixels, 20);
+  EXPECT_EQ(c.rare_class_sampling.min_crop_ratio, 0);
+  EXPECT_FALSE(c.photometric);
+  EXPECT_EQ(c.resize_ratio_max, 1.5);
+  const apps::TrainConfig back = apps::TrainConfig::parse(c.to_json());  // checkpoints store to_json()
+  EXPECT_TRUE(back.rare_class_sampling.enabled);
+  EXPECT_EQ(back.rare_class_sampling.min_pixels, 20);
+  EXPECT_FALSE(back.photometric);
+  EXPECT_EQ(back.resize_ratio_min, 1.0);
+  EXPECT_FALSE(apps::TrainConfig::parse(off.to_json()).rare_class_sampling.enabled);
+  EXPECT_FALSE(apps::TrainConfig::parse(R"({"rare_class_sampling": null})").rare_class_sampling.enabled);
+
+  const auto rejects = [](const char* text, const char* key) {
+    try {
+      apps::TrainConfig::parse(text);
+      ADD_FAILURE() << "accepted " << text;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+    }
+  };
+  rejects(R"({"rare_class_sampling": {"temperature": 0}})", "rare_class_sampling.temperature");
+  rejects(R"({"rare_class_sampling": {"min_pixels": -1}})", "rare_class_sampling.min_pixels");
+  rejects(R"({"rare_class_sampling": {"class_temp": 100}})", "rare_class_sampling.class_temp");
+  rejects(R"({"rare_class_sampling": true})", "rare_class_sampling");
+  rejects(R"({"resize_ratio": [2, 1]})", "resize_ratio");
+  rejects(R"({"photometric": 1})", "photometric");
 }
 
 }  // namespace
