@@ -13,6 +13,9 @@ void set_num_threads(int n);
 
 // Makes OpenBLAS single-threaded for its lifetime. For kernels that run many small GEMMs from inside
 // parallel_for: one BLAS pool inside another oversubscribes the cores and is several times slower.
+// The setting is process-wide: two host threads running graphs at once (data-parallel ranks as threads, in
+// tests) must run with set_num_threads(1), or one thread's scope resizes OpenBLAS's pool under the other's
+// GEMM.
 class SerialBlasScope {
  public:
   SerialBlasScope();

@@ -23,6 +23,7 @@
 #include "loaders/safetensors.h"
 #include "runtime/launch.h"
 #include "runtime/nccl_communicator.h"
+#include "runtime/parallel.h"
 #include "runtime/socket_communicator.h"
 #include "tests/common/cuda_test.h"
 
@@ -33,14 +34,20 @@ namespace fs = std::filesystem;
 
 // Runs `body(rank, comm)` on `world` threads, each with its own SocketCommunicator of one group on a free
 // loopback port. Errors thrown on a rank are collected (rank -> message) instead of escaping the thread.
+// The ranks run single-threaded: threads of one process share OpenBLAS's pool and its process-wide thread
+// count, which SerialBlasScope changes under the other rank's GEMMs. Measured with 2 threads each: from the
+// second step on a different loss every run (up to 16% off); single-threaded: the same bits every run. Real
+// ranks are processes (`mfuser train`), each with its own OpenBLAS.
 std::map<int, std::string> run_group(int world, const std::function<void(int, Communicator&)>& body,
                                      std::chrono::seconds timeout = std::chrono::seconds(60)) {
+  const int threads = num_threads();
+  set_num_threads(1);
   const SocketOptions options{"127.0.0.1", free_loopback_port(), timeout};
   std::map<int, std::string> errors;
   std::mutex mu;
-  std::vector<std::thread> threads;
+  std::vector<std::thread> ranks;
   for (int r = 0; r < world; ++r)
-    threads.emplace_back([&, r] {
+    ranks.emplace_back([&, r] {
       try {
         SocketCommunicator comm(r, world, options);
         body(r, comm);
@@ -49,7 +56,8 @@ std::map<int, std::string> run_group(int world, const std::function<void(int, Co
         errors[r] = e.what();
       }
     });
-  for (std::thread& t : threads) t.join();
+  for (std::thread& t : ranks) t.join();
+  set_num_threads(threads);
   return errors;
 }
 
