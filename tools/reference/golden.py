@@ -4,6 +4,10 @@
     /usr/bin/python3 tools/reference/golden.py --config tools/configs/mfuser_clip_tiny.json \
         --seed 1 --out DIR [--train] [--batch 2] [--all-modules] [--force]
 
+    # the real config's gradient golden (one 512x512 crop; float64 eval, float32 step: 15 GB of RAM, 5.5 min)
+    /usr/bin/python3 tools/reference/golden.py --config vitl_512 --batch 1 --float64 --train \
+        --train-float32 --gradients-only --importance-sample-ratio 0 --out DIR
+
 Writes (float32 throughout; safetensors files readable by mfuser_ref.safetensors_io or any
 safetensors reader):
 
@@ -25,7 +29,8 @@ safetensors reader):
                           with --train (training mode with every random mask off, BatchNorm on
                           batch statistics, uncertainty points from a generator seeded with
                           --point-seed at each loss call):
-                            train.<module>    the same outputs in the training forward
+                            train.<module>    the same outputs in the training forward (not with
+                                              --gradients-only, nor input_grad below)
                             loss.<name>       every entry of the loss dict, loss.total their sum
                                               (mmseg's _parse_losses: entries whose name has 'loss')
                             grad.<param>      d loss.total / d parameter, every trainable parameter
@@ -55,6 +60,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import functools
 import random
 import contextlib
 import json
@@ -377,6 +384,46 @@ def check_kinks(model):
         raise NearKinkError(f"a mask logit deciding the attention mask is {closest_logit[0]:.2e} from 0")
 
 
+def release_freed_memory(*_):
+    """Hands freed heap memory back to the system: glibc keeps it otherwise, and at the real size the step's
+    resident memory doubled that way (block after block of transient tensors). Returns None (a tensor hook)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+# The blocks whose activations dominate the oracle's training step: of ViT-L's at one 512x512 crop (float32),
+# the backward keeps 11.3 GB without recomputing them, 2.1 GB with it.
+RECOMPUTED_BLOCKS = ("ResidualAttentionBlock", "DinoBlock", "MVFuser")
+
+
+@contextlib.contextmanager
+def recomputed_blocks(model):
+    """Activation checkpointing of every RECOMPUTED_BLOCKS module: the backward keeps only a block's inputs and
+    runs its forward again, the same operations on the same values, so the gradients are bitwise the same. A
+    block's own hooks (the Recorder's) stay outside the checkpoint and fire once. Freed memory is released
+    after each block's forward and backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    def release_after(module, inputs, output):
+        release_freed_memory()
+        if output.requires_grad:
+            output.register_hook(release_freed_memory)
+
+    blocks = [m for m in model.modules() if type(m).__name__ in RECOMPUTED_BLOCKS]
+    hooks = []
+    for m in blocks:
+        m.forward = functools.partial(checkpoint, type(m).forward.__get__(m), use_reentrant=False)
+        hooks.append(m.register_forward_hook(release_after))
+    try:
+        yield
+    finally:
+        for m in blocks:
+            del m.forward  # back to the class's method
+        for h in hooks:
+            h.remove()
+
+
 @contextlib.contextmanager
 def record_point_draws():
     """Make every seeded PointRandomness of the loss record its draws; yields the list of them."""
@@ -430,7 +477,7 @@ def rms(t: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, point_seed=None,
              rms_range=(1e-2, 1e2), force=False, quiet=False, float64=False, residual_gain=None,
-             importance_sample_ratio=None):
+             importance_sample_ratio=None, train_float32=False, gradients_only=False):
     """Build, run, write. Returns the manifest dict."""
     t0 = time.time()
     say = (lambda *a: None) if quiet else print
@@ -455,7 +502,11 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     wrong = [k for k, v in model.state_dict().items() if v.is_floating_point() and v.dtype != torch.float32]
     if wrong:
         raise GoldenError("non-float32 weights: " + ", ".join(wrong))
-    state = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    # The training forward changes only the BatchNorm buffers in place (nothing is stepped): the parameters are
+    # written as they are, without a copy (3.4 GB for ViT-L).
+    params = {id(p) for p in model.parameters()}
+    state = OrderedDict((k, v.detach() if id(v) in params else v.detach().clone())
+                        for k, v in model.state_dict(keep_vars=True).items())
     state["texts"] = model.texts.clone()
 
     inputs = make_inputs(model, cfg, batch, torch.Generator().manual_seed(seed + 1), train)
@@ -474,6 +525,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     golden.update((k, v.float()) for k, v in extras.items())
     golden["logits"] = logits.detach().float().clone()
     del eval_model
+    release_freed_memory()
     oracle_fp32_error = OrderedDict()
     if float64:
         # The oracle's own float32 run against the float64 one: the rounding noise any fp32 implementation
@@ -493,15 +545,18 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     oracle_fp32_grad_error = OrderedDict()
     if train:
         # With float64, the training step too runs on a float64 copy (same float32 weights): the gradients are
-        # the exact function of the stored weights, inputs and point draws, stored as float32.
-        train_model = copy.deepcopy(model).double() if float64 else model
+        # the exact function of the stored weights, inputs and point draws, stored as float32. train_float32
+        # keeps it in float32 (see --train-float32).
+        train_float64 = float64 and not train_float32
+        train_model = copy.deepcopy(model).double() if train_float64 else model
         train_model.train()
         train_model.set_deterministic(True)
-        rec = Recorder(train_model, patterns, prefix="train.", input_grads=True)
+        rec = Recorder(train_model, [] if gradients_only else patterns, prefix="train.", input_grads=True)
         extras = OrderedDict()
         with record_point_draws() as draws, record_after_extract_feat(train_model, extras, "train."), \
-                (check_kinks(train_model) if float64 else contextlib.nullcontext()):
-            losses = train_model(inputs["img"].to(torch.float64 if float64 else torch.float32),
+                recomputed_blocks(train_model), \
+                (check_kinks(train_model) if train_float64 else contextlib.nullcontext()):
+            losses = train_model(inputs["img"].to(torch.float64 if train_float64 else torch.float32),
                                  gt_semantic_seg=inputs["gt_semantic_seg"])
             total = total_loss(losses)
             train_model.zero_grad(set_to_none=True)
@@ -523,7 +578,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
                 golden["grad." + name] = p.grad.detach().clone().float()
         for k, v in rec.input_grads.items():
             golden["input_grad." + k] = v.float()
-        if float64:
+        if train_float64:
             # The oracle's own float32 step against the float64 one, per parameter gradient: the rounding noise
             # an fp32 implementation has on these weights (tests bound theirs by a multiple of it).
             model.train()
@@ -541,7 +596,8 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
             for t in r.draws:
                 golden[f"points.{n_draws}"] = t
                 n_draws += 1
-        train_info = {"losses": {k: float(v) for k, v in losses.items()}, "total": float(total),
+        train_info = {"dtype": "float64" if train_float64 else "float32",
+                      "losses": {k: float(v) for k, v in losses.items()}, "total": float(total),
                       "unused_trainable": unused, "point_draws": n_draws, "point_seed": point_seed,
                       "trainable": sum(1 for _, p in train_model.named_parameters() if p.requires_grad)}
 
@@ -633,6 +689,15 @@ def main(argv=None):
     p.add_argument("--float64", action="store_true",
                    help="compute the eval outputs and the training step in float64 (stored as float32); weights "
                         "stay float32")
+    p.add_argument("--train-float32", action="store_true",
+                   help="the training step in float32 even with --float64 (the real config's float64 step takes "
+                        "~4 min on 2 cores, and the float32 one measuring the oracle's own error ~2 more): its "
+                        "gradients then carry the oracle's own float32 rounding, no oracle_fp32_grad_rel_error is "
+                        "recorded, and there is no kink check (with millions of deformable samples and mask logits "
+                        "at the real size, one is expected within the margins in every draw)")
+    p.add_argument("--gradients-only", action="store_true",
+                   help="with --train, no train.<module> outputs and input_grad.<module> gradients (1.9 GB for the "
+                        "real config), only the losses, the parameter gradients and the point draws")
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = int(os.environ.get("MFUSER_SEED", random.getrandbits(31)))
@@ -643,7 +708,8 @@ def main(argv=None):
                 generate(args.config, args.seed, args.out, train=args.train, batch=args.batch,
                          all_modules=args.all_modules, point_seed=args.point_seed,
                          rms_range=tuple(args.rms_range), force=args.force, float64=args.float64,
-                         residual_gain=args.residual_gain, importance_sample_ratio=args.importance_sample_ratio)
+                         residual_gain=args.residual_gain, importance_sample_ratio=args.importance_sample_ratio,
+                         train_float32=args.train_float32, gradients_only=args.gradients_only)
                 break
             except NearKinkError as e:  # gradients are compared: avoid the model's non-differentiable points
                 args.seed = (args.seed * 1103515245 + 12345) % (1 << 31)
