@@ -122,4 +122,23 @@ void check_whole_model(const GoldenModel& g, double module_tol, double logits_to
   EXPECT_GE(agreement, min_agreement);
 }
 
+void feed_point_draws(const GoldenModel& g, const model::TrainingGraph& t, int64_t batch,
+                      graph::Executor& ex) {
+  int64_t draw = 0;
+  const auto next = [&] { return g.golden->load(str_cat("points.", draw++)); };
+  for (int i = 0; i < t.predictions; ++i) {
+    for (int64_t b = 0; b < batch; ++b) next();
+    for (const char* kind : {"candidates", "randoms"}) {
+      const std::string name = str_cat("points.", kind, ".", i);
+      const Shape shape = t.graph->value(t.graph->at(name)).shape;
+      Tensor buffer = Tensor::zeros(shape, DType::f32);
+      if (g.golden->find(str_cat("points.", draw)) && g.golden->view(str_cat("points.", draw)).dim(1) == shape[1]) {
+        const Tensor d = next();
+        buffer.slice_rows(0, d.dim(0)).copy_from(d);
+      }
+      ex.set_input(name, buffer);
+    }
+  }
+}
+
 }  // namespace mfuser::test

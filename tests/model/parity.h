@@ -9,6 +9,7 @@
 #include "graph/executor.h"
 #include "graph/model/builder.h"
 #include "graph/model/config.h"
+#include "graph/model/training.h"
 #include "loaders/safetensors.h"
 #include "tests/common/test_util.h"
 
@@ -35,6 +36,12 @@ ErrorStats compare_to_golden(const GoldenModel& g, const std::string& golden_nam
 // EXPECTs rel_l2 <= tol for value `our_name` of a finished run against `golden_name`, and reports the error.
 void expect_matches_golden(const GoldenModel& g, const graph::Executor& ex, const std::string& our_name,
                            const std::string& golden_name, double tol, const std::vector<int>& golden_perm = {});
+
+// The oracle's mask-loss point draws, in its order, fed to the training graph `t`'s point inputs: per prediction
+// one [1, P, 2] per image (ignored by the identity assigner), then, when the batch has positives, [N, S, 2]
+// candidates and [N, R, 2] randoms. Ours are [B*Q, S|R, 2] buffers whose first N rows are used; the rest is
+// zeros (never read).
+void feed_point_draws(const GoldenModel& g, const model::TrainingGraph& t, int64_t batch, graph::Executor& ex);
 
 // Share of (batch, pixel) positions whose argmax over dim 1 (first maximum on ties) agrees between two host
 // f32 [B, K, H, W] tensors.

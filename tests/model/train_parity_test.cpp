@@ -19,28 +19,6 @@ namespace {
 
 using graph::ValueId;
 
-// The oracle's draws, in order, per prediction: one [1, P, 2] per image (ignored by the identity assigner),
-// then, when the batch has positives, [N, S, 2] candidates and [N, R, 2] randoms. Ours are [B*Q, S|R, 2]
-// buffers whose first N rows are used; the rest is filled with the unused remainder (any values do).
-void feed_point_draws(const test::GoldenModel& g, const model::TrainingGraph& t, int64_t batch,
-                      graph::Executor& ex) {
-  int64_t draw = 0;
-  const auto next = [&] { return g.golden->load(str_cat("points.", draw++)); };
-  for (int i = 0; i < t.predictions; ++i) {
-    for (int64_t b = 0; b < batch; ++b) next();
-    for (const char* kind : {"candidates", "randoms"}) {
-      const std::string name = str_cat("points.", kind, ".", i);
-      const Shape shape = t.graph->value(t.graph->at(name)).shape;
-      Tensor buffer = Tensor::zeros(shape, DType::f32);
-      if (g.golden->find(str_cat("points.", draw)) && g.golden->view(str_cat("points.", draw)).dim(1) == shape[1]) {
-        const Tensor d = next();
-        buffer.slice_rows(0, d.dim(0)).copy_from(d);
-      }
-      ex.set_input(name, buffer);
-    }
-  }
-}
-
 TEST(TrainParity, TinyLossesAndGradientsMatchAutograd) {
   const test::GoldenModel g = test::load_golden_model("tiny_train");
   SCOPED_TRACE("golden seed " + g.seed);
@@ -51,7 +29,7 @@ TEST(TrainParity, TinyLossesAndGradientsMatchAutograd) {
   graph::Executor ex(*t.graph, Device::cpu());
   ex.set_input("image", image);
   ex.set_input("gt_semantic_seg", g.inputs->load("gt_semantic_seg").reshape({batch, h, w}));
-  feed_point_draws(g, t, batch, ex);
+  test::feed_point_draws(g, t, batch, ex);
   ex.run();
 
   // Losses are 0-d in the oracle, [1] here: compared element by element.
