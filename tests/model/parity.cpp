@@ -141,4 +141,28 @@ void feed_point_draws(const GoldenModel& g, const model::TrainingGraph& t, int64
   }
 }
 
+std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(const GoldenModel& g) {
+  auto run = std::make_unique<TrainingStepRun>();
+  run->weights = std::make_unique<model::WeightStore>(g.weights_path());
+  const Tensor image = g.inputs->load("img");
+  const int64_t batch = image.dim(0), h = image.dim(2), w = image.dim(3);
+  run->graph = model::build_training_graph(*run->weights, g.config, batch, h, w);
+  run->executor = std::make_unique<graph::Executor>(*run->graph.graph, Device::cpu());
+  graph::Executor& ex = *run->executor;
+  ex.set_input("image", image);
+  ex.set_input("gt_semantic_seg", g.inputs->load("gt_semantic_seg").reshape({batch, h, w}));
+  feed_point_draws(g, run->graph, batch, ex);
+  ex.run();
+  const auto expect_loss = [&](const std::string& name, const Tensor& ours) {
+    const Tensor ref = g.golden->view("loss." + name);
+    ASSERT_EQ(ref.numel(), 1) << name;
+    const ErrorStats e = compare(ours, ref);
+    std::printf("[ loss     ] %-28s %12.6g  rel %.2e\n", name.c_str(), value_at(ours, 0), e.rel_l2);
+    EXPECT_LE(e.rel_l2, 1e-5) << name;
+  };
+  for (const auto& [name, value] : run->graph.losses) expect_loss(name, ex.get(run->graph.graph->value(value).name));
+  expect_loss("total", ex.get("loss.total"));
+  return run;
+}
+
 }  // namespace mfuser::test

@@ -43,6 +43,16 @@ void expect_matches_golden(const GoldenModel& g, const graph::Executor& ex, cons
 // zeros (never read).
 void feed_point_draws(const GoldenModel& g, const model::TrainingGraph& t, int64_t batch, graph::Executor& ex);
 
+// The training step on g's weights and inputs with the oracle's point draws, run on the CPU; every loss part and
+// the total are checked against the oracle's (relative 1e-5; they are 0-d there, [1] here). The weights
+// outlive the graph that binds them.
+struct TrainingStepRun {
+  std::unique_ptr<model::WeightStore> weights;
+  model::TrainingGraph graph;
+  std::unique_ptr<graph::Executor> executor;
+};
+std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(const GoldenModel& g);
+
 // Share of (batch, pixel) positions whose argmax over dim 1 (first maximum on ties) agrees between two host
 // f32 [B, K, H, W] tensors.
 double argmax_agreement(const Tensor& ours, const Tensor& ref);

@@ -39,26 +39,9 @@ std::string module_of(const std::string& param) {
 TEST(TrainParityReal, ViTL512StepMatchesAutograd) {
   const test::GoldenModel g = test::load_golden_model("vitl_512");
   SCOPED_TRACE("golden seed " + g.seed);
-  model::WeightStore weights(g.weights_path());
-  const Tensor image = g.inputs->load("img");
-  const int64_t batch = image.dim(0), h = image.dim(2), w = image.dim(3);
-  model::TrainingGraph t = model::build_training_graph(weights, g.config, batch, h, w);
-  graph::Executor ex(*t.graph, Device::cpu());
-  ex.set_input("image", image);
-  ex.set_input("gt_semantic_seg", g.inputs->load("gt_semantic_seg").reshape({batch, h, w}));
-  test::feed_point_draws(g, t, batch, ex);
-  ex.run();
-
-  // Losses are 0-d in the oracle, [1] here: compared element by element.
-  const auto expect_loss = [&](const std::string& name, const Tensor& ours) {
-    const Tensor ref = g.golden->view("loss." + name);
-    ASSERT_EQ(ref.numel(), 1) << name;
-    const test::ErrorStats e = test::compare(ours, ref);
-    std::printf("[ loss     ] %-28s %12.6g  rel %.2e\n", name.c_str(), test::value_at(ours, 0), e.rel_l2);
-    EXPECT_LE(e.rel_l2, 1e-5) << name;
-  };
-  for (const auto& [name, value] : t.losses) expect_loss(name, ex.get(t.graph->value(value).name));
-  expect_loss("total", ex.get("loss.total"));
+  const auto run = test::run_training_step_checking_losses(g);
+  const model::TrainingGraph& t = run->graph;
+  const graph::Executor& ex = *run->executor;
 
   // The worst gradient per module, for the log.
   struct Worst {
