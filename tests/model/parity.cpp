@@ -165,4 +165,30 @@ std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(const GoldenM
   return run;
 }
 
+void compare_gradients(const GoldenModel& g, const model::TrainingGraph& t, const graph::Executor& ex,
+                       double zero_bound, const std::function<void(const std::string& param, const ErrorStats& err)>& check) {
+  int compared = 0;
+  for (const SafetensorsEntry& e : g.golden->entries()) {
+    if (!e.name.starts_with("grad.")) continue;
+    const std::string param = e.name.substr(5);
+    if (t.graph->find(e.name) == graph::kNoValue) {
+      EXPECT_EQ(compare(g.golden->view(e.name), Tensor::zeros(Shape(std::span(e.shape)), DType::f32)).max_abs, 0.0)
+          << param << " has a gradient in the oracle but none here";
+      continue;
+    }
+    const Tensor ref = g.golden->view(e.name);
+    const ErrorStats err = compare(ex.get(e.name), ref);
+    ++compared;
+    if (compare(ref, Tensor::zeros(ref.shape(), DType::f32)).max_abs < zero_bound) {
+      EXPECT_LE(err.max_abs, zero_bound) << param << " (zero gradient): " << describe(err);
+      continue;
+    }
+    check(param, err);
+  }
+  for (const graph::ValueId p : t.parameters)
+    EXPECT_TRUE(g.golden->contains("grad." + t.graph->value(p).name))
+        << t.graph->value(p).name << " is trained here but not in the oracle";
+  EXPECT_EQ(compared, int(t.parameters.size()));
+}
+
 }  // namespace mfuser::test

@@ -3,6 +3,7 @@
 // helpers build our graph on the same weights and compare tensor by tensor.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -52,6 +53,14 @@ struct TrainingStepRun {
   std::unique_ptr<graph::Executor> executor;
 };
 std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(const GoldenModel& g);
+
+// Our gradients against the oracle's "grad.<param>": a parameter we give none must have a zero one there (unused
+// on both sides); one whose oracle gradient is below `zero_bound` everywhere (a bias right before a
+// batch-statistics BatchNorm: its true gradient is 0, both sides hold rounding noise) is held to max abs
+// `zero_bound`; every other one goes to `check` with our error. Every trainable parameter of ours must have an
+// oracle gradient.
+void compare_gradients(const GoldenModel& g, const model::TrainingGraph& t, const graph::Executor& ex,
+                       double zero_bound, const std::function<void(const std::string& param, const ErrorStats& err)>& check);
 
 // Share of (batch, pixel) positions whose argmax over dim 1 (first maximum on ties) agrees between two host
 // f32 [B, K, H, W] tensors.

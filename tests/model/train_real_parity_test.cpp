@@ -51,32 +51,15 @@ TEST(TrainParityReal, ViTL512StepMatchesAutograd) {
   };
   std::map<std::string, Worst> worst_per_module;
   std::vector<double> errors;
-  int compared = 0;
-  for (const SafetensorsEntry& e : g.golden->entries()) {
-    if (!e.name.starts_with("grad.")) continue;
-    const std::string param = e.name.substr(5);
-    if (t.graph->find(e.name) == graph::kNoValue) {
-      EXPECT_EQ(test::compare(g.golden->view(e.name), Tensor::zeros(Shape(std::span(e.shape)), DType::f32)).max_abs, 0.0)
-          << param << " has a gradient in the oracle but none here";
-      continue;
-    }
-    const Tensor ref = g.golden->view(e.name);
-    const test::ErrorStats err = test::compare(ex.get(e.name), ref);
-    ++compared;
-    // A bias right before a batch-statistics BatchNorm has exactly zero gradient (the mean is subtracted): both
-    // sides hold rounding noise there (measured: 2.5e-7 in the oracle, 9e-9 here; the smallest real gradient's
-    // largest element is 2.8e-3), which only an absolute bound can judge.
-    const double ref_max = test::compare(ref, Tensor::zeros(ref.shape(), DType::f32)).max_abs;
-    if (ref_max < 1e-5) {
-      EXPECT_LE(err.max_abs, 1e-5) << param << " (zero gradient): " << test::describe(err);
-      continue;
-    }
+  // A bias right before a batch-statistics BatchNorm: rounding noise on both sides (measured 2.5e-7 in the
+  // oracle, 9e-9 here; the smallest real gradient's largest element is 2.8e-3).
+  test::compare_gradients(g, t, ex, 1e-5, [&](const std::string& param, const test::ErrorStats& err) {
     EXPECT_LE(err.rel_l2, 5e-3) << param << ": " << test::describe(err);
     errors.push_back(err.rel_l2);
     Worst& worst = worst_per_module[module_of(param)];
     ++worst.count;
     if (err.rel_l2 > worst.rel) worst.rel = err.rel_l2, worst.param = param;
-  }
+  });
   for (const auto& [module, worst] : worst_per_module)
     std::printf("[ grads    ] %-34s %4d compared, worst rel %.2e (%s)\n", module.c_str(), worst.count, worst.rel,
                 worst.param.c_str());
@@ -85,10 +68,6 @@ TEST(TrainParityReal, ViTL512StepMatchesAutograd) {
   const double median = errors[errors.size() / 2];
   std::printf("[ grads    ] median rel %.2e over %zu gradients\n", median, errors.size());
   EXPECT_LE(median, 2e-4);
-  for (graph::ValueId p : t.parameters)
-    EXPECT_TRUE(g.golden->contains("grad." + t.graph->value(p).name))
-        << t.graph->value(p).name << " is trained here but not in the oracle";
-  EXPECT_EQ(compared, int(t.parameters.size()));
 }
 
 }  // namespace
