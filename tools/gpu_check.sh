@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # make gpu-check: on a lent GPU machine, probe the CUDA libraries, build there, run every GPU test,
 # compute-sanitizer (memcheck, racecheck) on the tiny-config forward, and `mfuser bench --device cuda` on a
-# random real-size checkpoint; prints a short table last. Meant to finish inside ~8 minutes on 16 cores.
+# random real-size checkpoint, and one timed training step (`bench --train`); prints a short table last. Meant to finish inside ~8 minutes on 16 cores.
 # Prerequisite where apt is unreachable: tools/gpu_bundle.sh run on the dev machine, .gpu-deps carried.
-# Environment: BUILD_DIR (build-gpu), OUT (where logs go; /tmp), GPU_CHECK_SKIP="bench sanitizer" to skip
+# Environment: BUILD_DIR (build-gpu), OUT (where logs go; /tmp), GPU_CHECK_SKIP="bench train sanitizer" to skip
 # stages, GPU_TESTS (a ctest -R regex, default: every GPU test).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +68,18 @@ if [[ " $skip " != *" bench "* ]]; then
   cat "$out/bench.log"
 fi
 
+train_rc=skipped
+if [[ " $skip " != *" train "* ]]; then
+  echo "== bench --train ($(elapsed))"
+  model=/tmp/mfuser-bench-vitl-512
+  [ -f $model/model.safetensors ] ||
+    "$build"/mfuser init --config tools/configs/mfuser_clip_vitl_512.json --out $model --force > /dev/null
+  timeout ${TRAIN_BENCH_TIMEOUT:-200} "$build"/mfuser bench --weights $model/model.safetensors --device cuda --train \
+    --runs 3 --oracle-runs 1 --top 14 > "$out/bench-train.log" 2>&1
+  train_rc=$?
+  cat "$out/bench-train.log"
+fi
+
 sanitizer_rc=skipped
 if [[ " $skip " != *" sanitizer "* ]]; then
   echo "== compute-sanitizer on the tiny forward ($(elapsed))"
@@ -88,5 +100,6 @@ printf '| %-32s | %-8s | %8s |\n' test result seconds
 printf '|%s|%s|%s|\n' ---------------------------------- ---------- ----------
 grep -E '^ *[0-9]+/[0-9]+ Test +#' "$out/ctest.log" | sed -E 's/.*Test +#[0-9]+: ([^ ]+) [.* ]*([A-Za-z*]+[A-Za-z ]*[A-Za-z]) +([0-9.]+) sec.*/\1 \2 \3/' |
   while read -r name result secs; do printf '| %-32s | %-8s | %8s |\n' "$name" "$result" "$secs"; done
-echo "compute-sanitizer: $sanitizer_rc   bench: $bench_rc   ctest: $test_rc"
-[ "$test_rc" -eq 0 ] && [ "$sanitizer_rc" = 0 -o "$sanitizer_rc" = skipped ] && [ "$bench_rc" = 0 -o "$bench_rc" = skipped ]
+echo "compute-sanitizer: $sanitizer_rc   bench: $bench_rc   bench --train: $train_rc   ctest: $test_rc"
+[ "$test_rc" -eq 0 ] && [ "$sanitizer_rc" = 0 -o "$sanitizer_rc" = skipped ] && [ "$bench_rc" = 0 -o "$bench_rc" = skipped ] &&
+  [ "$train_rc" = 0 -o "$train_rc" = skipped ]
