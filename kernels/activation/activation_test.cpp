@@ -235,7 +235,6 @@ TEST(ActivationCuda, RejectsMixedDtypes) {
   Tensor out16 = test::poisoned_cuda({4, 5}, DType::bf16), out32 = test::poisoned_cuda({4, 5}, DType::f32);
   kernels::activation(x16, out16, Activation::gelu);  // the valid baseline
   EXPECT_THROW(kernels::activation(x16, out32, Activation::gelu), Error);
-  EXPECT_THROW(kernels::activation_backward(x16, x16, out16, Activation::gelu), Error);  // backward: f32, CPU
 }
 
 // activation_backward on CUDA (f32 derivatives) against the f64 CPU reference, out of place and in place

@@ -178,9 +178,11 @@ TEST(Maxpool2dCuda, RejectsMixedDtypes) {
   Tensor host_out = Tensor::empty({1, 2, 2, 2}, DType::f32);
   const Tensor x32 = Tensor::zeros({1, 2, 4, 4}, DType::f32, Device::cuda());
   EXPECT_THROW(kernels::maxpool2d(x32, host_out), Error);  // mixed devices
-  // The backward stays CPU (and f32) only.
+  // The backward takes one dtype: x, grad_out and grad_x alike.
   Tensor gx32 = Tensor::empty({1, 2, 4, 4}, DType::f32, Device::cuda());
-  EXPECT_THROW(kernels::maxpool2d_backward(x32, out32, gx32), Error);
+  EXPECT_NO_THROW(kernels::maxpool2d_backward(x32, out32, gx32));
+  EXPECT_THROW(kernels::maxpool2d_backward(x32, out, gx32), Error);
+  EXPECT_THROW(kernels::maxpool2d_backward(x, out32, gx32), Error);
 }
 
 // maxpool2d_backward on CUDA: the same row-major sums as the CPU, so f32 is bit-identical; overlapping windows

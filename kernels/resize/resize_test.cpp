@@ -219,9 +219,10 @@ TEST(ResizeCuda, RejectsMixedDtypes) {
   Tensor host_out = Tensor::empty({1, 2, 8, 4}, DType::f32);
   const Tensor x32 = Tensor::zeros({1, 2, 5, 7}, DType::f32, Device::cuda());
   EXPECT_THROW(kernels::resize_bilinear(x32, host_out), Error);  // mixed devices
-  // The backward stays CPU (and f32) only.
+  // The backward takes one dtype: grad_dst and grad_src alike.
   Tensor grad_src = Tensor::empty({1, 2, 5, 7}, DType::f32, Device::cuda());
-  EXPECT_THROW(kernels::resize_bilinear_backward(out32, grad_src), Error);
+  EXPECT_NO_THROW(kernels::resize_bilinear_backward(out32, grad_src));
+  EXPECT_THROW(kernels::resize_bilinear_backward(out, grad_src), Error);
 }
 
 // resize_bilinear_backward on CUDA (a gather per source pixel) against the CPU scatter, on the forward's

@@ -71,7 +71,9 @@ ErrorStats compare(const Tensor& out_any, const Tensor& ref_any) {
     ref2 += r * r;
     e.max_abs = std::max(e.max_abs, std::fabs(o - r));
   }
-  e.rel_l2 = ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+  e.diff_l2 = std::sqrt(diff2);
+  e.ref_l2 = std::sqrt(ref2);
+  e.rel_l2 = ref2 > 0 ? e.diff_l2 / e.ref_l2 : e.diff_l2;
   return e;
 }
 

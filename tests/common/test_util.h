@@ -27,6 +27,8 @@ double value_at(const Tensor& host, int64_t i);
 struct ErrorStats {
   double rel_l2 = 0;   // ||out - ref|| / ||ref||
   double max_abs = 0;  // max |out - ref|
+  double diff_l2 = 0;  // ||out - ref||
+  double ref_l2 = 0;   // ||ref||
   int64_t nonfinite = 0;
 };
 // Compares two float tensors (any float dtypes, any devices) element by element in double.

@@ -1,7 +1,9 @@
 // One training step of the tiny config on CUDA against the same step on the CPU reference: the same weights (the
 // tiny golden model's), image, labels and point draws; every loss and every trainable parameter's gradient
 // ("grad.<name>") compared, fp32 within 1e-3 relative L2. The CUDA step also runs eagerly, captured as a CUDA
-// graph and replayed: all three bitwise equal (deterministic kernels, nothing that breaks a capture).
+// graph and replayed: the losses and chosen points bitwise equal (the forward is deterministic, nothing breaks
+// a capture); the gradients equal to rounding only, as msdeform_attn's backward sums grad_value with atomics
+// (its header), which reorders the sums of everything upstream of the pixel decoder run to run.
 //
 // Choosing points by |mask logit| is discontinuous: CUDA and CPU logits differ by ~1e-6, so where two
 // candidates tie that closely the two runs keep different points, and one swapped point moves the gradients
@@ -95,6 +97,12 @@ bool bitwise_equal(const Tensor& a, const Tensor& b) {
   return a.nbytes() == b.nbytes() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
 }
 
+// An exactly zero gradient (a bias before a batch-statistics BatchNorm) holds rounding noise only: it is compared
+// by its largest difference (<= 1e-6), every other output by relative L2.
+bool is_zero_gradient(const Tensor& ref) {
+  return test::compare(ref, Tensor::zeros(ref.shape(), DType::f32)).max_abs < 1e-6;
+}
+
 // Every compared output of `gpu` within rel_tol of `cpu` (relative L2); the worst one printed.
 void expect_close(const Results& gpu, const Results& cpu, const std::vector<std::string>& names, double rel_tol) {
   double worst = 0;
@@ -106,9 +114,7 @@ void expect_close(const Results& gpu, const Results& cpu, const std::vector<std:
       worst_name = name;
     }
     EXPECT_EQ(e.nonfinite, 0) << name << " (seed " << test::seed() << ")";
-    // An exactly zero reference (a bias before a batch-statistics BatchNorm) leaves rounding noise only.
-    const double ref_max = test::compare(cpu.at(name), Tensor::zeros(cpu.at(name).shape(), DType::f32)).max_abs;
-    if (ref_max < 1e-6)
+    if (is_zero_gradient(cpu.at(name)))
       EXPECT_LE(e.max_abs, 1e-6) << name << " (zero gradient): " << test::describe(e);
     else
       EXPECT_LE(e.rel_l2, rel_tol) << name << ": " << test::describe(e) << " (seed " << test::seed() << ")";
@@ -149,10 +155,28 @@ TEST(TrainingGraphCuda, TinyStepMatchesCpu) {
     EXPECT_TRUE(bitwise_equal(eager.at(name), ref.at(name))) << name << ": random points copied differently";
 
   const Results captured = run_step(gpu, s.inputs, read), replayed = run_step(gpu, s.inputs, read);
-  for (const std::string& name : read) {
-    EXPECT_TRUE(bitwise_equal(captured.at(name), eager.at(name))) << name << ": the captured run differs";
-    EXPECT_TRUE(bitwise_equal(replayed.at(name), eager.at(name))) << name << ": the replayed run differs";
-  }
+  int bitwise = 0, gradients = 0;
+  double worst = 0;
+  for (const std::string& name : read)
+    for (const auto& [run, result] : {std::pair{"captured", &captured}, std::pair{"replayed", &replayed}}) {
+      const bool same = bitwise_equal(result->at(name), eager.at(name));
+      if (!name.starts_with("grad.")) {
+        EXPECT_TRUE(same) << name << ": the " << run << " run differs";
+        continue;
+      }
+      ++gradients;
+      bitwise += same;
+      const test::ErrorStats e = test::compare(result->at(name), eager.at(name));
+      if (is_zero_gradient(eager.at(name))) {
+        EXPECT_LE(e.max_abs, 1e-6) << name << " (zero gradient): the " << run << " run, " << test::describe(e);
+        continue;
+      }
+      worst = std::max(worst, e.rel_l2);
+      EXPECT_LE(e.rel_l2, 1e-4) << name << ": the " << run << " run, " << test::describe(e);
+    }
+  std::printf("[ repeats  ] captured and replayed vs eager: %d of %d gradients bitwise equal, worst rel %.2e "
+              "(zero gradients aside)\n",
+              bitwise, gradients, worst);
 }
 
 // The chosen candidates of one prediction as a sorted list of (row, x, y) per row, for set comparison.
