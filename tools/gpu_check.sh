@@ -4,7 +4,7 @@
 # random real-size checkpoint, and one timed training step (`bench --train`); prints a short table last. Meant to finish inside ~8 minutes on 16 cores.
 # Prerequisite where apt is unreachable: tools/gpu_bundle.sh run on the dev machine, .gpu-deps carried.
 # Environment: BUILD_DIR (build-gpu), OUT (where logs go; /tmp), GPU_CHECK_SKIP="bench train sanitizer" to skip
-# stages, GPU_TESTS (a ctest -R regex, default: every GPU test).
+# stages, GPU_TESTS (a ctest -R regex, default: every GPU test), SANITIZER_TEST / SANITIZER_TOOLS (below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
@@ -82,12 +82,14 @@ fi
 
 sanitizer_rc=skipped
 if [[ " $skip " != *" sanitizer "* ]]; then
-  echo "== compute-sanitizer on the tiny forward ($(elapsed))"
+  # SANITIZER_TEST: test binary:gtest filter (default the tiny forward); SANITIZER_TOOLS: which tools.
+  sanitized=${SANITIZER_TEST:-mfuser_cuda_test:MfuserCuda.TinyForwardMatchesCpu}
+  echo "== compute-sanitizer on $sanitized ($(elapsed))"
   sanitizer_rc=0
-  for tool in memcheck racecheck; do
+  for tool in ${SANITIZER_TOOLS:-memcheck racecheck}; do
     MFUSER_GOLDEN_DIR=$PWD/$build/tests/golden MFUSER_SOURCE_DIR=$PWD OMP_NUM_THREADS=16 \
-      timeout 120 compute-sanitizer --tool $tool --error-exitcode 9 \
-      "$build"/tests/mfuser_cuda_test --gtest_filter=MfuserCuda.TinyForwardMatchesCpu > "$out/sanitizer-$tool.log" 2>&1
+      timeout ${SANITIZER_TIMEOUT:-120} compute-sanitizer --tool $tool --error-exitcode 9 \
+      "$build/tests/${sanitized%%:*}" --gtest_filter="${sanitized#*:}" > "$out/sanitizer-$tool.log" 2>&1
     rc=$?
     echo "  $tool: rc $rc ($(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$out/sanitizer-$tool.log" | tail -1))"
     [ $rc -eq 0 ] || { sanitizer_rc=$rc; grep -m 20 -E "=========" "$out/sanitizer-$tool.log"; }
