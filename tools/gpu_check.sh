@@ -50,7 +50,7 @@ echo "build: rc $build_rc in $(( $(date +%s) - start )) s"
 
 echo "== GPU tests ($(elapsed))"
 # The CPU reference inside each GPU test uses the cores; four tests at a time share them.
-OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu ${GPU_TESTS:+-R "$GPU_TESTS"} --output-on-failure -j 4 \
+OMP_NUM_THREADS=4 ctest --test-dir "$build" -L gpu ${GPU_TESTS:+-R "$GPU_TESTS"} -V -j 4 \
   --timeout 240 -O "$out/ctest-full.log" > "$out/ctest.log" 2>&1
 test_rc=$?
 echo "whole-model errors (CUDA vs CPU reference):"
