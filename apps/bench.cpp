@@ -519,7 +519,7 @@ int bench(const std::vector<std::string>& args) {
   const Device device = a.device == "cuda" ? Device::cuda() : Device::cpu();
   MFUSER_CHECK(device.is_cpu() || cuda::available(), "bench --device cuda: ", cuda::unavailable_reason());
   if (a.train) {
-    std::printf("mfuser bench --train: %s\n  training step of 3 x %d x %d crops on %s, %d CPU threads, median of %d "
+    std::printf("mfuser bench --train: %s\n  training step, crops of 3 x %d x %d on %s, %d CPU threads, median of %d "
                 "runs (oracle: %d)\n",
                 config.description.c_str(), size, size, device.str().c_str(), threads, a.runs, a.oracle_runs);
     return bench_train(a, config, size, threads, device);
