@@ -70,6 +70,11 @@ void GradContext::accumulate(ValueId forward_input, ValueId grad) {
   MFUSER_CHECK(g.value(grad).shape == g.value(forward_input).shape, "backward: the gradient of '",
                g.value(forward_input).name, "' has shape ", g.value(grad).shape.str(), ", expected ",
                g.value(forward_input).shape.str());
+  // Every gradient has its value's dtype: one computed in another (an f32 loss over bf16 logits, BatchNorm's
+  // f32 channel sums for bf16 weights) is converted here.
+  if (g.value(grad).dtype != g.value(forward_input).dtype)
+    grad = b_.cast(grad, g.value(forward_input).dtype,
+                   str_cat(g.value(forward_input).name, ".grad.cast", g.values().size()));
   const auto [it, first] = grads_.emplace(forward_input, grad);
   if (first) return;
   // A value used more than once: its gradient is the sum over uses, added in reverse use order.

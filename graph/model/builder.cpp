@@ -74,6 +74,14 @@ int64_t Builder::stored_dim(const std::string& name, int dim, int64_t fallback) 
 
 ValueId Builder::add_node(const std::string& op, const std::string& name, std::vector<ValueId> inputs,
                           const Shape& out, graph::Kernel run, std::optional<DType> dtype) {
+  // By default the output has the first float input's dtype (the storage type everywhere but in the f32 loss
+  // tail of a bf16 training graph), or the storage type when no input is a float.
+  if (!dtype)
+    for (ValueId v : inputs)
+      if (v != kNoValue && is_floating(g_.value(v).dtype)) {
+        dtype = g_.value(v).dtype;
+        break;
+      }
   return g_.add1(op, name, std::move(inputs), {out, dtype.value_or(storage_)}, std::move(run));
 }
 
@@ -293,6 +301,14 @@ ValueId Builder::activation(ValueId x, kernels::Activation kind, const std::stri
 ValueId Builder::add(ValueId a, ValueId b, const std::string& name) {
   const ValueId y = add_node("add", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::add(in[0], in[1], o[0]); });
   record({a, b}, {y}, grad::add(a, b, y));
+  return y;
+}
+
+ValueId Builder::cast(ValueId x, DType to, const std::string& name) {
+  MFUSER_CHECK(is_floating(dtype(x)) && is_floating(to), "cast '", name, "': float dtypes only, got ",
+               dtype_name(dtype(x)), " -> ", dtype_name(to));
+  const ValueId y = add_node("cast", name, {x}, shape(x), [](Ins in, Outs o) { kernels::cast(in[0], o[0]); }, to);
+  record({x}, {y}, grad::cast(x, y));
   return y;
 }
 

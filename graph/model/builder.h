@@ -11,7 +11,8 @@
 //
 // Storage type: a Builder made with DType::bf16 stores weights, float constants and every float activation
 // in bf16 (the CUDA kernels compute in f32 and round on store); DType::f32, the default, is what the CPU
-// reference runs. Integer and boolean values keep their own dtypes.
+// reference runs. Integer and boolean values keep their own dtypes. An op's output takes its first float
+// input's dtype, so what follows an explicit cast to f32 (a training graph's losses) stays f32.
 #pragma once
 
 #include <array>
@@ -56,6 +57,7 @@ class Builder {
   void begin_checkpoint(const std::string& name);
   void end_checkpoint();
   Shape shape(ValueId v) const { return g_.value(v).shape; }  // a copy: adding values may move the originals
+  DType dtype(ValueId v) const { return g_.value(v).dtype; }
 
   // A weight by its state-dict name, loaded once (a second request returns the same value), in the storage
   // type.
@@ -89,6 +91,9 @@ class Builder {
   ValueId mul(ValueId a, ValueId b, const std::string& name);
   ValueId scale(ValueId x, float factor, const std::string& name, float bias = 0.f);
   ValueId softmax(ValueId x, ValueId mask, const std::string& name);  // mask may be kNoValue
+  // x converted to another float dtype (e.g. bf16 logits into an f32 loss, as autocast does); its gradient
+  // is converted back.
+  ValueId cast(ValueId x, DType to, const std::string& name);
 
   // ---- attention ----
   // q [B, H, Lq, D], k/v [B, H, Lk, D]; masks may be kNoValue.

@@ -24,6 +24,8 @@ namespace mfuser::model::grad {
 // ---- views and the generic node (graph/model/grad_rules_views.cpp) ----
 BackwardRule reshape(ValueId x, ValueId out);
 BackwardRule slice_rows(ValueId x, ValueId out, int64_t begin);
+// The gradient passes unchanged; GradContext::accumulate converts it to x's dtype.
+BackwardRule cast(ValueId x, ValueId out);
 // Builder::node() ops with no rule: building the backward through one fails with this message.
 BackwardRule unsupported(ValueId out, const std::string& op);
 

@@ -73,7 +73,7 @@ BackwardRule sync_batchnorm_train(Communicator& comm, ValueId x, ValueId weight,
                              xs, [count](Ins in, Outs o) {
                                kernels::batchnorm_train_backward_synced(in[0], in[1], in[2], in[3], in[4], in[5],
                                                                         count, o[0]);
-                             }, DType::f32));
+                             }, b.dtype(x)));
     }
     c.accumulate(bias, b.reshape(b.slice_rows(sums, 0, 1), {channels}, c.name(bias)));
     c.accumulate(weight, b.reshape(b.slice_rows(sums, 1, 2), {channels}, c.name(weight)));

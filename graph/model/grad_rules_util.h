@@ -28,8 +28,8 @@ constexpr size_t kMaxSlots = 3;
 using Grads = std::array<Tensor, kMaxSlots>;
 using GradKernel = std::function<void(Ins in, Grads& grads)>;
 
-// Appends the backward node `op` of the forward value `out`: it reads `inputs` and writes an f32 gradient
-// (of its input's shape) for every slot that is wanted or required; the wanted ones are accumulated.
+// Appends the backward node `op` of the forward value `out`: it reads `inputs` and writes a gradient (of its
+// input's shape and dtype) for every slot that is wanted or required; the wanted ones are accumulated.
 inline void backward_node(GradContext& c, const std::string& op, ValueId out, std::vector<ValueId> inputs,
                    const std::vector<GradSlot>& slots, GradKernel run) {
   MFUSER_CHECK(slots.size() <= kMaxSlots, "backward: ", op, " has too many gradient slots");
@@ -38,7 +38,7 @@ inline void backward_node(GradContext& c, const std::string& op, ValueId out, st
   std::vector<graph::OutputSpec> specs;
   for (size_t i = 0; i < slots.size(); ++i) {
     computed[i] = c.wants(slots[i].input) || slots[i].required;
-    if (computed[i]) specs.push_back({b.shape(slots[i].input), DType::f32});
+    if (computed[i]) specs.push_back({b.shape(slots[i].input), b.dtype(slots[i].input)});
   }
   const auto grads = b.graph().add(op, c.name(out), std::move(inputs), std::move(specs),
                                    [computed, run = std::move(run)](Ins in, Outs o) {

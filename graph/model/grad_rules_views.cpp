@@ -1,4 +1,4 @@
-// Backward rules of the zero-cost views and of the generic Builder::node.
+// Backward rules of the zero-cost views, of cast and of the generic Builder::node.
 #include "graph/model/builder.h"
 #include "graph/model/grad_rules.h"
 
@@ -22,13 +22,17 @@ BackwardRule slice_rows(ValueId x, ValueId out, int64_t begin) {
     const auto zeros = [&](int64_t n, const char* where) {
       Shape s = xs;
       s[0] = n;
-      parts.push_back(b.graph().constant(c.name(out, where), Tensor::zeros(s, DType::f32)));  // gradients are f32
+      parts.push_back(b.graph().constant(c.name(out, where), Tensor::zeros(s, b.dtype(x))));
     };
     if (begin > 0) zeros(begin, ".zeros_before");
     parts.push_back(c.grad(out));
     if (begin + rows < xs[0]) zeros(xs[0] - begin - rows, ".zeros_after");
     c.accumulate(x, parts.size() == 1 ? parts[0] : b.concat(parts, 0, c.name(out)));
   };
+}
+
+BackwardRule cast(ValueId x, ValueId out) {
+  return [=](GradContext& c) { c.accumulate(x, c.grad(out)); };
 }
 
 BackwardRule unsupported(ValueId out, const std::string& op) {

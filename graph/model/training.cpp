@@ -32,6 +32,11 @@ namespace {
 
 // The auxiliary score map of after_extract_feat: cosine similarities of every pixel's visual embedding with
 // every refined class embedding, over tau: [B, K, g, g].
+// The f32 view a loss reads: v itself, or its f32 copy in a bf16 graph.
+ValueId as_f32(Builder& b, ValueId v) {
+  return b.dtype(v) == DType::f32 ? v : b.cast(v, DType::f32, b.graph().value(v).name + ".f32");
+}
+
 ValueId score_map(Builder& b, const ModelConfig& cfg, ValueId visual_embedding, ValueId text_embeddings) {
   const Shape vs = b.shape(visual_embedding);  // [B, E, g, g]
   const ValueId visual = b.reshape(b.l2norm(visual_embedding, 1, "score_map.visual_normalized"),
@@ -49,7 +54,7 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
   t.graph = std::make_unique<Graph>();
   Graph& g = *t.graph;
   Tape tape;
-  Builder b(g, weights);
+  Builder b(g, weights, options.storage);
   b.set_tape(&tape);
   b.set_training(true);
   // A real communicator (socket, NCCL) makes the data-parallel graph even for one rank, so that a world-size-1
@@ -57,7 +62,7 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
   const bool data_parallel = options.comm && options.comm->kind() != "single";
   b.set_communicator(data_parallel ? options.comm : nullptr);
 
-  const ValueId image = g.input("image", {batch, 3, height, width});
+  const ValueId image = g.input("image", {batch, 3, height, width}, options.storage);  // f32 data converts
   const ValueId gt = g.input("gt_semantic_seg", {batch, height, width}, DType::i64);
   const BackboneOutputs backbone = build_backbone(b, cfg, image);
 
@@ -77,7 +82,7 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
     t.losses.emplace_back(name, named);
     parts.push_back(named);
   };
-  name_loss(seg_cross_entropy(b, score_map(b, cfg, backbone.visual_embedding, text_embeddings), gt, 1.f,
+  name_loss(seg_cross_entropy(b, as_f32(b, score_map(b, cfg, backbone.visual_embedding, text_embeddings)), gt, 1.f,
                               "scr_map.loss_seg"),
             "scr_map.loss_seg");
   t.mask_loss = mask_loss_config(cfg);
@@ -92,9 +97,10 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
     const ValueId rand = g.input(str_cat("points.randoms.", i), {rows, randoms, 2});
     const bool last = i + 1 == t.predictions;
     const std::string prefix = last ? "decode." : str_cat("decode.d", i, ".");
-    const ValueId three = b.reshape(mask_losses(b, head.cls_preds[size_t(i)], head.mask_preds[size_t(i)], gt, cand,
-                                                rand, t.mask_loss, str_cat("decode_head.loss.", i)),
-                                    {3, 1});
+    const ValueId three =
+        b.reshape(mask_losses(b, as_f32(b, head.cls_preds[size_t(i)]), as_f32(b, head.mask_preds[size_t(i)]), gt,
+                              cand, rand, t.mask_loss, str_cat("decode_head.loss.", i)),
+                  {3, 1});
     const char* kinds[] = {"loss_cls", "loss_mask", "loss_dice"};
     for (int k = 0; k < 3; ++k) name_loss(b.slice_rows(three, k, k + 1), prefix + kinds[k]);
   }
@@ -108,7 +114,7 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
   } else {
     Tensor ones = Tensor::empty({1, n}, DType::f32);
     for (int64_t i = 0; i < n; ++i) ones.data<float>()[i] = 1.f;
-    weights_of_parts = b.constant("loss.ones", ones);
+    weights_of_parts = g.constant("loss.ones", ones);  // f32 in any storage type, as the losses
   }
   t.total_loss = b.linear(all, weights_of_parts, graph::kNoValue, "loss.total");
   g.mark_output(t.total_loss);
@@ -120,7 +126,7 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
       t.parameters.push_back(v);
   }
   t.forward_nodes = g.nodes().size();
-  const ValueId seed = b.constant("loss.total.grad_seed", Tensor::from_vector(std::vector<float>{1.f}, {1, 1}));
+  const ValueId seed = g.constant("loss.total.grad_seed", Tensor::from_vector(std::vector<float>{1.f}, {1, 1}));
   BackwardOptions backward;
   backward.recompute = options.recompute;
   MFUSER_CHECK(!options.zero1 || data_parallel, "training graph: ZeRO-1 needs a group communicator (a launch)");

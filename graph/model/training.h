@@ -73,6 +73,9 @@ struct TrainingGraphOptions {
   // the trainer sets them each step so that every rank's loss is normalized by the whole group's counts
   // (loss_weights below).
   bool loss_weights_input = false;
+  // Storage type of weights, activations and gradients (Builder): bf16 runs on CUDA only; the losses are
+  // computed in f32 over f32 copies of the logits, as under PyTorch's autocast.
+  DType storage = DType::f32;
 };
 
 // The weights of the loss parts (TrainingGraph::losses order) that turn a rank's losses, normalized by its own

@@ -48,5 +48,23 @@ TEST(TrainParity, TinyLossesAndGradientsMatchAutograd) {
               "fp32 error\n", compared, worst, worst_name.c_str(), worst_ratio);
 }
 
+// bf16 storage (run on CUDA by train_cuda_test's TinyStepBf16MatchesCpu) builds on any machine: every parameter
+// and its gradient in bf16, the losses and their total in f32 (computed over f32 copies of the logits).
+TEST(TrainingGraph, Bf16StorageKeepsEveryGradientInItsParametersDtype) {
+  const test::GoldenModel g = test::load_golden_model("tiny_train");
+  model::WeightStore weights(g.weights_path());
+  const int64_t size = g.config.image_size;
+  const model::TrainingGraph t = model::build_training_graph(weights, g.config, 2, size, size, {.storage = DType::bf16});
+  const graph::Graph& graph = *t.graph;
+  ASSERT_FALSE(t.parameters.empty());
+  for (graph::ValueId p : t.parameters) {
+    EXPECT_EQ(graph.value(p).dtype, DType::bf16) << graph.value(p).name;
+    EXPECT_EQ(graph.value(t.gradients.at(p)).dtype, DType::bf16) << "the gradient of " << graph.value(p).name;
+  }
+  for (const auto& [name, loss] : t.losses) EXPECT_EQ(graph.value(loss).dtype, DType::f32) << name;
+  EXPECT_EQ(graph.value(t.total_loss).dtype, DType::f32);
+  EXPECT_EQ(graph.value(graph.at("image")).dtype, DType::bf16);
+}
+
 }  // namespace
 }  // namespace mfuser
