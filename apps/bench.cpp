@@ -355,6 +355,7 @@ void bind_training_inputs(graph::Executor& ex, const model::TrainingGraph& t, co
                           int batch, int size) {
   ex.set_input("image", random_image(batch, size));
   ex.set_input("gt_semantic_seg", random_labels(batch, size, int(config.num_classes)));
+  model::set_dropout_seed(ex, t, 1);
   for (int i = 0; i < t.predictions; ++i)
     for (const char* kind : {"candidates", "randoms"}) {
       const std::string name = str_cat("points.", kind, ".", i);

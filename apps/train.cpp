@@ -31,9 +31,9 @@ constexpr const char* kTrainUsage =
     "  {\"lr\": 1e-4, \"weight_decay\": 1e-4, \"betas\": [0.9, 0.999], \"eps\": 1e-8, \"iterations\": 20000,\n"
     "   \"warmup\": 1500, \"warmup_ratio\": 1e-6, \"power\": 0.9, \"min_lr\": 1e-6, \"batch\": 2, \"crop\": 512,\n"
     "   \"save_every\": 2000, \"log_every\": 10, \"seed\": 0, \"dataset\": \"synthetic\", \"root\": \"\",\n"
-    "   \"recompute\": false, \"zero1\": false, \"resize_ratio\": [0.5, 2.0], \"photometric\": true,\n"
-    "   \"rare_class_sampling\": null}\n"
-    "   (rare_class_sampling on: {\"temperature\": 100, \"min_pixels\": 3000, \"min_crop_ratio\": 0.5}, MFuser's)\n"
+    "   \"recompute\": false, \"zero1\": false, \"dropout\": true, \"resize_ratio\": [0.5, 2.0], \"photometric\": true,\n"
+    "   \"rare_class_sampling\": {\"temperature\": 100, \"min_pixels\": 3000, \"min_crop_ratio\": 0.5}}\n"
+    "   (rare_class_sampling: MFuser's values by default, off (null) by default on the synthetic data set)\n"
     "--recompute: activation checkpointing, each encoder layer's activations recomputed in the backward\n"
     "instead of kept (less memory, about one more forward of the encoders per step).\n"
     "The command-line options override the file. Writes DIR/iter_<step>/{model,optimizer}.safetensors and\n"
@@ -146,7 +146,7 @@ int train(const std::vector<std::string>& args) {
   d.ratio_min = o.config.resize_ratio_min;
   d.ratio_max = o.config.resize_ratio_max;
   d.photometric = o.config.photometric;
-  d.rare_class_sampling = o.config.rare_class_sampling;
+  d.rare_class_sampling = o.config.effective_rare_class_sampling();
   d.threads = data_threads;
   d.rank = launch.rank;
   d.world_size = launch.world_size;

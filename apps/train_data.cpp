@@ -16,6 +16,7 @@
 #include "apps/pipeline.h"
 #include "loaders/image.h"
 #include "runtime/error.h"
+#include "runtime/splitmix.h"
 
 namespace mfuser::apps {
 
@@ -50,10 +51,9 @@ void convert_u8(uint8_t* p, int64_t n, int64_t stride, float alpha, float beta) 
 // ---- randomness ----------------------------------------------------------------------------------------------
 
 uint64_t TrainRng::next_u64() {
-  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  const uint64_t draw = splitmix64(state_);
+  state_ += 0x9E3779B97F4A7C15ull;
+  return draw;
 }
 
 double TrainRng::uniform() { return double(next_u64() >> 11) * 0x1.0p-53; }

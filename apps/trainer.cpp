@@ -18,6 +18,7 @@
 #include "loaders/safetensors.h"
 #include "runtime/cuda.h"
 #include "runtime/parallel.h"
+#include "runtime/splitmix.h"
 
 namespace mfuser::apps {
 
@@ -83,7 +84,7 @@ TrainConfig TrainConfig::parse(const std::string& text, const std::string& sourc
       c.photometric = v.get<bool>();
     } else if (key == "rare_class_sampling") {
       if (!v.is_null() && !v.is_object()) bad(key, "an object or null", v);
-      RareClassSampling& rcs = c.rare_class_sampling = RareClassSampling{};
+      RareClassSampling& rcs = c.rare_class_sampling.emplace();
       rcs.enabled = v.is_object();
       if (rcs.enabled)
         for (const auto& [rk, rv] : v.items()) {
@@ -100,10 +101,13 @@ TrainConfig TrainConfig::parse(const std::string& text, const std::string& sourc
     } else if (key == "recompute") {
       if (!v.is_boolean()) bad(key, "true or false", v);
       c.recompute = v.get<bool>();
+    } else if (key == "dropout") {
+      if (!v.is_boolean()) bad(key, "true or false", v);
+      c.dropout = v.get<bool>();
     } else
       throw ConfigError(str_cat(source, ": unknown key '", key,
                                 "' (known: lr, weight_decay, betas, eps, iterations, warmup, warmup_ratio, power, "
-                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root, recompute, zero1, "
+                                "min_lr, batch, crop, save_every, log_every, seed, dataset, root, recompute, zero1, dropout, "
                                 "resize_ratio, photometric, rare_class_sampling)"));
   }
   c.validate(source);
@@ -140,7 +144,7 @@ void TrainConfig::validate(const std::string& source) const {
   check(finite(resize_ratio_min) && resize_ratio_min > 0 && finite(resize_ratio_max) &&
             resize_ratio_max >= resize_ratio_min,
         "resize_ratio", "[min, max] with 0 < min <= max", str_cat("[", resize_ratio_min, ", ", resize_ratio_max, "]"));
-  const RareClassSampling& rcs = rare_class_sampling;
+  const RareClassSampling rcs = effective_rare_class_sampling();
   check(finite(rcs.temperature) && rcs.temperature > 0, "rare_class_sampling.temperature", "a finite number > 0",
         rcs.temperature);
   check(rcs.min_pixels >= 0, "rare_class_sampling.min_pixels", "an integer >= 0", rcs.min_pixels);
@@ -149,6 +153,7 @@ void TrainConfig::validate(const std::string& source) const {
 }
 
 std::string TrainConfig::to_json() const {
+  const RareClassSampling rcs = effective_rare_class_sampling();  // written resolved: a resume keeps it
   const json j = {{"lr", lr},
                   {"weight_decay", weight_decay},
                   {"betas", {beta1, beta2}},
@@ -166,15 +171,22 @@ std::string TrainConfig::to_json() const {
                   {"dataset", dataset},
                   {"root", root},
                   {"recompute", recompute},
+                  {"dropout", dropout},
                   {"zero1", zero1},
                   {"resize_ratio", {resize_ratio_min, resize_ratio_max}},
                   {"photometric", photometric},
-                  {"rare_class_sampling", rare_class_sampling.enabled
-                                              ? json{{"temperature", rare_class_sampling.temperature},
-                                                     {"min_pixels", rare_class_sampling.min_pixels},
-                                                     {"min_crop_ratio", rare_class_sampling.min_crop_ratio}}
-                                              : json(nullptr)}};
+                  {"rare_class_sampling", rcs.enabled ? json{{"temperature", rcs.temperature},
+                                                             {"min_pixels", rcs.min_pixels},
+                                                             {"min_crop_ratio", rcs.min_crop_ratio}}
+                                                      : json(nullptr)}};
   return j.dump();
+}
+
+RareClassSampling TrainConfig::effective_rare_class_sampling() const {
+  if (rare_class_sampling) return *rare_class_sampling;
+  RareClassSampling official;
+  official.enabled = dataset != "synthetic";
+  return official;
 }
 
 kernels::PolySchedule TrainConfig::schedule() const {
@@ -191,13 +203,6 @@ kernels::PolySchedule TrainConfig::schedule() const {
 // ---- Trainer ----
 
 namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 bool is_running_stat(const std::string& name) {
   return name.ends_with(".running_mean") || name.ends_with(".running_var");
@@ -231,6 +236,7 @@ Trainer::Trainer(const std::string& weights_path, const model::ModelConfig& mode
   options.comm = comm_;
   options.zero1 = config_.zero1;
   options.loss_weights_input = true;
+  options.dropout = config_.dropout;
   graph_ = model::build_training_graph(*weights_, model_config_, config_.batch, config_.crop, config_.crop, options);
   weights_->finish();
   executor_ = std::make_unique<graph::Executor>(*graph_.graph, device_);
@@ -284,7 +290,7 @@ void Trainer::draw_points(int64_t first_row) {
         splitmix64(step_key + 0x632BE59BD9B4E019ull * (j + 1)) + uint64_t(first_row * value.shape[1] * value.shape[2]);
     parallel_for(host.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e)
-        out[e] = float(splitmix64(key + uint64_t(e)) >> 40) * (1.f / 16777216.f);
+        out[e] = uniform24(splitmix64(key + uint64_t(e)));
     });
     executor_->set_input(point_inputs_[j], host);
   }
@@ -326,6 +332,10 @@ StepStats Trainer::step(const TrainBatch& batch) {
   executor_->set_input("image", batch.images);
   executor_->set_input("gt_semantic_seg", batch.labels);
   const std::vector<float> weights = bind_group_normalization(batch.labels);
+  // The step's dropout masks, from (seed, step, rank): each rank drops its own elements, as each PyTorch
+  // process draws from its own generator; a resumed run redraws the same masks.
+  model::set_dropout_seed(*executor_, graph_,
+                          splitmix64(splitmix64(config_.seed ^ 0xD50D0D5EEDull) ^ uint64_t(step_)) + uint64_t(rank()));
   executor_->run();
 
   // The group's losses: the mean over ranks of each rank's weighted parts (with one rank, its own losses).

@@ -32,6 +32,7 @@
 #include <map>
 #include <memory>
 #include <span>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -70,12 +71,15 @@ struct TrainConfig {
   std::string root;
   bool recompute = false;  // activation checkpointing per encoder layer (model::TrainingGraphOptions)
   bool zero1 = false;      // data parallel: AdamW state sharded over the ranks (apps/sharded_adamw.h)
+  bool dropout = true;     // upstream's training-mode dropout and DropPath (model::TrainingGraphOptions)
   // Augmentation and sampling (apps/train_data.h): the resize ratio range, the photometric distortion, and
   // rare-class sampling ("rare_class_sampling": {"temperature", "min_pixels", "min_crop_ratio"}, each
-  // optional with MFuser's values; absent or null: off).
+  // optional with MFuser's values, or null: off). Unset: on with MFuser's values, as every official config has
+  // it, except on the synthetic data set (whose small images hold no class's 3000 pixels).
   double resize_ratio_min = 0.5, resize_ratio_max = 2.0;  // JSON: "resize_ratio": [0.5, 2.0]
   bool photometric = true;
-  RareClassSampling rare_class_sampling;
+  std::optional<RareClassSampling> rare_class_sampling;
+  RareClassSampling effective_rare_class_sampling() const;
 
   // Parses JSON text; unknown keys and bad values are ConfigErrors naming `source` and the key.
   static TrainConfig parse(const std::string& text, const std::string& source = "<training config>");

@@ -125,8 +125,11 @@ BackboneStreams build_backbone_layer(Builder& b, const ModelConfig& cfg, const B
   // between layers (the adapter's scan activations are as large as a block's).
   b.begin_checkpoint(p + ".layer." + n);
   BackboneStreams out;
-  const ValueId clip_x =
-      clip_residual_block(b, in.clip_x, cfg.vision.heads, p + ".transformer.resblocks." + n, /*causal=*/false);
+  // DropPath rates linspace(0, drop_path_rate, layers) over the blocks.
+  const int layers = cfg.vision.layers;
+  const float drop_path = layers > 1 ? float(cfg.vision.drop_path_rate) * float(layer) / float(layers - 1) : 0.f;
+  const ValueId clip_x = clip_residual_block(b, in.clip_x, cfg.vision.heads, p + ".transformer.resblocks." + n,
+                                             /*causal=*/false, drop_path);
   const ValueId dino_x = dino_block(b, in.dino_x, cfg.vision.heads, p + ".dinov2.blocks." + n);
   // t = adapter(cat[proj1(dino), clip] over tokens); dino += proj2(t[:L]); clip += t[L:].
   const std::string f = p + ".fusion." + n;

@@ -8,6 +8,7 @@
 #include "kernels/cast/cast.h"
 #include "kernels/conv2d/conv2d.h"
 #include "kernels/conv_transpose2d/conv_transpose2d.h"
+#include "kernels/dropout/dropout.h"
 #include "kernels/elementwise/elementwise.h"
 #include "kernels/embedding/embedding.h"
 #include "kernels/gemm/gemm.h"
@@ -301,6 +302,16 @@ ValueId Builder::activation(ValueId x, kernels::Activation kind, const std::stri
 ValueId Builder::add(ValueId a, ValueId b, const std::string& name) {
   const ValueId y = add_node("add", name, {a, b}, shape(a), [](Ins in, Outs o) { kernels::add(in[0], in[1], o[0]); });
   record({a, b}, {y}, grad::add(a, b, y));
+  return y;
+}
+
+ValueId Builder::dropout(ValueId x, float p, const std::string& name, int64_t inner, int64_t units) {
+  if (!training_ || !dropout_ || p == 0.f) return x;
+  if (dropout_seed_ == kNoValue) dropout_seed_ = g_.input(kDropoutSeed, {1}, DType::i64);
+  const kernels::DropoutMask mask{.p = p, .salt = kernels::dropout_salt(name), .inner = inner, .units = units};
+  const ValueId y = add_node("dropout", name, {x, dropout_seed_}, shape(x),
+                             [mask](Ins in, Outs o) { kernels::dropout(in[0], in[1], o[0], mask); });
+  record({x, dropout_seed_}, {y}, grad::dropout(x, dropout_seed_, y, mask));
   return y;
 }
 

@@ -47,6 +47,9 @@ class Builder {
   Tape* tape() const { return tape_; }
   void set_training(bool training) { training_ = training; }
   bool training() const { return training_; }
+  // Training-mode dropout and DropPath (Builder::dropout); on by default, off for parity with a reference that
+  // cannot share our random stream.
+  void set_dropout(bool enabled) { dropout_ = enabled; }
   // Data-parallel training: with a communicator, training-mode BatchNorm is SyncBN (batch statistics over every
   // rank's batch, graph/model/distributed.h). Not owned; must outlive the graph's runs.
   void set_communicator(Communicator* comm) { comm_ = comm; }
@@ -91,6 +94,12 @@ class Builder {
   ValueId mul(ValueId a, ValueId b, const std::string& name);
   ValueId scale(ValueId x, float factor, const std::string& name, float bias = 0.f);
   ValueId softmax(ValueId x, ValueId mask, const std::string& name);  // mask may be kNoValue
+  // Training-mode nn.Dropout / DropPath (kernels/dropout/dropout.h): one draw per element, or per unit of
+  // `inner` consecutive elements, unit (i / inner) % units. The identity outside training, at p = 0 or with
+  // dropout off. The step's seed is the graph input kDropoutSeed (i64 [1]), made by the first dropout.
+  ValueId dropout(ValueId x, float p, const std::string& name, int64_t inner = 1, int64_t units = 0);
+  static constexpr const char* kDropoutSeed = "dropout.seed";
+  ValueId dropout_seed() const { return dropout_seed_; }  // kNoValue while the graph has no dropout
   // x converted to another float dtype (e.g. bf16 logits into an f32 loss, as autocast does); its gradient
   // is converted back.
   ValueId cast(ValueId x, DType to, const std::string& name);
@@ -154,6 +163,8 @@ class Builder {
   DType storage_;
   Tape* tape_ = nullptr;
   bool training_ = false;
+  bool dropout_ = true;
+  ValueId dropout_seed_ = kNoValue;
   Communicator* comm_ = nullptr;
   std::optional<CheckpointSegment> open_segment_;
   std::vector<int> stateful_nodes_;  // nodes whose effect goes beyond their outputs: never recomputed

@@ -21,20 +21,21 @@ ModelConfig ModelConfig::from(const Config& c) {
 
   const Config v = c.section("vision");
   m.vision = {v.get<int>("width"), v.get<int>("layers"), v.get<int>("heads"), v.get<int>("output_dim"),
-              v.get<std::vector<int>>("out_indices")};
+              v.get<std::vector<int>>("out_indices"), v.get_or<double>("drop_path_rate", 0.1)};
   MFUSER_CHECK(m.vision.out_indices.size() == 4, c.source(), ": vision.out_indices needs 4 entries");
   for (int i : m.vision.out_indices)
     MFUSER_CHECK(i >= 0 && i < m.vision.layers, c.source(), ": vision.out_indices entry ", i, " out of range");
 
   const Config a = c.section("adapter");
-  m.adapter = {a.get<int>("d_state"), a.get<int>("d_conv")};
+  m.adapter = {a.get<int>("d_state"), a.get<int>("d_conv"), a.get_or<double>("proj_drop", 0.1)};
 
   const Config t = c.section("text");
   m.text = {t.get<int>("context_length"), t.get<int>("n_contexts"), t.get<int>("width"), t.get<int>("layers"),
             t.get<int>("heads"), t.get<int>("embed_dim"), t.get<int>("vocab_size")};
 
   const Config cd = c.section("context_decoder");
-  m.context_decoder = {cd.get<int>("width"), cd.get<int>("heads"), cd.get<int>("layers")};
+  m.context_decoder = {cd.get<int>("width"), cd.get<int>("heads"), cd.get<int>("layers"),
+                       cd.get_or<double>("dropout", 0.1)};
 
   const Config h = c.section("decode_head");
   m.decode_head = {h.get<int>("feat_channels"), h.get<int>("num_heads"),      h.get<int>("num_levels"),

@@ -10,9 +10,13 @@
 
 namespace mfuser::model {
 
+// Training-mode regularization (optional JSON keys, the official values by default; see Builder::dropout):
+// vision.drop_path_rate (CLIP blocks' DropPath, linspace(0, rate, layers) per block), adapter.proj_drop
+// (every MVFuser's output), context_decoder.dropout (the MTEnhancer's).
 struct VisionConfig {
   int width = 1024, layers = 24, heads = 16, output_dim = 768;
   std::vector<int> out_indices = {7, 11, 15, 23};
+  double drop_path_rate = 0.1;
 };
 
 struct TextConfig {
@@ -22,10 +26,12 @@ struct TextConfig {
 
 struct ContextDecoderConfig {
   int width = 256, heads = 4, layers = 1;
+  double dropout = 0.1;
 };
 
 struct AdapterConfig {
   int d_state = 16, d_conv = 3;
+  double proj_drop = 0.1;
 };
 
 struct DecodeHeadConfig {

@@ -16,6 +16,7 @@
 
 #include "graph/model/backward.h"
 #include "kernels/activation/activation.h"
+#include "kernels/dropout/dropout.h"
 #include "kernels/gemm/gemm.h"
 #include "runtime/communicator.h"
 
@@ -36,6 +37,8 @@ BackwardRule add(ValueId a, ValueId b, ValueId out);
 BackwardRule mul(ValueId a, ValueId b, ValueId out);
 BackwardRule scale(ValueId x, ValueId out, float factor);
 BackwardRule activation(ValueId x, ValueId out, kernels::Activation kind);
+// grad_x = the same mask (redrawn from the same seed and salt) applied to grad_out.
+BackwardRule dropout(ValueId x, ValueId seed, ValueId out, const kernels::DropoutMask& mask);
 BackwardRule softmax(ValueId x, ValueId mask, ValueId out);
 BackwardRule attention(ValueId q, ValueId k, ValueId v, ValueId out, bool causal, ValueId bool_mask,
                        ValueId float_mask);

@@ -144,6 +144,14 @@ BackwardRule activation(ValueId x, ValueId out, kernels::Activation kind) {
   };
 }
 
+BackwardRule dropout(ValueId x, ValueId seed, ValueId out, const kernels::DropoutMask& mask) {
+  return [=](GradContext& c) {
+    Builder& b = c.builder();
+    c.accumulate(x, b.graph().add1("dropout_backward", c.name(out), {c.grad(out), seed}, {b.shape(x), b.dtype(x)},
+                                   [mask](Ins in, Outs o) { kernels::dropout(in[0], in[1], o[0], mask); }));
+  };
+}
+
 // grad_x = y * (G - rowsum(G * y)), from the forward's OUTPUT y (kept alive; x and the mask are not read).
 // The mask is a constant here: Builder::softmax does not record it as an input, so it gets no gradient.
 BackwardRule softmax(ValueId x, ValueId mask, ValueId out) {

@@ -51,14 +51,19 @@ ValueId multihead_attention(Builder& b, const std::string& prefix, ValueId query
   return b.linear(merged, prefix + ".out_proj", c);
 }
 
-ValueId clip_residual_block(Builder& b, ValueId x, int64_t heads, const std::string& prefix, bool causal) {
-  const int64_t c = b.shape(x)[-1];
+ValueId clip_residual_block(Builder& b, ValueId x, int64_t heads, const std::string& prefix, bool causal,
+                            float drop_path) {
+  const int64_t tokens = b.shape(x)[1], c = b.shape(x)[-1];
+  const auto dropped = [&](ValueId branch, const char* which) {
+    return b.dropout(branch, drop_path, prefix + ".drop_path." + which, /*inner=*/c, /*units=*/tokens);
+  };
   const ValueId h = b.layernorm(x, prefix + ".ln_1", 1e-5f);
-  x = b.add(x, multihead_attention(b, prefix + ".attn", h, h, h, heads, causal), prefix + ".attn_residual");
+  x = b.add(x, dropped(multihead_attention(b, prefix + ".attn", h, h, h, heads, causal), "attn"),
+            prefix + ".attn_residual");
   ValueId m = b.linear(b.layernorm(x, prefix + ".ln_2", 1e-5f), prefix + ".mlp.c_fc", 4 * c);
   m = b.activation(m, kernels::Activation::quick_gelu, prefix + ".mlp.gelu");
   m = b.linear(m, prefix + ".mlp.c_proj", c);
-  return b.add(x, m, prefix);
+  return b.add(x, dropped(m, "mlp"), prefix);
 }
 
 }  // namespace mfuser::model

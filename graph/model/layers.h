@@ -28,8 +28,11 @@ ValueId fused_self_attention(Builder& b, ValueId x, ValueId qkv_weight, ValueId 
 ValueId multihead_attention(Builder& b, const std::string& prefix, ValueId query, ValueId key, ValueId value,
                             int64_t heads, bool causal = false, ValueId bool_mask = kNoValue);
 
-// CLIP's ResidualAttentionBlock at inference (drop path off): x += attn(ln_1 x); x += mlp(ln_2 x), QuickGELU,
-// LayerNorm eps 1e-5. x [B, L, C]; the output is named `prefix` ("text_encoder.transformer.resblocks.3").
-ValueId clip_residual_block(Builder& b, ValueId x, int64_t heads, const std::string& prefix, bool causal);
+// CLIP's ResidualAttentionBlock: x += drop_path(attn(ln_1 x)); x += drop_path(mlp(ln_2 x)), QuickGELU, LayerNorm
+// eps 1e-5. x [B, L, C]; the output is named `prefix` ("text_encoder.transformer.resblocks.3"). DropPath (in
+// training, Builder::dropout) draws once per token position, shared by the batch and the channels: upstream runs
+// the blocks on [L, B, C] and timm's drop_path draws per entry of dim 0.
+ValueId clip_residual_block(Builder& b, ValueId x, int64_t heads, const std::string& prefix, bool causal,
+                            float drop_path = 0.f);
 
 }  // namespace mfuser::model

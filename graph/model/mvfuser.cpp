@@ -52,8 +52,9 @@ ValueId build_mvfuser(Builder& b, const ModelConfig& cfg, ValueId x, const std::
   const ValueId y_t = b.selective_scan(u_t, delta_t, a_v, bc[0], bc[1], d_skip, delta_bias, prefix + ".scan");
   const ValueId y = b.permute(y_t, {0, 2, 1}, prefix + ".y");
   const ValueId normed = b.rmsnorm_gated(y, z, prefix + ".norm", 1e-5f);
-  const ValueId out = b.linear(normed, prefix + ".out_proj", d, false);
-  // proj_drop is inactive at inference; the learned 0-d `scale` multiplies the whole output.
+  // proj_drop (training only), then the learned 0-d `scale` multiplies the whole output.
+  const ValueId out = b.dropout(b.linear(normed, prefix + ".out_proj", d, false), float(cfg.adapter.proj_drop),
+                                prefix + ".proj_drop");
   return b.mul(out, b.param(prefix + ".scale", Shape{}), prefix);
 }
 

@@ -36,8 +36,9 @@ ValueId mt_enhancer(Builder& b, const ModelConfig& cfg, ValueId x, ValueId memor
   };
   const ValueId q = heads_of("q_proj"), kk = heads_of("k_proj"), v = heads_of("v_proj");
   const ValueId attn = b.attention(q, kk, v, p + ".self_attn.sdpa");
+  const float drop = float(cfg.context_decoder.dropout);  // training only (Builder::dropout)
   const ValueId sa = b.linear(merge_heads(b, attn, p + ".self_attn.merged"), p + ".self_attn.proj", w);
-  x = b.add(x, sa, p + ".self_attn_residual");
+  x = b.add(x, b.dropout(sa, drop, p + ".self_attn.proj_drop"), p + ".self_attn_residual");
 
   // MVFuser over [text, visual, text]: the one-directional scan lets the last text copy see the image and
   // the image see the first copy; both text copies of the output are added back.
@@ -47,9 +48,10 @@ ValueId mt_enhancer(Builder& b, const ModelConfig& cfg, ValueId x, ValueId memor
   const auto parts = b.split(fused, {k, m, k}, 1, p + ".cross_attn.split");
   x = b.add(b.add(x, parts[0], p + ".cross_attn_residual.first"), parts[2], p + ".cross_attn_residual");
 
-  // MLP with exact GELU (nn.GELU), dropouts off at inference.
+  // MLP with exact GELU (nn.GELU) and a dropout inside (mlp.2) and after it.
   ValueId y = b.linear(b.layernorm(x, p + ".norm3", 1e-5f), p + ".mlp.0", 4 * w);
-  y = b.linear(b.activation(y, kernels::Activation::gelu, p + ".mlp.1"), p + ".mlp.3", w);
+  y = b.dropout(b.activation(y, kernels::Activation::gelu, p + ".mlp.1"), drop, p + ".mlp.2");
+  y = b.dropout(b.linear(y, p + ".mlp.3", w), drop, p + ".dropout");
   return b.add(x, y, p);
 }
 

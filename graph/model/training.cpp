@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "graph/executor.h"
 #include "graph/model/builder.h"
 #include "graph/model/loss.h"
 #include "graph/model/modules.h"
@@ -57,6 +58,7 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
   Builder b(g, weights, options.storage);
   b.set_tape(&tape);
   b.set_training(true);
+  b.set_dropout(options.dropout);
   // A real communicator (socket, NCCL) makes the data-parallel graph even for one rank, so that a world-size-1
   // run exercises SyncBN and the bucketed all-reduces; the single-process one (or none) the plain graph.
   const bool data_parallel = options.comm && options.comm->kind() != "single";
@@ -126,6 +128,7 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
       t.parameters.push_back(v);
   }
   t.forward_nodes = g.nodes().size();
+  t.dropout_seed = b.dropout_seed();
   const ValueId seed = g.constant("loss.total.grad_seed", Tensor::from_vector(std::vector<float>{1.f}, {1, 1}));
   BackwardOptions backward;
   backward.recompute = options.recompute;
@@ -143,6 +146,12 @@ TrainingGraph build_training_graph(WeightStore& weights, const ModelConfig& cfg,
     t.buckets = buckets->buckets();
   }
   return t;
+}
+
+void set_dropout_seed(graph::Executor& executor, const TrainingGraph& graph, uint64_t seed) {
+  if (graph.dropout_seed == graph::kNoValue) return;
+  executor.set_input(graph.graph->value(graph.dropout_seed).name,
+                     Tensor::from_vector(std::vector<int64_t>{int64_t(seed)}, {1}));
 }
 
 std::vector<float> loss_weights(const TrainingGraph& graph, const kernels::MaskLossCounts& local,

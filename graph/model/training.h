@@ -34,6 +34,10 @@
 #include "graph/model/weights.h"
 #include "kernels/mask_loss/mask_loss.h"
 
+namespace mfuser::graph {
+class Executor;
+}
+
 namespace mfuser::model {
 
 struct TrainingGraph {
@@ -47,7 +51,13 @@ struct TrainingGraph {
   size_t forward_nodes = 0;           // nodes [0, forward_nodes) are the forward and the losses; then backward
   int64_t queries = 0;                // decode-head queries per image
   std::vector<GradientBucket> buckets;  // data parallel: the gradient buckets, in reduction order
+  // The i64 [1] input "dropout.seed" the step's masks are drawn from (set it before every run), or kNoValue
+  // without dropout.
+  ValueId dropout_seed = graph::kNoValue;
 };
+
+// Sets the step's dropout seed (TrainingGraph::dropout_seed) on an executor of `graph`; nothing without dropout.
+void set_dropout_seed(graph::Executor& executor, const TrainingGraph& graph, uint64_t seed);
 
 // Upstream's set_trainable, by state-dict name.
 bool is_trainable(std::string_view parameter_name);
@@ -76,6 +86,9 @@ struct TrainingGraphOptions {
   // Storage type of weights, activations and gradients (Builder): bf16 runs on CUDA only; the losses are
   // computed in f32 over f32 copies of the logits, as under PyTorch's autocast.
   DType storage = DType::f32;
+  // Training-mode dropout and DropPath where upstream has them (ModelConfig's rates; Builder::dropout). Parity
+  // tests against PyTorch turn them off: its random stream cannot be shared.
+  bool dropout = true;
 };
 
 // The weights of the loss parts (TrainingGraph::losses order) that turn a rank's losses, normalized by its own

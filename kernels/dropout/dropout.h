@@ -7,8 +7,8 @@
 // One draw per unit: inner = 1, units = numel is per-element nn.Dropout (F.dropout); inner = numel / B,
 // units = B is DropPath on a batch-first [B, ...] tensor (timm's drop_path: one draw per sample, x / keep_prob);
 // inner = C, units = B is DropPath on a sequence-first [L, B, C] tensor (CLIP's residual blocks).
-// keep(u) is u's uniform draw in [0, 1) (24 bits of SplitMix64 at position u of the stream keyed by seed and
-// salt) being >= p: P(keep) = 1 - p, as PyTorch's bernoulli(1 - p) and timm's floor(keep_prob + rand).
+// keep(u) is u's uniform draw in [0, 1) (24 bits of SplitMix64, runtime/splitmix.h, at position u of the
+// stream keyed by seed and salt) being >= p: P(keep) = 1 - p, as PyTorch's bernoulli(1 - p) and timm's floor(keep_prob + rand).
 // PyTorch's own random stream cannot be reproduced, so masks differ from PyTorch's by design; parity tests
 // turn dropout off (TrainingGraphOptions::dropout).
 //
@@ -21,13 +21,8 @@
 #include <cstdint>
 #include <string_view>
 
+#include "runtime/splitmix.h"
 #include "runtime/tensor.h"
-
-#if defined(__CUDACC__)
-#define MFUSER_DROPOUT_HD __host__ __device__
-#else
-#define MFUSER_DROPOUT_HD
-#endif
 
 namespace mfuser::kernels {
 
@@ -45,18 +40,10 @@ inline uint64_t dropout_salt(std::string_view name) {
   return h;
 }
 
-// SplitMix64's output function.
-MFUSER_DROPOUT_HD inline uint64_t splitmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 // The stream's key, and whether draw `unit` keeps its elements (the same function on host and device).
-MFUSER_DROPOUT_HD inline uint64_t dropout_key(uint64_t seed, uint64_t salt) { return splitmix64(seed ^ splitmix64(salt)); }
-MFUSER_DROPOUT_HD inline bool dropout_keeps(uint64_t key, uint64_t unit, float p) {
-  const uint64_t r = splitmix64(key + (unit + 1) * 0x9e3779b97f4a7c15ull);
-  return float(r >> 40) * (1.f / 16777216.f) >= p;
+MFUSER_HOST_DEVICE inline uint64_t dropout_key(uint64_t seed, uint64_t salt) { return splitmix64(seed ^ splitmix64(salt)); }
+MFUSER_HOST_DEVICE inline bool dropout_keeps(uint64_t key, uint64_t unit, float p) {
+  return uniform24(splitmix64(key + unit * 0x9E3779B97F4A7C15ull)) >= p;
 }
 
 void dropout(const Tensor& x, const Tensor& seed, Tensor& out, const DropoutMask& mask);  // dispatches on the device

@@ -532,34 +532,45 @@ TEST(RareClassSampling, LoaderFavoursRareClassesDeterministically) {
 }
 
 TEST(RareClassSampling, TrainingConfigKeys) {
-  const apps::TrainConfig off = apps::TrainConfig::parse("{}");
-  EXPECT_FALSE(off.rare_class_sampling.enabled);
-  EXPECT_TRUE(off.photometric);
-  EXPECT_EQ(off.resize_ratio_min, 0.5);
-  EXPECT_EQ(off.resize_ratio_max, 2.0);
+  // Unset: on with MFuser's values on a real data set (as every official config), off on the synthetic one.
+  const apps::TrainConfig synthetic = apps::TrainConfig::parse("{}");
+  EXPECT_FALSE(synthetic.effective_rare_class_sampling().enabled);
+  EXPECT_TRUE(synthetic.photometric);
+  EXPECT_EQ(synthetic.resize_ratio_min, 0.5);
+  EXPECT_EQ(synthetic.resize_ratio_max, 2.0);
+  const apps::RareClassSampling official =
+      apps::TrainConfig::parse(R"({"dataset": "gta", "root": "/data/gta"})").effective_rare_class_sampling();
+  EXPECT_TRUE(official.enabled);
+  EXPECT_EQ(official.temperature, 100);
+  EXPECT_EQ(official.min_pixels, 3000);
+  EXPECT_EQ(official.min_crop_ratio, 0.5);
+  EXPECT_FALSE(apps::TrainConfig::parse(R"({"dataset": "gta", "rare_class_sampling": null})")
+                   .effective_rare_class_sampling()
+                   .enabled);
 
   // an empty object turns RCS on with MFuser's values
-  const apps::TrainConfig mfuser = apps::TrainConfig::parse(R"({"rare_class_sampling": {}})");
-  EXPECT_TRUE(mfuser.rare_class_sampling.enabled);
-  EXPECT_EQ(mfuser.rare_class_sampling.temperature, 100);
-  EXPECT_EQ(mfuser.rare_class_sampling.min_pixels, 3000);
-  EXPECT_EQ(mfuser.rare_class_sampling.min_crop_ratio, 0.5);
+  const apps::RareClassSampling mfuser =
+      apps::TrainConfig::parse(R"({"rare_class_sampling": {}})").effective_rare_class_sampling();
+  EXPECT_TRUE(mfuser.enabled);
+  EXPECT_EQ(mfuser.temperature, 100);
+  EXPECT_EQ(mfuser.min_pixels, 3000);
+  EXPECT_EQ(mfuser.min_crop_ratio, 0.5);
 
   const apps::TrainConfig c = apps::TrainConfig::parse(
       R"({"rare_class_sampling": {"temperature": 0.01, "min_pixels": 20, "min_crop_ratio": 0},
           "photometric": false, "resize_ratio": [1, 1.5]})");
-  EXPECT_EQ(c.rare_class_sampling.temperature, 0.01);
-  EXPECT_EQ(c.rare_class_sampling.min_pixels, 20);
-  EXPECT_EQ(c.rare_class_sampling.min_crop_ratio, 0);
+  EXPECT_EQ(c.effective_rare_class_sampling().temperature, 0.01);
+  EXPECT_EQ(c.effective_rare_class_sampling().min_pixels, 20);
+  EXPECT_EQ(c.effective_rare_class_sampling().min_crop_ratio, 0);
   EXPECT_FALSE(c.photometric);
   EXPECT_EQ(c.resize_ratio_max, 1.5);
   const apps::TrainConfig back = apps::TrainConfig::parse(c.to_json());  // checkpoints store to_json()
-  EXPECT_TRUE(back.rare_class_sampling.enabled);
-  EXPECT_EQ(back.rare_class_sampling.min_pixels, 20);
+  EXPECT_TRUE(back.effective_rare_class_sampling().enabled);
+  EXPECT_EQ(back.effective_rare_class_sampling().min_pixels, 20);
   EXPECT_FALSE(back.photometric);
   EXPECT_EQ(back.resize_ratio_min, 1.0);
-  EXPECT_FALSE(apps::TrainConfig::parse(off.to_json()).rare_class_sampling.enabled);
-  EXPECT_FALSE(apps::TrainConfig::parse(R"({"rare_class_sampling": null})").rare_class_sampling.enabled);
+  EXPECT_FALSE(apps::TrainConfig::parse(synthetic.to_json()).effective_rare_class_sampling().enabled);
+  EXPECT_FALSE(apps::TrainConfig::parse(R"({"rare_class_sampling": null})").effective_rare_class_sampling().enabled);
 
   const auto rejects = [](const char* text, const char* key) {
     try {

@@ -293,17 +293,20 @@ TEST(TrainConfig, DefaultsAreTheOfficialValues) {
   EXPECT_EQ(c.seed, 0u);
   EXPECT_EQ(c.dataset, "synthetic");
   EXPECT_FALSE(c.recompute);
+  EXPECT_TRUE(c.dropout);
   // Round trip, non-default values included.
   TrainConfig d = small_config(17);
   d.beta2 = 0.95;
   d.dataset = "gta";
   d.root = "/data/gta";
   d.recompute = true;
+  d.dropout = false;
   const TrainConfig e = TrainConfig::parse(d.to_json());
   EXPECT_EQ(e.to_json(), d.to_json());
   EXPECT_EQ(e.beta2, 0.95);
   EXPECT_EQ(e.iterations, 17);
   EXPECT_TRUE(e.recompute);
+  EXPECT_FALSE(e.dropout);
 }
 
 TEST(TrainConfig, BadValuesNameTheKey) {

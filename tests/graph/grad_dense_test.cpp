@@ -275,5 +275,49 @@ TEST(GradDense, EmbeddingTableGradientThrows) {
   expect_throw(true);
 }
 
+// Dropout (training mode) is linear in x with a mask drawn from the step's seed: the backward must redraw the
+// forward's mask, grad_x = keep * R / (1 - p), a value used twice summing both masks. Outside training it is no
+// node at all.
+TEST(GradDense, DropoutRedrawsTheForwardMask) {
+  graph::Graph g;
+  model::WeightStore store = model::WeightStore::synthesize(0);
+  model::Tape tape;
+  Builder b(g, store);
+  b.set_tape(&tape);
+  const ValueId x = g.weight("x", away_from_zero({6, 50}));
+  const size_t before = g.nodes().size();
+  EXPECT_EQ(b.dropout(x, 0.3f, "eval_mode"), x);
+  EXPECT_EQ(g.nodes().size(), before);
+  b.set_training(true);
+  const ValueId y = b.dropout(x, 0.3f, "drop");
+  const ValueId y_path = b.dropout(x, 0.5f, "drop_path", /*inner=*/50, /*units=*/6);  // one draw per row
+  const ValueId out = b.add(y, y_path, "out");
+  g.mark_output(y);
+  g.mark_output(y_path);
+  const Tensor r = uniform({6, 50});
+  const model::Gradients grads = model::build_backward(b, tape, {{out, g.constant("r", r)}}, {x});
+  g.mark_output(grads.at(x));
+  graph::Executor ex(g, Device::cpu());
+  ex.set_input(Builder::kDropoutSeed, Tensor::from_vector<int64_t>({int64_t(test::seed())}, {1}));
+  ex.run();
+  const Tensor fy = ex.get("drop"), fp = ex.get("drop_path"), gx = ex.get(g.value(grads.at(x)).name);
+  const float* xv = g.value(x).bound.data<float>();
+  int64_t wrong = 0, dropped = 0, dropped_rows = 0;
+  for (int64_t i = 0; i < r.numel(); ++i) {
+    const bool keep = fy.data<float>()[i] != 0.f, keep_path = fp.data<float>()[i] != 0.f;
+    dropped += !keep;
+    if (i % 50 == 0) dropped_rows += !keep_path;
+    wrong += keep && fy.data<float>()[i] != xv[i] * (1.f / 0.7f);
+    wrong += keep_path != (fp.data<float>()[i / 50 * 50] != 0.f);  // the whole row shares its draw
+    const float want = (keep ? r.data<float>()[i] * (1.f / 0.7f) : 0.f) + (keep_path ? r.data<float>()[i] * 2.f : 0.f);
+    wrong += std::fabs(gx.data<float>()[i] - want) > 1e-6f * (1 + std::fabs(want));
+  }
+  EXPECT_EQ(wrong, 0) << "seed " << test::seed();
+  std::printf("[ dropout  ] %lld of 300 elements and %lld of 6 rows dropped\n", static_cast<long long>(dropped),
+              static_cast<long long>(dropped_rows));
+  EXPECT_GT(dropped, 0);
+  EXPECT_LT(dropped, 300);
+}
+
 }  // namespace
 }  // namespace mfuser

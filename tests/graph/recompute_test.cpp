@@ -148,7 +148,8 @@ TEST(Recompute, RefusesSideEffectsAndNesting) {
 }
 
 // The tiny model's training step with and without recompute: the same losses and gradients, bitwise (CPU
-// kernels are deterministic at a fixed thread count), in a smaller arena.
+// kernels are deterministic at a fixed thread count; the recomputed dropouts redraw the same masks), in a
+// smaller arena.
 TEST(Recompute, TinyTrainingStepIsBitwiseTheSameInASmallerArena) {
   MFUSER_SEED_TRACE();
   const model::ModelConfig cfg =
@@ -165,9 +166,11 @@ TEST(Recompute, TinyTrainingStepIsBitwiseTheSameInASmallerArena) {
     model::TrainingGraphOptions options;
     options.recompute = recompute;
     const model::TrainingGraph t = model::build_training_graph(weights, cfg, batch, size, size, options);
+    EXPECT_NE(t.dropout_seed, graph::kNoValue) << "the tiny config's training graph has dropout";
     graph::Executor ex(*t.graph, Device::cpu());
     ex.set_input("image", image);
     ex.set_input("gt_semantic_seg", labels);
+    model::set_dropout_seed(ex, t, 20261127);  // the recomputed forward must redraw the same masks
     for (const graph::Value& v : t.graph->values())
       if (v.kind == graph::ValueKind::input && v.name.starts_with("points.")) {
         if (!points.contains(v.name)) points[v.name] = uniform(v.shape, 0.f, 1.f);

@@ -146,7 +146,7 @@ std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(const GoldenM
   run->weights = std::make_unique<model::WeightStore>(g.weights_path());
   const Tensor image = g.inputs->load("img");
   const int64_t batch = image.dim(0), h = image.dim(2), w = image.dim(3);
-  run->graph = model::build_training_graph(*run->weights, g.config, batch, h, w);
+  run->graph = model::build_training_graph(*run->weights, g.config, batch, h, w, {.dropout = false});
   run->executor = std::make_unique<graph::Executor>(*run->graph.graph, Device::cpu());
   graph::Executor& ex = *run->executor;
   ex.set_input("image", image);

@@ -1,6 +1,7 @@
 // One training step of the tiny config on CUDA against the same step on the CPU reference: the same weights (the
 // tiny golden model's), image, labels and point draws; every loss and every trainable parameter's gradient
-// ("grad.<name>") compared, fp32 within 1e-3 relative L2. The CUDA step also runs eagerly, captured as a CUDA
+// ("grad.<name>") compared, fp32 within 1e-3 relative L2. Dropout and DropPath are on: both devices draw the
+// same masks from the step's seed. The CUDA step also runs eagerly, captured as a CUDA
 // graph and replayed: the losses and chosen points bitwise equal (the forward is deterministic, nothing breaks
 // a capture); the gradients equal to rounding only, as msdeform_attn's backward sums grad_value with atomics
 // (its header), which reorders the sums of everything upstream of the pixel decoder run to run.
@@ -61,6 +62,10 @@ std::map<std::string, Tensor> random_inputs(const model::TrainingGraph& t, int64
       const std::string name = str_cat("points.", kind, ".", i);
       in[name] = test::random_host(t.graph->value(t.graph->at(name)).shape, DType::f32, 0.f, 1.f);
     }
+  // Dropout stays on: CPU and CUDA draw bitwise the same masks from the same seed (kernels/dropout).
+  if (t.dropout_seed != graph::kNoValue)
+    in[t.graph->value(t.dropout_seed).name] =
+        Tensor::from_vector(std::vector<int64_t>{int64_t(test::rng()() >> 1)}, {1});
   return in;
 }
 
