@@ -65,11 +65,12 @@ TEST(LearningProof, TinyModelLearnsTheSyntheticSetOnTheCpu) {
   std::ofstream(dir / "model.json") << model.dump(1) << "\n";
   // Official AdamW + poly schedule, shortened and with a higher rate; batch 8 uses the two cores better than
   // 2. No photometric distortion and no rescaling: a synthetic class is its palette colour and its texture
-  // period, which hue shifts and rescaling would make ambiguous.
+  // period, which hue shifts and rescaling would make ambiguous. No dropout: in 1400 steps its regularization
+  // costs accuracy (measured 81.95% with it, 84.5% without), too close to the bound to keep CI stable.
   const json train = {{"crop", 64},        {"batch", 8},        {"lr", 2e-3},
                       {"warmup", 50},      {"iterations", 1400}, {"save_every", 0},
                       {"log_every", 100},  {"seed", 0},         {"photometric", false},
-                      {"resize_ratio", {1.0, 1.0}}};
+                      {"resize_ratio", {1.0, 1.0}}, {"dropout", false}};
   std::ofstream(dir / "train.json") << train.dump(1) << "\n";
 
   const auto init = mfuser(str_cat("init --config '", source, "/tools/configs/mfuser_clip_tiny.json' --out '",
