@@ -8,6 +8,8 @@
 // agree to 1e-6. That choice is tested on its own, with ties excluded, in kernels/mask_loss.
 #include <algorithm>
 #include <cstdio>
+#include <set>
+#include <string>
 
 #include "graph/executor.h"
 #include "graph/model/training.h"
@@ -64,6 +66,35 @@ TEST(TrainingGraph, Bf16StorageKeepsEveryGradientInItsParametersDtype) {
   for (const auto& [name, loss] : t.losses) EXPECT_EQ(graph.value(loss).dtype, DType::f32) << name;
   EXPECT_EQ(graph.value(t.total_loss).dtype, DType::f32);
   EXPECT_EQ(graph.value(graph.at("image")).dtype, DType::bf16);
+}
+
+// Dropout where upstream has it in training mode, and nowhere else (docs/TRAINING.md): DropPath on both branches of
+// the CLIP visual blocks 1.. (block 0's rate is 0), every backbone adapter's proj_drop, and the MTEnhancer's
+// self_attn.proj_drop, cross_attn (an MVFuser) proj_drop, mlp.2 and dropout; none with "dropout": false.
+TEST(TrainingGraph, DropoutSitesAreUpstreamsTrainingModeOnes) {
+  const test::GoldenModel g = test::load_golden_model("tiny_train");
+  const int64_t size = g.config.image_size;
+  const auto sites = [&](bool dropout) {
+    model::WeightStore weights(g.weights_path());
+    const model::TrainingGraph t = model::build_training_graph(weights, g.config, 2, size, size, {.dropout = dropout});
+    std::set<std::string> names;
+    for (const graph::Node& node : t.graph->nodes())
+      if (node.op == "dropout") names.insert(node.name);
+    EXPECT_EQ(t.dropout_seed == graph::kNoValue, names.empty());
+    return names;
+  };
+  std::set<std::string> expected;
+  for (int i = 0; i < g.config.vision.layers; ++i) {
+    const std::string block = str_cat("backbone.transformer.resblocks.", i, ".drop_path.");
+    if (i > 0) expected.insert({block + "attn", block + "mlp"});
+    expected.insert(str_cat("backbone.adapter.", i, ".proj_drop"));
+  }
+  for (int i = 0; i < g.config.context_decoder.layers; ++i) {
+    const std::string layer = str_cat("context_decoder.decoder.", i, ".");
+    expected.insert({layer + "self_attn.proj_drop", layer + "cross_attn.proj_drop", layer + "mlp.2", layer + "dropout"});
+  }
+  EXPECT_EQ(sites(true), expected);
+  EXPECT_TRUE(sites(false).empty());
 }
 
 }  // namespace
