@@ -500,6 +500,7 @@ int bench_train(const BenchArgs& a, const model::ModelConfig& config, int size, 
               ours.front().flops / 1e9, ours.front().batch, a.recompute ? ", recomputation included" : "");
   std::printf("  memory: ours = the planned activation arena (forward values the backward reads stay in it);\n"
               "  PyTorch = %s (weights included)\n", device.is_cuda() ? "max_memory_allocated" : "peak RSS");
+  std::printf("  ours runs upstream's training-mode dropout and DropPath (as mfuser train); the oracle has none\n");
   if (a.top > 0) {
     const int batch = a.batches.front();
     print_breakdown(*first.graph, device,
