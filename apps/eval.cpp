@@ -102,11 +102,7 @@ int eval(const std::vector<std::string>& args) {
   // image and label together, before the forward: a broken label costs no forward
   const auto load = [&](int64_t i) -> LabeledImage {
     if (synthetic) return synthetic_image(synthetic_seed, i, synthetic_crop, synthetic_part);
-    const Sample& s = samples[size_t(i)];
-    LabeledImage li;
-    li.image = read_rgb(s.image);
-    li.label = load_label(s, li.image.dim(0), li.image.dim(1), num_classes);
-    return li;
+    return load_labeled_image(samples[size_t(i)], num_classes);
   };
 
   const std::vector<std::string> class_names = config.class_names;

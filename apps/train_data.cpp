@@ -96,6 +96,13 @@ std::vector<int64_t> epoch_permutation(uint64_t seed, int64_t size, int64_t epoc
 
 }  // namespace
 
+LabeledImage load_labeled_image(const Sample& sample, int num_classes) {
+  LabeledImage s;
+  s.image = read_rgb(sample.image);
+  s.label = load_label(sample, s.image.dim(0), s.image.dim(1), num_classes);
+  return s;
+}
+
 int64_t epoch_sample(uint64_t seed, int64_t size, int64_t position) {
   MFUSER_CHECK(size > 0 && position >= 0, "epoch_sample: bad size ", size, " or position ", position);
   return epoch_permutation(seed, size, position / size)[size_t(position % size)];
@@ -492,12 +499,8 @@ class ImageSource {
   int64_t size() const { return size_; }
 
   LabeledImage load(int64_t index) const {
-    if (synthetic_) return synthetic_image(seed_, index, crop_, split_);
-    const Sample& sample = samples_[size_t(index)];
-    LabeledImage s;
-    s.image = read_rgb(sample.image);
-    s.label = load_label(sample, s.image.dim(0), s.image.dim(1), kNumClasses);
-    return s;
+    return synthetic_ ? synthetic_image(seed_, index, crop_, split_)
+                      : load_labeled_image(samples_[size_t(index)], kNumClasses);
   }
 
   // Every image's class pixel counts at full size, read by `threads` threads.

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/datasets.h"
 #include "runtime/tensor.h"
 
 namespace mfuser::apps {
@@ -125,6 +126,8 @@ struct LabeledImage {
   Tensor image;  // RGB u8 [H, W, 3]
   Tensor label;  // trainIds u8 [H, W], 255 = ignore
 };
+// A data-set sample's image and its trainId label, checked against the image (load_label).
+LabeledImage load_labeled_image(const Sample& sample, int num_classes);
 
 // The synthetic data set has two splits drawn from separate random streams, so no validation image is a
 // training image whatever the seeds: "train" (what `mfuser train --data synthetic` reads) and "val" (the
