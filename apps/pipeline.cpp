@@ -254,7 +254,7 @@ Segmenter::Segmenter(const std::string& weights_path, model::ModelConfig config,
   MFUSER_CHECK(options_.precision == "fp32" || options_.precision == "bf16", "unknown precision '", options_.precision,
                "' (fp32 or bf16)");
   MFUSER_CHECK(options_.precision != "bf16" || options_.device.is_cuda(),
-               "--precision bf16 runs on CUDA only (the CPU backend is the f32 reference): add --device cuda");
+               "--precision bf16 runs on CUDA only (on the CPU a bf16 graph is a slow test reference): add --device cuda");
   MFUSER_CHECK(options_.batch >= 0, "crop batch must be >= 0 (0 = all windows of an image), got ", options_.batch);
   MFUSER_CHECK(options_.max_cached_shapes >= 1, "the executor cache needs room for one shape");
   if (options_.device.is_cuda())

@@ -1,5 +1,6 @@
 #include "graph/executor.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -14,6 +15,22 @@ namespace {
 bool env_is(const char* name, const char* value) {
   const char* v = std::getenv(name);
   return v && std::strcmp(v, value) == 0;
+}
+
+bool is_half_float(const Tensor& t) { return t.defined() && is_floating(t.dtype()) && t.dtype() != DType::f32; }
+
+// The CPU kernels compute in f32 on f32 tensors. A node with bf16 (or f16) tensors runs on the CPU as the CUDA
+// kernels run it: every input widened to f32, f32 arithmetic, every output rounded once on store. That makes
+// the CPU the reference of a whole bf16 graph (the same rounding sites), at the cost of a copy per tensor.
+// Outputs are widened too: some kernels accumulate into them.
+void run_widened(const Node& node, std::span<const Tensor> inputs, std::span<Tensor> outputs) {
+  const auto widened = [](const Tensor& t) { return is_half_float(t) ? kernels::cast_to(t, DType::f32) : t; };
+  std::vector<Tensor> wide_inputs, wide_outputs;
+  for (const Tensor& t : inputs) wide_inputs.push_back(widened(t));
+  for (const Tensor& t : outputs) wide_outputs.push_back(widened(t));
+  node.run(wide_inputs, wide_outputs);
+  for (size_t k = 0; k < outputs.size(); ++k)
+    if (is_half_float(outputs[k])) kernels::cast(wide_outputs[k], outputs[k]);
 }
 }  // namespace
 
@@ -47,6 +64,8 @@ Executor::Executor(const Graph& graph, Device device, ExecutorOptions options)
     std::vector<Tensor> ins, outs;
     for (ValueId in : node.inputs) ins.push_back(placed(in));
     for (ValueId out : node.outputs) outs.push_back(placed(out));
+    const auto half = [](const std::vector<Tensor>& ts) { return std::ranges::any_of(ts, is_half_float); };
+    widens_.push_back(device_.is_cpu() && (half(ins) || half(outs)));
     node_inputs_.push_back(std::move(ins));
     node_outputs_.push_back(std::move(outs));
   }
@@ -83,7 +102,10 @@ void Executor::run_nodes() {
     cuda::NvtxRange range(node.name.c_str());
     try {
       const auto start = std::chrono::steady_clock::now();
-      node.run(node_inputs_[i], node_outputs_[i]);
+      if (widens_[i])
+        run_widened(node, node_inputs_[i], node_outputs_[i]);
+      else
+        node.run(node_inputs_[i], node_outputs_[i]);
       if (options_.sync_each_node && device_.is_cuda()) cuda::synchronize(device_.index);
       if (options_.profile)
         node_seconds_[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

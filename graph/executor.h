@@ -6,6 +6,8 @@
 // NVTX range named after it. On CUDA the first run is eager (kernels and libraries warm up and allocate
 // their workspaces), the second is captured as a CUDA graph, and later runs replay it; set
 // `cuda_graph = false` (or MFUSER_CUDA_GRAPH=0) to keep every run eager, e.g. for per-node NVTX in Nsight.
+// On the CPU a bf16 graph runs too, as the reference of the CUDA one: each node widens its bf16 tensors to f32
+// and rounds its outputs back (executor.cpp, run_widened).
 #pragma once
 
 #include <memory>
@@ -51,6 +53,7 @@ class Executor {
   Tensor arena_;
   std::vector<Tensor> roots_;  // per value: the tensor of non-arena roots (inputs, weights, constants)
   std::vector<std::vector<Tensor>> node_inputs_, node_outputs_;
+  std::vector<bool> widens_;  // per node: runs widened to f32 (CPU, with bf16/f16 tensors)
   std::vector<double> node_seconds_;
   int runs_ = 0;
   std::unique_ptr<cuda::CapturedGraph> captured_;

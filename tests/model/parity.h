@@ -44,23 +44,57 @@ void expect_matches_golden(const GoldenModel& g, const graph::Executor& ex, cons
 // zeros (never read).
 void feed_point_draws(const GoldenModel& g, const model::TrainingGraph& t, int64_t batch, graph::Executor& ex);
 
-// The training step on g's weights and inputs with the oracle's point draws, run on the CPU; every loss part and
-// the total are checked against the oracle's (relative 1e-5; they are 0-d there, [1] here). The weights
-// outlive the graph that binds them.
+// The training step on g's weights and inputs with the oracle's point draws, run on `device` (a bf16 `storage`
+// graph runs widened on the CPU, graph/executor.h); every loss part and the total are checked against the
+// oracle's (relative `loss_tol(name)`, default 1e-5; they are 0-d there, [1] here). The weights outlive the
+// graph that binds them.
 struct TrainingStepRun {
   std::unique_ptr<model::WeightStore> weights;
   model::TrainingGraph graph;
   std::unique_ptr<graph::Executor> executor;
 };
-std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(const GoldenModel& g);
+std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(
+    const GoldenModel& g, DType storage = DType::f32, Device device = Device::cpu(),
+    const std::function<double(const std::string& loss)>& loss_tol = {});
+
+// The training step with `storage` on `device` against the float64 oracle (g: golden.py --train --float64),
+// bounded by the oracle's own error in that precision (its manifest's oracle_{fp32,bf16}_*_rel_error; bf16:
+// mfuser_ref/bf16_storage.py): every loss within max(loss_floor, loss_factor x PyTorch's own error on it); the
+// gradients as one vector per model part ("backbone.adapter", "decode_head.pixel_decoder", ...) within
+// max(part_floor, part_factor x PyTorch's own error on that part), and the median over the parts of our error /
+// PyTorch's within median_factor; each parameter's gradient within max(param_floor, param_factor x PyTorch's
+// own error on it), a coarse net for one wrong gradient in a large part. A gradient that is 0 in the oracle (a
+// bias before a batch-statistics BatchNorm) is held to max abs zero_gradient_noise. Prints the table.
+struct OracleNoiseBounds {
+  double loss_floor = 0, loss_factor = 0, part_floor = 0, part_factor = 0, median_factor = 0;
+  double param_floor = 0, param_factor = 0, zero_gradient_noise = 0;
+};
+// fp32 on the CPU (train_parity_test): the 1e-4 where PyTorch's own fp32 step is that close. Over 36
+// golden seeds ours measured at most 13.9x PyTorch's own error on one part (the adapter projections of one seed,
+// 1.5e-4; no kink within the oracle's margins), 2.1x as the median over the parts, and 25x on one parameter (a
+// 0-d `scale`, one sum over a whole activation: 3.4e-3).
+inline constexpr OracleNoiseBounds kFp32StepBounds{.loss_floor = 1e-5, .part_floor = 1e-4, .part_factor = 20,
+                                                   .median_factor = 3, .param_floor = 1e-2, .param_factor = 20,
+                                                   .zero_gradient_noise = 1e-6};
+void expect_step_within_oracle_noise(const GoldenModel& g, Device device, DType storage,
+                                     const OracleNoiseBounds& bounds);
+// bf16 storage, on the CPU (widened) and on CUDA (train_parity_test, train_cuda_test): the 3e-2 where
+// PyTorch's own bf16 step is that close; over 36 golden seeds ours measured at most 1.34x PyTorch's own loss
+// error, 5.1x its error on one part and 1.46x as the median over the parts. Single parameters are not bounded:
+// below the decode head their bf16 gradients are mostly noise, on either side. The zero gradients' bf16 noise
+// measured up to 3e-4.
+inline constexpr OracleNoiseBounds kBf16StepBounds{.loss_floor = 3e-2, .loss_factor = 3, .part_floor = 3e-2,
+                                                   .part_factor = 8, .median_factor = 2, .param_floor = 1e30,
+                                                   .zero_gradient_noise = 1e-3};
 
 // Our gradients against the oracle's "grad.<param>": a parameter we give none must have a zero one there (unused
 // on both sides); one whose oracle gradient is below `zero_bound` everywhere (a bias right before a
 // batch-statistics BatchNorm: its true gradient is 0, both sides hold rounding noise) is held to max abs
-// `zero_bound`; every other one goes to `check` with our error. Every trainable parameter of ours must have an
-// oracle gradient.
+// `our_zero_noise`; every other one goes to `check` with our error. Every trainable parameter of ours must have
+// an oracle gradient.
 void compare_gradients(const GoldenModel& g, const model::TrainingGraph& t, const graph::Executor& ex,
-                       double zero_bound, const std::function<void(const std::string& param, const ErrorStats& err)>& check);
+                       double zero_bound, double our_zero_noise,
+                       const std::function<void(const std::string& param, const ErrorStats& err)>& check);
 
 // Share of (batch, pixel) positions whose argmax over dim 1 (first maximum on ties) agrees between two host
 // f32 [B, K, H, W] tensors.

@@ -11,7 +11,7 @@
 // upstream of the masks by ~1e-4..1e-3 (train_parity_test.cpp measured it against float64). The strict
 // comparison therefore samples random points only (importance_sample_ratio 0, as the parity golden does); the
 // official 0.75 is checked on its own: losses within 1e-3, the chosen point sets (nearly) the same.
-// bf16 storage (TinyStepBf16MatchesCpu): the same step with bf16 weights, activations and gradients, within 3e-2.
+// bf16 storage (TinyStepBf16WithinPyTorchsOwnBf16Error): the oracle's golden step, within PyTorch's own bf16 error.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -138,12 +138,11 @@ struct Step {
   std::vector<std::string> outputs, points;
 };
 
-Step build_step(const test::GoldenModel& g, model::WeightStore& weights, double importance_sample_ratio,
-                DType storage = DType::f32) {
+Step build_step(const test::GoldenModel& g, model::WeightStore& weights, double importance_sample_ratio) {
   model::ModelConfig cfg = g.config;
   cfg.decode_head.importance_sample_ratio = importance_sample_ratio;
   const int64_t batch = 2, size = cfg.image_size;
-  Step s{model::build_training_graph(weights, cfg, batch, size, size, {.storage = storage}), {}, {}, {}};
+  Step s{model::build_training_graph(weights, cfg, batch, size, size), {}, {}, {}};
   s.points = mark_points(s.graph);
   s.inputs = random_inputs(s.graph, batch, size, cfg.num_classes);
   s.outputs = compared_outputs(s.graph);
@@ -190,49 +189,15 @@ TEST(TrainingGraphCuda, TinyStepMatchesCpu) {
               bitwise, gradients, worst);
 }
 
-// bf16 storage on CUDA (weights, activations and gradients in bf16, f32 sums in the kernels; the losses in f32
-// over f32 copies of the logits, as under autocast) against the f32 CPU step on the same inputs, points and
-// dropout masks. Measured on an H200 (docs/gpu-runs.md, run 4): every loss within the 3e-2; the
-// decode head's gradients (past the pixel decoder) 3e-2..6.6e-2; deeper ones grow with depth: the pixel
-// decoder 3e-2..0.34 (msdeform_attn's sampling-offset gradient is a difference of neighbouring bf16 values),
-// the context decoder's memory_proj ~0.25, the FPN ~0.17, the backbone adapters O(1). That is the chain's
-// amplification, not a kernel error: in fp32 the same adapters' gradients are the least precise too (1.4e-4
-// for a 6e-8 rounding, TinyStepMatchesCpu), and bf16 rounds 2^-9. So bf16 storage is bounded where it is
-// usable (losses 3e-2, the decode head 0.15) and every gradient must be finite and bf16; training runs fp32.
-TEST(TrainingGraphCuda, TinyStepBf16MatchesCpu) {
+// bf16 storage on CUDA against the float64 oracle, held to the bounds of the CPU's widened bf16 step
+// (train_parity_test): PyTorch's own bf16 error, per loss and per model part. Not against our CPU: one bf16 ulp
+// on 0.1% of the input pixels moves the adapters' gradients by 0.4 (measured on the CPU), so two correct bf16
+// runs that round differently are as far apart as either is from the exact step.
+TEST(TrainingGraphCuda, TinyStepBf16WithinPyTorchsOwnBf16Error) {
   MFUSER_REQUIRE_CUDA();
-  MFUSER_SEED_TRACE();
-  const test::GoldenModel g = test::load_golden_model("tiny");
-  model::WeightStore weights(g.weights_path());
-  const Step s = build_step(g, weights, 0.0), s16 = build_step(g, weights, 0.0, DType::bf16);
-  graph::Executor cpu(*s.graph.graph, Device::cpu()), gpu(*s16.graph.graph, Device::cuda());
-  const Results ref = run_step(cpu, s.inputs, s.outputs), out = run_step(gpu, s.inputs, s.outputs);
-  std::vector<std::string> losses, head;
-  std::map<std::string, double> worst_of_part;  // the deeper gradients, printed by model part
-  const auto part_of = [](const std::string& name) {  // "grad.backbone.adapter.0.D" -> "backbone.adapter"
-    const std::string n = name.substr(5);
-    const size_t first = n.find('.');
-    return first == std::string::npos ? n : n.substr(0, n.find('.', first + 1));
-  };
-  for (const std::string& name : s.outputs) {
-    if (!name.starts_with("grad.")) {
-      losses.push_back(name);
-      continue;
-    }
-    EXPECT_EQ(out.at(name).dtype(), DType::bf16) << name << ": a bf16 graph's gradients are bf16";
-    const test::ErrorStats e = test::compare(out.at(name), ref.at(name));
-    EXPECT_EQ(e.nonfinite, 0) << name;
-    if (name.starts_with("grad.decode_head.") && !name.starts_with("grad.decode_head.pixel_decoder.")) {
-      head.push_back(name);
-      continue;
-    }
-    double& worst = worst_of_part[part_of(name)];
-    worst = std::max(worst, e.rel_l2);
-  }
-  expect_close(out, ref, losses, 3e-2);
-  expect_close(out, ref, head, 0.15);
-  for (const auto& [part, worst] : worst_of_part)
-    std::printf("[ bf16     ] %-32s worst gradient rel %.3g (not bounded)\n", part.c_str(), worst);
+  const test::GoldenModel g = test::load_golden_model("tiny_train");
+  SCOPED_TRACE("golden seed " + g.seed);
+  test::expect_step_within_oracle_noise(g, Device::cuda(), DType::bf16, test::kBf16StepBounds);
 }
 
 // The chosen candidates of one prediction as a sorted list of (row, x, y) per row, for set comparison.

@@ -20,34 +20,30 @@ namespace mfuser {
 namespace {
 
 
+// Every trainable parameter of the oracle has a gradient here (or is unused on both sides: zero there). The issue
+// asks for 1e-4 relative to the float64 oracle; where PyTorch's own float32 step is not that close (the deepest
+// chains: the first adapters, under four frozen layers of both towers; the 0-d `scale` gradients, one sum over
+// every activation, carry 4e-5..4e-3 of fp32 rounding in PyTorch itself), the bound is a multiple of PyTorch's own
+// error (parity.h, kFp32StepBounds: per model part, as the median over the parts, and per parameter).
 TEST(TrainParity, TinyLossesAndGradientsMatchAutograd) {
   const test::GoldenModel g = test::load_golden_model("tiny_train");
   SCOPED_TRACE("golden seed " + g.seed);
-  const auto run = test::run_training_step_checking_losses(g);
-  const model::TrainingGraph& t = run->graph;
-  const graph::Executor& ex = *run->executor;
+  test::expect_step_within_oracle_noise(g, Device::cpu(), DType::f32, test::kFp32StepBounds);
+}
 
-  // Every trainable parameter of the oracle has a gradient here (or is unused on both sides: zero there),
-  // within 1e-4 relative of the float64 oracle, or within 5x the oracle's own float32 error on that gradient
-  // where that is larger: the deepest chains (the first adapters, under four frozen layers of both towers;
-  // the 0-d `scale` gradients, one sum over every activation) carry 4e-5..4e-3 of fp32 rounding in PyTorch
-  // itself, and ours measured up to 4x that.
-  const nlohmann::json oracle_fp32 =
-      Config::load(g.dir + "/manifest.json").section("oracle_fp32_grad_rel_error").json();
-  double worst = 0, worst_ratio = 0;
-  std::string worst_name;
-  int compared = 0;
-  // A bias right before a batch-statistics BatchNorm: rounding noise (~1e-8) on both sides.
-  test::compare_gradients(g, t, ex, 1e-6, [&](const std::string& param, const test::ErrorStats& err) {
-    ++compared;
-    const double fp32_noise = oracle_fp32.contains(param) ? oracle_fp32[param].get<double>() : 0.0;
-    if (err.rel_l2 > worst) worst = err.rel_l2, worst_name = param;
-    if (fp32_noise > 0) worst_ratio = std::max(worst_ratio, err.rel_l2 / fp32_noise);
-    EXPECT_LE(err.rel_l2, std::max(1e-4, 5 * fp32_noise))
-        << param << ": " << test::describe(err) << " (PyTorch's own fp32 error " << fp32_noise << ")";
-  });
-  std::printf("[ grads    ] %d parameter gradients compared, worst rel %.2e (%s), at most %.2fx PyTorch's own "
-              "fp32 error\n", compared, worst, worst_name.c_str(), worst_ratio);
+// The same step with bf16 storage (weights, activations and gradients; the losses in f32), run on the CPU as the
+// CUDA kernels run it (each node widened to f32, its outputs rounded to bf16), against the float64 oracle. The
+// issue asks for 3e-2 on every gradient and loss, but the oracle itself, run with bf16 storage (golden.py,
+// mfuser_ref/bf16_storage.py), misses that by far: its rounding is amplified by the conditioning of the deeper
+// gradients, as fp32's is (about 300x at the adapters), to 0.1 at the FPN, 0.3 at the pixel decoder and O(1)
+// at the adapters, and loss_mask reaches 5e-2. Noise, whoever computes it: one bf16 ulp on 0.1% of the input
+// pixels moves our adapters' gradients by 0.4 (measured). So the bound is PyTorch's own bf16 error
+// (parity.h, expect_bf16_step_within_oracle_noise); over 36 golden seeds ours measured at most 5.1x it on one
+// part and at most 1.46x as the median over the parts.
+TEST(TrainParity, TinyBf16StepWithinPyTorchsOwnBf16Error) {
+  const test::GoldenModel g = test::load_golden_model("tiny_train");
+  SCOPED_TRACE("golden seed " + g.seed);
+  test::expect_step_within_oracle_noise(g, Device::cpu(), DType::bf16, test::kBf16StepBounds);
 }
 
 // bf16 storage (run on CUDA by train_cuda_test's TinyStepBf16MatchesCpu) builds on any machine: every parameter
@@ -99,3 +95,4 @@ TEST(TrainingGraph, DropoutSitesAreUpstreamsTrainingModeOnes) {
 
 }  // namespace
 }  // namespace mfuser
+

@@ -58,7 +58,7 @@ TEST(TrainParityReal, ViTL512StepMatchesAutograd) {
   std::vector<double> errors;
   // A bias right before a batch-statistics BatchNorm: rounding noise on both sides (measured 2.5e-7 in the
   // oracle, 9e-9 here; the smallest real gradient's largest element is 2.8e-3).
-  test::compare_gradients(g, t, ex, 1e-5, [&](const std::string& param, const test::ErrorStats& err) {
+  test::compare_gradients(g, t, ex, 1e-5, 1e-5, [&](const std::string& param, const test::ErrorStats& err) {
     if (param.ends_with(".scale")) {
       auto& [diff, norm] = scales[module_of(param)];
       diff += err.diff_l2 * err.diff_l2;
