@@ -145,6 +145,28 @@ void feed_point_draws(const GoldenModel& g, const model::TrainingGraph& t, int64
   }
 }
 
+namespace {
+
+// (module output name, its gradient in t) for every "output_grad.<name>" of the golden our graph has too, but
+// the pixel decoder's per-level memories: ours feeds the transformer decoder from another split of the encoder
+// output (tokens, not maps), so the maps' gradients hold only the FPN's share; the whole is compared at their
+// source, decode_head.pixel_decoder.encoder.
+std::vector<std::pair<std::string, graph::ValueId>> activation_gradients(const GoldenModel& g,
+                                                                        const model::TrainingGraph& t) {
+  std::vector<std::pair<std::string, graph::ValueId>> found;
+  for (const SafetensorsEntry& e : g.golden->entries()) {
+    if (!e.name.starts_with("output_grad.")) continue;
+    const std::string name = e.name.substr(std::string_view("output_grad.").size());
+    if (name.starts_with("decode_head.pixel_decoder.memory.")) continue;
+    const graph::ValueId id = t.graph->find(name);
+    const auto grad = id == graph::kNoValue ? t.gradients.of.end() : t.gradients.of.find(id);
+    if (grad != t.gradients.of.end()) found.emplace_back(name, grad->second);
+  }
+  return found;
+}
+
+}  // namespace
+
 std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(
     const GoldenModel& g, DType storage, Device device, const std::function<double(const std::string& loss)>& loss_tol) {
   auto run = std::make_unique<TrainingStepRun>();
@@ -152,6 +174,7 @@ std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(
   const Tensor image = g.inputs->load("img");
   const int64_t batch = image.dim(0), h = image.dim(2), w = image.dim(3);
   run->graph = model::build_training_graph(*run->weights, g.config, batch, h, w, {.storage = storage, .dropout = false});
+  for (const auto& [name, grad] : activation_gradients(g, run->graph)) run->graph.graph->mark_output(grad);
   run->executor = std::make_unique<graph::Executor>(*run->graph.graph, device);
   graph::Executor& ex = *run->executor;
   ex.set_input("image", image);
@@ -205,6 +228,23 @@ void expect_step_within_oracle_noise(const GoldenModel& g, Device device, DType 
     EXPECT_LE(ours, std::max(bounds.part_floor, bounds.part_factor * theirs))
         << name << ": PyTorch's own " << precision << " error " << theirs;
   }
+  // d loss / d every module output both sides name alike (graph values are named after the oracle's modules).
+  const nlohmann::json& activation_noise = manifest.at("oracle_" + precision + "_activation_grad_rel_error");
+  int activations = 0;
+  for (const auto& [name, grad] : activation_gradients(g, run->graph)) {
+    ASSERT_TRUE(activation_noise.contains(name)) << name << ": the oracle recorded no " << precision << " error";
+    const Tensor ours = run->executor->get(run->graph.graph->value(grad).name);
+    const std::string golden_name = "output_grad." + name;
+    const ErrorStats err = compare_to_golden(g, golden_name, ours, golden_layout(g, golden_name, ours.shape()));
+    const double theirs = activation_noise[name].get<double>();
+    ++activations;
+    std::printf("[ %-8s ] d loss / d %-42s rel %.3g, PyTorch's own %.3g (%.2fx)\n", precision.c_str(),
+                name.c_str(), err.rel_l2, theirs, err.rel_l2 / theirs);
+    EXPECT_LE(err.rel_l2, std::max(bounds.part_floor, bounds.part_factor * theirs))
+        << "d loss / d " << name << ": " << describe(err) << " (PyTorch's own " << precision << " error " << theirs
+        << ")";
+  }
+  EXPECT_GE(activations, 40) << "module outputs whose gradient was compared";
   ASSERT_FALSE(ratios.empty());
   std::nth_element(ratios.begin(), ratios.begin() + ratios.size() / 2, ratios.end());
   std::printf("[ %-8s ] median over %zu parts: %.2fx PyTorch's own error\n", precision.c_str(), ratios.size(),

@@ -1,6 +1,7 @@
 // One training step of the tiny config against PyTorch autograd (golden.py --train, fresh seed per run): the
-// training graph's losses and the gradient of the total loss for every trainable parameter, with the oracle's
-// recorded point draws fed to the mask losses.
+// training graph's losses and the gradient of the total loss for every trainable parameter and every module
+// output the oracle recorded, with the oracle's recorded point draws fed to the mask losses; in fp32 and with
+// bf16 storage.
 //
 // The golden data uses random mask-loss points only (--importance-sample-ratio 0): choosing points by |logit|
 // is discontinuous, so where two candidates tie to ~1e-6 an fp32 run may keep another point than the float64

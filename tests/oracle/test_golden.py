@@ -119,6 +119,9 @@ class GoldenTest(ReportsSeed):
         self.assertIn("input_grad.backbone.adapter.0", g)
         self.assertIn("input_grad.backbone.transformer.resblocks.1", g)
         self.assertEqual(g["input_grad.backbone.adapter.0"].shape, g["backbone.adapter.0"].shape)
+        # d loss / d the module outputs
+        self.assertEqual(g["output_grad.backbone.adapter.0"].shape, g["train.backbone.adapter.0"].shape)
+        self.assertIn("output_grad.decode_head.pixel_decoder.mask_feature", g)
         self.assertEqual(self.manifest["train_info"]["unused_trainable"], [])
 
         # loss.total is the sum of the loss entries
@@ -130,7 +133,7 @@ class GoldenTest(ReportsSeed):
         g = self.files["golden.safetensors"]
         checked = 0
         for k, v in g.items():
-            if k.startswith(("grad.", "input_grad.", "loss.", "points.")) or not v.is_floating_point():
+            if k.startswith(("grad.", "input_grad.", "output_grad.", "loss.", "points.")) or not v.is_floating_point():
                 continue
             self.assertTrue(torch.isfinite(v).all(), k)
             r = float(v.double().square().mean().sqrt())

@@ -37,11 +37,17 @@ safetensors reader):
                             input_grad.<module>[.i]  d loss.total / d (the i-th positional tensor
                                               input of that module), where it requires grad: the
                                               full gradient of that tensor (all of its uses)
+                            output_grad.<name>  d loss.total / d (the module output train.<name>),
+                                              all of its uses
                             points.<k>        the k-th uniform [0, 1) tensor the loss drew (point
                                               sampling), in draw order, so another implementation
                                               can replay them
   DIR/manifest.json       names, shapes and dtypes of every tensor of the three files, the seed,
-                          the config, the recorded module order, the per-module output RMS.
+                          the config, the recorded module order, the per-module output RMS; with
+                          --train --float64, the oracle's own float32 and bf16-storage
+                          (mfuser_ref/bf16_storage.py) errors: oracle_{fp32,bf16}_grad_rel_error per
+                          parameter, oracle_{fp32,bf16}_activation_grad_rel_error per output_grad,
+                          oracle_bf16_loss_rel_error per loss.
 
 Renamed nested outputs: backbone.{0..3} -> backbone.features.{i}, backbone.4.{0,1} ->
 backbone.global_embedding / backbone.visual_embedding; decode_head.{0,1}.{j} ->
@@ -256,12 +262,15 @@ def _rename(module_name, suffix):
 
 class Recorder:
     """Forward hooks on the modules of interest: outputs (cloned, detached) by qualified name, and
-    optionally tensor hooks on their inputs for the input gradients."""
+    optionally (grads) tensor hooks on their inputs and outputs for the gradients of those tensors."""
 
-    def __init__(self, model, patterns, prefix="", input_grads=False):
+    def __init__(self, model, patterns, prefix="", grads=False):
         self.prefix = prefix
+        self.grads = grads
         self.outputs = OrderedDict()
         self.input_grads = OrderedDict()
+        self.output_grads = OrderedDict()  # by the output's name (without the prefix)
+        self.hooked = set()  # names whose output gradient is hooked
         self.order = []
         self.calls = {}
         self.handles = []
@@ -269,7 +278,7 @@ class Recorder:
         for name, m in model.named_modules():
             if name and regex.fullmatch(name):
                 self.handles.append(m.register_forward_hook(self._hook(name)))
-                if input_grads:
+                if grads:
                     self.handles.append(m.register_forward_pre_hook(self._pre_hook(name)))
 
     def _key(self, name, count):
@@ -282,15 +291,16 @@ class Recorder:
             for i, t in enumerate(tensors):
                 if t.requires_grad and t.is_floating_point():
                     key = self._key(name, count) + (f".{i}" if len(tensors) > 1 else "")
-                    t.register_hook(self._grad_hook(key))
+                    t.register_hook(self._grad_hook(self.input_grads, key))
         return hook
 
-    def _grad_hook(self, key):
+    @staticmethod
+    def _grad_hook(store, key):
         def hook(grad):
-            if key in self.input_grads:  # several backward visits: accumulate
-                self.input_grads[key] = self.input_grads[key] + grad.detach()
+            if key in store:  # several backward visits: accumulate
+                store[key] = store[key] + grad.detach()
             else:
-                self.input_grads[key] = grad.detach().clone()
+                store[key] = grad.detach().clone()
         return hook
 
     def _hook(self, name):
@@ -303,6 +313,12 @@ class Recorder:
             _flatten("", output, flat)
             for suffix, t in flat:
                 self.outputs[self.prefix + _rename(key, suffix)] = t.detach().clone()
+                renamed = _rename(key, suffix)
+                # one hook per name: a submodule's output can be its parent's nested output of the same name
+                # (pixel_decoder.mask_feature, the conv, is pixel_decoder's output 0), and two would double it
+                if self.grads and t.requires_grad and t.is_floating_point() and renamed not in self.hooked:
+                    self.hooked.add(renamed)
+                    t.register_hook(self._grad_hook(self.output_grads, renamed))
         return hook
 
     def remove(self):
@@ -491,26 +507,34 @@ def rms(t: torch.Tensor) -> float:
     return float(t.double().square().mean().sqrt()) if t.numel() else 0.0
 
 
-def own_step_errors(model, inputs, golden, precision, losses_out=None):
+def own_step_errors(model, inputs, golden, precision, patterns, losses_out=None):
     """The model's training step (float32 weights) run inside `precision` (a context manager), against the
-    float64 golden gradients: {parameter: relative L2 error}; the step's losses go to `losses_out`."""
+    float64 golden gradients: ({parameter: relative L2 error}, {module output: relative L2 error of its
+    gradient}, for the outputs of `patterns` the golden holds "output_grad.<name>" of); the step's losses go to
+    `losses_out`."""
     model.train()
     model.set_deterministic(True)
     model.zero_grad(set_to_none=True)
+    rec = Recorder(model, patterns, grads=True)
     with precision:
         losses = model(inputs["img"], gt_semantic_seg=inputs["gt_semantic_seg"])
         total = total_loss(losses)
         total.backward()
+    rec.remove()
     if losses_out is not None:
         losses_out.update((k, float(v)) for k, v in losses.items() if "loss" in k)
         losses_out["total"] = float(total)
-    errors = OrderedDict()
-    for name, p in model.named_parameters():
-        if p.requires_grad and p.grad is not None:
-            ref = golden["grad." + name].double()
-            errors[name] = float((p.grad.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+    def rel(ours, name):
+        ref = golden[name].double()
+        return float((ours.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+    params = OrderedDict((name, rel(p.grad, "grad." + name)) for name, p in model.named_parameters()
+                         if p.requires_grad and p.grad is not None)
+    activations = OrderedDict((name, rel(g, "output_grad." + name)) for name, g in rec.output_grads.items()
+                              if "output_grad." + name in golden)
     model.zero_grad(set_to_none=True)
-    return errors
+    return params, activations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,6 +608,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
 
     train_info = None
     oracle_fp32_grad_error = oracle_bf16_grad_error = oracle_bf16_loss_error = OrderedDict()
+    oracle_fp32_activation_error = oracle_bf16_activation_error = OrderedDict()
     if train:
         # With float64, the training step too runs on a float64 copy (same float32 weights): the gradients are
         # the exact function of the stored weights, inputs and point draws, stored as float32. train_float32
@@ -592,7 +617,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
         train_model = copy.deepcopy(model).double() if train_float64 else model
         train_model.train()
         train_model.set_deterministic(True)
-        rec = Recorder(train_model, [] if gradients_only else patterns, prefix="train.", input_grads=True)
+        rec = Recorder(train_model, [] if gradients_only else patterns, prefix="train.", grads=True)
         extras = OrderedDict()
         with record_point_draws() as draws, record_after_extract_feat(train_model, extras, "train."), \
                 recomputed_blocks(train_model), \
@@ -619,15 +644,20 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
                 golden["grad." + name] = p.grad.detach().clone().float()
         for k, v in rec.input_grads.items():
             golden["input_grad." + k] = v.float()
+        for k, v in rec.output_grads.items():
+            golden["output_grad." + k] = v.float()
         if train_float64:
             # The oracle's own float32 step, and its step with bf16 storage (mfuser_ref.bf16_storage), against
             # the float64 one, per parameter gradient: the rounding noise an fp32 / bf16 implementation has on
             # these weights (tests bound theirs by a multiple of it).
-            oracle_fp32_grad_error = own_step_errors(model, inputs, golden, contextlib.nullcontext())
+            step_patterns = [] if gradients_only else patterns
+            oracle_fp32_grad_error, oracle_fp32_activation_error = own_step_errors(
+                model, inputs, golden, contextlib.nullcontext(), step_patterns)
             bf16_losses = OrderedDict()
-            oracle_bf16_grad_error = own_step_errors(
+            oracle_bf16_grad_error, oracle_bf16_activation_error = own_step_errors(
                 model, inputs, golden,
-                bf16_storage(model, [(model.identity_head, "losses"), (model.decode_head, "loss")]), bf16_losses)
+                bf16_storage(model, [(model.identity_head, "losses"), (model.decode_head, "loss")]), step_patterns,
+                bf16_losses)
             oracle_bf16_loss_error = OrderedDict(
                 (k, abs(v - float(golden["loss." + k])) / max(abs(float(golden["loss." + k])), 1e-30))
                 for k, v in bf16_losses.items())
@@ -646,7 +676,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     table, bad = [], []
     for k, v in golden.items():
         if not (k in ("logits", "text_embeddings", "score_map") or not k.startswith(
-                ("loss.", "grad.", "input_grad.", "points."))):
+                ("loss.", "grad.", "input_grad.", "output_grad.", "points."))):
             continue
         if not v.is_floating_point():
             continue
@@ -692,6 +722,8 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
         ("oracle_fp32_grad_rel_error", oracle_fp32_grad_error),
         ("oracle_bf16_grad_rel_error", oracle_bf16_grad_error),
         ("oracle_bf16_loss_rel_error", oracle_bf16_loss_error),
+        ("oracle_fp32_activation_grad_rel_error", oracle_fp32_activation_error),
+        ("oracle_bf16_activation_grad_rel_error", oracle_bf16_activation_error),
         ("weights", "golden_init_ (see golden.py); constructor values kept for: " + ", ".join(
             sorted({re.sub(r"\.\d+\.", ".N.", k) for k in untouched}))),
         ("modules", order),
@@ -738,7 +770,7 @@ def main(argv=None):
                         "recorded, and there is no kink check (with millions of deformable samples and mask logits "
                         "at the real size, one is expected within the margins in every draw)")
     p.add_argument("--gradients-only", action="store_true",
-                   help="with --train, no train.<module> outputs and input_grad.<module> gradients (1.9 GB for the "
+                   help="with --train, no train.<module> outputs and input_grad / output_grad gradients (1.9 GB for the "
                         "real config), only the losses, the parameter gradients and the point draws")
     args = p.parse_args(argv)
     if args.seed is None:
