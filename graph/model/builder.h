@@ -10,8 +10,8 @@
 // dispatchers, so the graph runs unchanged on CPU and CUDA.
 //
 // Storage type: a Builder made with DType::bf16 stores weights, float constants and every float activation
-// in bf16 (the CUDA kernels compute in f32 and round on store); DType::f32, the default, is what the CPU
-// reference runs. Integer and boolean values keep their own dtypes. An op's output takes its first float
+// in bf16 (the CUDA kernels compute in f32 and round on store; the CPU executor widens each node to f32 and
+// rounds its outputs the same way); DType::f32, the default, is what the CPU reference runs natively. Integer and boolean values keep their own dtypes. An op's output takes its first float
 // input's dtype, so what follows an explicit cast to f32 (a training graph's losses) stays f32.
 #pragma once
 

@@ -22,8 +22,8 @@ class MfuserModel {
 
   // Graph with input "image" [batch, 3, height, width] (CLIP-normalized) and output "logits"
   // [batch, num_classes, height, width]: the crop logits of the official encode_decode. `storage` is the
-  // float type of weights and activations: f32 (CPU or CUDA) or bf16 (CUDA only; see builder.h); the
-  // executor casts the input image to it.
+  // float type of weights and activations: f32 or bf16 (for CUDA; the CPU runs it widened, as a reference: see
+  // builder.h and graph/executor.h); the executor casts the input image to it.
   std::unique_ptr<graph::Graph> build(int64_t batch, int64_t height, int64_t width, DType storage = DType::f32);
 
   const ModelConfig& config() const { return config_; }

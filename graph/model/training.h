@@ -83,8 +83,9 @@ struct TrainingGraphOptions {
   // the trainer sets them each step so that every rank's loss is normalized by the whole group's counts
   // (loss_weights below).
   bool loss_weights_input = false;
-  // Storage type of weights, activations and gradients (Builder): bf16 runs on CUDA only; the losses are
-  // computed in f32 over f32 copies of the logits, as under PyTorch's autocast.
+  // Storage type of weights, activations and gradients (Builder): bf16 runs on CUDA (and, widened, on the CPU as
+  // its reference: graph/executor.h); the losses are computed in f32 over f32 copies of the logits, as under
+  // PyTorch's autocast.
   DType storage = DType::f32;
   // Training-mode dropout and DropPath where upstream has them (ModelConfig's rates; Builder::dropout). Parity
   // tests against PyTorch turn them off: its random stream cannot be shared.
