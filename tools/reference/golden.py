@@ -346,22 +346,22 @@ def record_after_extract_feat(model, store, prefix=""):
 
 
 @contextlib.contextmanager
-def check_kinks(model):
-    """Raises NearKinkError (at exit) when a deformable-attention sampling point of the run lies within
-    KINK_MARGIN pixels of an integer pixel coordinate (a cell edge of the bilinear interpolation), or a
-    resized mask logit that decides the decoder's attention mask, a ReLU input or the gap between the two largest
-    values of a max-pool window lies within MASK_MARGIN of 0."""
+def check_kinks(model, values_only=False):
+    """Raises NearKinkError (at exit) when a resized mask logit that decides the decoder's attention mask lies
+    within MASK_MARGIN of 0 (there the outputs themselves jump), and, unless values_only, where the gradients
+    jump: a deformable-attention sampling point within KINK_MARGIN pixels of an integer pixel coordinate (a cell
+    edge of the bilinear interpolation), a ReLU input or the gap between the two largest values of a max-pool
+    window within MASK_MARGIN of 0."""
     from mfuser_ref import msdeform
     original = msdeform.ms_deform_attn_core
     closest = [float("inf")]
     closest_logit = [float("inf")]
     closest_relu = [float("inf")]
+    closest_tie = [float("inf")]
 
     def relu_input(module, inputs):
         with torch.no_grad():
             closest_relu[0] = min(closest_relu[0], float(inputs[0].abs().min()))
-
-    closest_tie = [float("inf")]
 
     def maxpool_input(module, inputs):  # the gap between the two largest values of each 2x2 window
         with torch.no_grad():
@@ -371,9 +371,11 @@ def check_kinks(model):
             top = windows.topk(2, dim=-1).values
             closest_tie[0] = min(closest_tie[0], float((top[..., 0] - top[..., 1]).min()))
 
-    hooks = [m.register_forward_pre_hook(relu_input) for m in model.modules() if isinstance(m, torch.nn.ReLU)]
-    hooks += [m.register_forward_pre_hook(maxpool_input) for m in model.modules()
-              if isinstance(m, torch.nn.MaxPool2d)]
+    hooks = []
+    if not values_only:
+        hooks += [m.register_forward_pre_hook(relu_input) for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+        hooks += [m.register_forward_pre_hook(maxpool_input) for m in model.modules()
+                  if isinstance(m, torch.nn.MaxPool2d)]
     head = model.decode_head
     original_head = head.forward_head
 
@@ -395,7 +397,8 @@ def check_kinks(model):
                     closest[0] = min(closest[0], float((pixels - pixels.round()).abs().min()))
         return original(value, spatial_shapes, sampling_locations, attention_weights)
 
-    msdeform.ms_deform_attn_core = core
+    if not values_only:
+        msdeform.ms_deform_attn_core = core
     head.forward_head = forward_head
     try:
         yield
@@ -404,19 +407,21 @@ def check_kinks(model):
         del head.forward_head  # back to the class's method
         for h in hooks:
             h.remove()
-    print(f"golden: training step's closest deformable sample to a cell edge {closest[0]:.2e} px, closest "
-          f"attention-mask logit to 0: {closest_logit[0]:.2e}, closest ReLU input to 0: {closest_relu[0]:.2e}, "
-          f"closest max-pool tie: {closest_tie[0]:.2e}")
+    if values_only:
+        print(f"golden: eval forward's closest attention-mask logit to 0: {closest_logit[0]:.2e}")
+    else:
+        print(f"golden: training step's closest deformable sample to a cell edge {closest[0]:.2e} px, closest "
+              f"attention-mask logit to 0: {closest_logit[0]:.2e}, closest ReLU input to 0: {closest_relu[0]:.2e}, "
+              f"closest max-pool tie: {closest_tie[0]:.2e}")
+    if closest_logit[0] < MASK_MARGIN:
+        raise NearKinkError(f"a mask logit deciding the attention mask is {closest_logit[0]:.2e} from 0")
     if closest[0] < KINK_MARGIN:
         raise NearKinkError(f"a deformable-attention sample lies {closest[0]:.2e} px from a cell edge")
     if closest_tie[0] < MASK_MARGIN:
-        # a float32 run may pick the other maximum and route its gradient to another pixel: measured 1e-4 on the
-        # adapters' gradients (golden seed 14, before this check)
+        # a float32 run may pick the other maximum and route its gradient to another pixel
         raise NearKinkError(f"two values of a max-pool window are {closest_tie[0]:.2e} apart")
     if closest_relu[0] < MASK_MARGIN:
         raise NearKinkError(f"a ReLU input is {closest_relu[0]:.2e} from 0")
-    if closest_logit[0] < MASK_MARGIN:
-        raise NearKinkError(f"a mask logit deciding the attention mask is {closest_logit[0]:.2e} from 0")
 
 
 def release_freed_memory(*_):
@@ -542,7 +547,7 @@ def own_step_errors(model, inputs, golden, precision, patterns, losses_out=None)
 # ---------------------------------------------------------------------------------------------
 def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, point_seed=None,
              rms_range=(1e-2, 1e2), force=False, quiet=False, float64=False, residual_gain=None,
-             importance_sample_ratio=None, train_float32=False, gradients_only=False):
+             importance_sample_ratio=None, train_float32=False, gradients_only=False, avoid_mask_flips=False):
     """Build, run, write. Returns the manifest dict."""
     t0 = time.time()
     say = (lambda *a: None) if quiet else print
@@ -583,7 +588,8 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     eval_model = copy.deepcopy(model).double() if float64 else model
     extras = OrderedDict()
     rec = Recorder(eval_model, patterns)
-    with torch.no_grad(), record_after_extract_feat(eval_model, extras):
+    with torch.no_grad(), record_after_extract_feat(eval_model, extras), \
+            (check_kinks(eval_model, values_only=True) if avoid_mask_flips else contextlib.nullcontext()):
         logits = eval_model(inputs["img"].to(torch.float64 if float64 else torch.float32))
     rec.remove()
     golden = OrderedDict((k, v.float()) for k, v in rec.outputs.items())
@@ -772,6 +778,11 @@ def main(argv=None):
     p.add_argument("--gradients-only", action="store_true",
                    help="with --train, no train.<module> outputs and input_grad / output_grad gradients (1.9 GB for the "
                         "real config), only the losses, the parameter gradients and the point draws")
+    p.add_argument("--avoid-mask-flips", action="store_true",
+                   help="draw again while an eval-forward mask logit that decides the decoder's attention mask "
+                        "lies within float32 rounding of 0: a float32 run may mask that key where the float64 one "
+                        "does not, which moves the tiny model's outputs by ~1e-3 (measured: 1 golden seed in 25); "
+                        "not for the real config, whose 500k such logits make one likely in every draw")
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = int(os.environ.get("MFUSER_SEED", random.getrandbits(31)))
@@ -783,9 +794,10 @@ def main(argv=None):
                          all_modules=args.all_modules, point_seed=args.point_seed,
                          rms_range=tuple(args.rms_range), force=args.force, float64=args.float64,
                          residual_gain=args.residual_gain, importance_sample_ratio=args.importance_sample_ratio,
-                         train_float32=args.train_float32, gradients_only=args.gradients_only)
+                         train_float32=args.train_float32, gradients_only=args.gradients_only,
+                         avoid_mask_flips=args.avoid_mask_flips)
                 break
-            except NearKinkError as e:  # gradients are compared: avoid the model's non-differentiable points
+            except NearKinkError as e:  # avoid the model's discontinuities (values, or gradients when compared)
                 args.seed = (args.seed * 1103515245 + 12345) % (1 << 31)
                 print(f"golden: {e}; drawing again with seed {args.seed}")
     except GoldenError as e:
