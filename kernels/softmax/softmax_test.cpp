@@ -146,7 +146,21 @@ RowErrors compare_rows_in_contract(const Tensor& out, const Tensor& ref, const T
   return e;
 }
 
-// From PyTorch's saved output y (`<case>.out`) and upstream gradient, against its f64 autograd.
+// ||y * grad_out|| over the rows PyTorch computes: the size of the terms grad_x = y * (grad_out - <y, grad_out>)
+// cancels. With saturated rows (tiny.large_logits: y one-hot but for a ~1e-15 entry in some draws) grad_x is
+// rounding noise of that size, and its own norm no scale for the error.
+double cancelled_terms_norm(const Tensor& y, const Tensor& grad_out) {
+  const Tensor g = grad_out.to(Device::cpu());
+  double sum = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const double yi = y.data<float>()[i];
+    if (!std::isnan(yi)) sum += yi * yi * double(g.data<float>()[i]) * double(g.data<float>()[i]);
+  }
+  return std::sqrt(sum);
+}
+
+// From PyTorch's saved output y (`<case>.out`) and upstream gradient, against its f64 autograd: relative to the
+// gradient, or to the terms it cancels where that is larger.
 TEST_F(SoftmaxTest, BackwardMatchesPyTorch) {
   SCOPED_TRACE(seed_trace_);
   for (const std::string name : kCases) {
@@ -158,7 +172,7 @@ TEST_F(SoftmaxTest, BackwardMatchesPyTorch) {
     std::printf("%s grad_x: %s, NaN rows %lld (out of contract)\n", name.c_str(), test::describe(e.finite).c_str(),
                 static_cast<long long>(e.nan_rows));
     EXPECT_EQ(e.finite.nonfinite, 0);
-    EXPECT_LE(e.finite.rel_l2, 1e-5);
+    EXPECT_LE(e.finite.diff_l2, 1e-5 * std::max(e.finite.ref_l2, cancelled_terms_norm(y, grad_out)));
     EXPECT_LE(e.finite.max_abs, 1e-6);  // y <= 1 times |grad_out - dot| < 10, y rounded to f32
   }
 }

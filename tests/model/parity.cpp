@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -67,25 +68,32 @@ std::vector<int> golden_layout(const GoldenModel& g, const std::string& name, co
 
 }  // namespace
 
-// Share of (batch, pixel) positions whose argmax over dim 1 agrees between two [B, K, H, W] tensors.
-double argmax_agreement(const Tensor& ours, const Tensor& ref) {
+ArgmaxAgreement argmax_agreement(const Tensor& ours, const Tensor& ref, double tie_margin) {
   const int64_t batch = ref.dim(0), classes = ref.dim(1), pixels = ref.dim(2) * ref.dim(3);
   const float* a = ours.data<float>();
   const float* r = ref.data<float>();
   int64_t agree = 0;
+  ArgmaxAgreement result;
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t p = 0; p < pixels; ++p) {
+      const auto at = [&](const float* t, int64_t c) { return t[(b * classes + c) * pixels + p]; };
       int64_t best_a = 0, best_r = 0;
       for (int64_t c = 1; c < classes; ++c) {
-        const int64_t i = (b * classes + c) * pixels + p;
-        if (a[i] > a[(b * classes + best_a) * pixels + p]) best_a = c;
-        if (r[i] > r[(b * classes + best_r) * pixels + p]) best_r = c;
+        if (at(a, c) > at(a, best_a)) best_a = c;
+        if (at(r, c) > at(r, best_r)) best_r = c;
       }
-      agree += best_a == best_r;
+      if (best_a == best_r) {
+        ++agree;
+        continue;
+      }
+      float second = -std::numeric_limits<float>::infinity();
+      for (int64_t c = 0; c < classes; ++c)
+        if (c != best_r) second = std::max(second, at(r, c));
+      result.clear_disagreements += at(r, best_r) - second > tie_margin;
     }
-  return double(agree) / double(batch * pixels);
+  result.share = double(agree) / double(batch * pixels);
+  return result;
 }
-
 
 void check_whole_model(const GoldenModel& g, double module_tol, double logits_tol, double min_agreement) {
   SCOPED_TRACE("golden seed " + g.seed);
@@ -121,7 +129,7 @@ void check_whole_model(const GoldenModel& g, double module_tol, double logits_to
   EXPECT_GE(compared.size(), 60u) << "too few modules compared: names drifted from the oracle's?";
   expect_matches_golden(g, executor, "logits", "logits", logits_tol);
 
-  const double agreement = argmax_agreement(executor.get("logits"), g.golden->view("logits"));
+  const double agreement = argmax_agreement(executor.get("logits"), g.golden->view("logits")).share;
   std::printf("  argmax agreement: %.6f%% of pixels\n", 100 * agreement);
   EXPECT_GE(agreement, min_agreement);
 }

@@ -100,9 +100,14 @@ void compare_gradients(const GoldenModel& g, const model::TrainingGraph& t, cons
                        double zero_bound, double our_zero_noise,
                        const std::function<void(const std::string& param, const ErrorStats& err)>& check);
 
-// Share of (batch, pixel) positions whose argmax over dim 1 (first maximum on ties) agrees between two host
-// f32 [B, K, H, W] tensors.
-double argmax_agreement(const Tensor& ours, const Tensor& ref);
+// Argmax over dim 1 (first maximum on ties) of two host f32 [B, K, H, W] tensors, per (batch, pixel): the share
+// of positions that agree, and how many disagree although `ref`'s two best classes are more than `tie_margin`
+// apart (a clear winner: with tie_margin at least twice our largest logit error, none may flip).
+struct ArgmaxAgreement {
+  double share = 0;
+  int64_t clear_disagreements = 0;
+};
+ArgmaxAgreement argmax_agreement(const Tensor& ours, const Tensor& ref, double tie_margin = 0);
 
 // The whole model (MfuserModel on g's weights, CPU) against the oracle: the text features, every module the
 // oracle recorded that our graph names too (rel L2 <= module_tol; module_tol < 0: report only), the logits

@@ -44,8 +44,9 @@ safetensors reader):
                                               can replay them
   DIR/manifest.json       names, shapes and dtypes of every tensor of the three files, the seed,
                           the config, the recorded module order, the per-module output RMS; with
-                          --train --float64, the oracle's own float32 and bf16-storage
-                          (mfuser_ref/bf16_storage.py) errors: oracle_{fp32,bf16}_grad_rel_error per
+                          --float64, the oracle's own float32 and bf16-storage (mfuser_ref/bf16_storage.py)
+                          errors: oracle_{fp32,bf16}_rel_error per eval output; with --train also
+                          oracle_{fp32,bf16}_grad_rel_error per
                           parameter, oracle_{fp32,bf16}_activation_grad_rel_error per output_grad,
                           oracle_bf16_loss_rel_error per loss.
 
@@ -512,6 +513,21 @@ def rms(t: torch.Tensor) -> float:
     return float(t.double().square().mean().sqrt()) if t.numel() else 0.0
 
 
+def own_forward_errors(model, inputs, golden, patterns, precision):
+    """The eval forward (float32 weights) run inside `precision` (a context manager) against the float64 golden
+    outputs: {recorded output or "logits": relative L2 error}."""
+    rec = Recorder(model, patterns)
+    with torch.no_grad(), precision:
+        logits = model(inputs["img"])
+    rec.remove()
+    errors = OrderedDict()
+    for k, v in dict(rec.outputs, logits=logits).items():
+        if k in golden and v.is_floating_point() and v.shape == golden[k].shape:
+            ref = golden[k].double()
+            errors[k] = float((v.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+    return errors
+
+
 def own_step_errors(model, inputs, golden, precision, patterns, losses_out=None):
     """The model's training step (float32 weights) run inside `precision` (a context manager), against the
     float64 golden gradients: ({parameter: relative L2 error}, {module output: relative L2 error of its
@@ -597,19 +613,12 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
     golden["logits"] = logits.detach().float().clone()
     del eval_model
     release_freed_memory()
-    oracle_fp32_error = OrderedDict()
+    oracle_fp32_error = oracle_bf16_error = OrderedDict()
     if float64:
-        # The oracle's own float32 run against the float64 one: the rounding noise any fp32 implementation
-        # has on these weights, recorded so tests can tell it from real errors.
-        rec32 = Recorder(model, patterns)
-        with torch.no_grad():
-            logits32 = model(inputs["img"])
-        rec32.remove()
-        outputs32 = dict(rec32.outputs, logits=logits32)
-        for k, v in outputs32.items():
-            if k in golden and v.is_floating_point() and v.shape == golden[k].shape:
-                ref = golden[k].double()
-                oracle_fp32_error[k] = float((v.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+        # The oracle's own float32 run, and its run with bf16 storage, against the float64 one: the rounding noise
+        # any fp32 / bf16 implementation has on these weights, recorded so tests can tell it from real errors.
+        oracle_fp32_error = own_forward_errors(model, inputs, golden, patterns, contextlib.nullcontext())
+        oracle_bf16_error = own_forward_errors(model, inputs, golden, patterns, bf16_storage(model))
     order = list(rec.order)
 
     train_info = None
@@ -725,6 +734,7 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
         ("eval_dtype", "float64" if float64 else "float32"),
         ("residual_gain", residual_gain),
         ("oracle_fp32_rel_error", oracle_fp32_error),
+        ("oracle_bf16_rel_error", oracle_bf16_error),
         ("oracle_fp32_grad_rel_error", oracle_fp32_grad_error),
         ("oracle_bf16_grad_rel_error", oracle_bf16_grad_error),
         ("oracle_bf16_loss_rel_error", oracle_bf16_loss_error),
