@@ -52,7 +52,7 @@ void convert_u8(uint8_t* p, int64_t n, int64_t stride, float alpha, float beta) 
 
 uint64_t TrainRng::next_u64() {
   const uint64_t draw = splitmix64(state_);
-  state_ += 0x9E3779B97F4A7C15ull;
+  state_ += kSplitMixGamma;
   return draw;
 }
 

@@ -13,10 +13,13 @@
 
 namespace mfuser {
 
-// The generator's value after state x: x + golden gamma, then the output mix. Consecutive states x, x + gamma,
-// ... give the stream; splitmix64(key + n * gamma) is its n-th value.
+// The state increment (the golden ratio in 64 bits).
+inline constexpr uint64_t kSplitMixGamma = 0x9E3779B97F4A7C15ull;
+
+// The generator's value after state x: x + gamma, then the output mix. Consecutive states x, x + gamma, ...
+// give the stream; splitmix64(key + n * gamma) is its n-th value.
 MFUSER_HOST_DEVICE inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
+  x += kSplitMixGamma;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);

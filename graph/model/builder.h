@@ -11,8 +11,9 @@
 //
 // Storage type: a Builder made with DType::bf16 stores weights, float constants and every float activation
 // in bf16 (the CUDA kernels compute in f32 and round on store; the CPU executor widens each node to f32 and
-// rounds its outputs the same way); DType::f32, the default, is what the CPU reference runs natively. Integer and boolean values keep their own dtypes. An op's output takes its first float
-// input's dtype, so what follows an explicit cast to f32 (a training graph's losses) stays f32.
+// rounds its outputs the same way); DType::f32, the default, is what the CPU reference runs natively. Integer
+// and boolean values keep their own dtypes. An op's output takes its first float input's dtype, so what follows
+// an explicit cast to f32 (a training graph's losses) stays f32.
 #pragma once
 
 #include <array>
@@ -61,6 +62,7 @@ class Builder {
   void end_checkpoint();
   Shape shape(ValueId v) const { return g_.value(v).shape; }  // a copy: adding values may move the originals
   DType dtype(ValueId v) const { return g_.value(v).dtype; }
+  graph::OutputSpec spec(ValueId v) const { return {shape(v), dtype(v)}; }  // a value like v (e.g. its gradient)
 
   // A weight by its state-dict name, loaded once (a second request returns the same value), in the storage
   // type.

@@ -33,7 +33,7 @@ BackwardRule add(ValueId a, ValueId b_in, ValueId out) {
     c.accumulate(a, g);
     if (!c.wants(b_in)) return;
     if (b.shape(b_in) == b.shape(out)) return c.accumulate(b_in, g);
-    c.accumulate(b_in, b.graph().add1("add_backward", c.name(out), {g}, {b.shape(b_in), b.dtype(b_in)},
+    c.accumulate(b_in, b.graph().add1("add_backward", c.name(out), {g}, b.spec(b_in),
                                       [](Ins in, Outs o) {
                                         Tensor none;
                                         kernels::add_backward(in[0], none, o[0]);
@@ -56,8 +56,8 @@ BackwardRule matmul(ValueId x, ValueId y, ValueId out, const kernels::GemmParams
     if (want_x) inputs.push_back(y);
     if (want_y) inputs.push_back(x);
     std::vector<graph::OutputSpec> outs;
-    if (want_x) outs.push_back({b.shape(x), b.dtype(x)});
-    if (want_y) outs.push_back({b.shape(y), b.dtype(y)});
+    if (want_x) outs.push_back(b.spec(x));
+    if (want_y) outs.push_back(b.spec(y));
     const auto grads = b.graph().add("matmul_backward", c.name(out), inputs, outs, [=](Ins in, Outs o) {
       size_t k = 0;
       if (want_x) {
@@ -110,8 +110,8 @@ BackwardRule mul(ValueId a, ValueId b_in, ValueId out) {
     const bool want_a = c.wants(a), want_b = c.wants(b_in);
     Builder& b = c.builder();
     std::vector<graph::OutputSpec> outs;
-    if (want_a) outs.push_back({b.shape(a), b.dtype(a)});
-    if (want_b) outs.push_back({b.shape(b_in), b.dtype(b_in)});
+    if (want_a) outs.push_back(b.spec(a));
+    if (want_b) outs.push_back(b.spec(b_in));
     const auto grads =
         b.graph().add("mul_backward", c.name(out), {a, b_in, c.grad(out)}, outs, [=](Ins in, Outs o) {
           Tensor none_a, none_b;
@@ -130,7 +130,7 @@ BackwardRule mul(ValueId a, ValueId b_in, ValueId out) {
 BackwardRule scale(ValueId x, ValueId out, float factor) {
   return [=](GradContext& c) {
     Builder& b = c.builder();
-    c.accumulate(x, b.graph().add1("scale_backward", c.name(out), {c.grad(out)}, {b.shape(x), b.dtype(x)},
+    c.accumulate(x, b.graph().add1("scale_backward", c.name(out), {c.grad(out)}, b.spec(x),
                                    [factor](Ins in, Outs o) { kernels::scale_backward(in[0], o[0], factor); }));
   };
 }
@@ -139,7 +139,7 @@ BackwardRule scale(ValueId x, ValueId out, float factor) {
 BackwardRule activation(ValueId x, ValueId out, kernels::Activation kind) {
   return [=](GradContext& c) {
     Builder& b = c.builder();
-    c.accumulate(x, b.graph().add1("activation_backward", c.name(out), {x, c.grad(out)}, {b.shape(x), b.dtype(x)},
+    c.accumulate(x, b.graph().add1("activation_backward", c.name(out), {x, c.grad(out)}, b.spec(x),
                                    [kind](Ins in, Outs o) { kernels::activation_backward(in[0], in[1], o[0], kind); }));
   };
 }
@@ -147,7 +147,7 @@ BackwardRule activation(ValueId x, ValueId out, kernels::Activation kind) {
 BackwardRule dropout(ValueId x, ValueId seed, ValueId out, const kernels::DropoutMask& mask) {
   return [=](GradContext& c) {
     Builder& b = c.builder();
-    c.accumulate(x, b.graph().add1("dropout_backward", c.name(out), {c.grad(out), seed}, {b.shape(x), b.dtype(x)},
+    c.accumulate(x, b.graph().add1("dropout_backward", c.name(out), {c.grad(out), seed}, b.spec(x),
                                    [mask](Ins in, Outs o) { kernels::dropout(in[0], in[1], o[0], mask); }));
   };
 }
@@ -158,7 +158,7 @@ BackwardRule softmax(ValueId x, ValueId mask, ValueId out) {
   (void)mask;
   return [=](GradContext& c) {
     Builder& b = c.builder();
-    c.accumulate(x, b.graph().add1("softmax_backward", c.name(out), {out, c.grad(out)}, {b.shape(x), b.dtype(x)},
+    c.accumulate(x, b.graph().add1("softmax_backward", c.name(out), {out, c.grad(out)}, b.spec(x),
                                    [](Ins in, Outs o) { kernels::softmax_backward(in[0], in[1], o[0]); }));
   };
 }
@@ -177,7 +177,7 @@ BackwardRule attention(ValueId q, ValueId k, ValueId v, ValueId out, bool causal
     if (has_float) inputs.push_back(float_mask);
     const auto grads = b.graph().add(
         "attention_backward", c.name(out), inputs,
-        {{b.shape(q), b.dtype(q)}, {b.shape(k), b.dtype(k)}, {b.shape(v), b.dtype(v)}},
+        {b.spec(q), b.spec(k), b.spec(v)},
         [=](Ins in, Outs o) {
           const Tensor none;
           kernels::attention_backward(in[0], in[1], in[2], none, in[3], o[0], o[1], o[2], causal,

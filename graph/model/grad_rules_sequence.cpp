@@ -45,7 +45,7 @@ BackwardRule selective_scan(ValueId u, ValueId delta, ValueId A, ValueId B, Valu
     std::vector<ValueId> inputs = forward;
     inputs.push_back(c.grad(out));
     std::vector<graph::OutputSpec> outs;
-    for (ValueId v : forward) outs.push_back({b.shape(v), b.dtype(v)});
+    for (ValueId v : forward) outs.push_back(b.spec(v));
     const auto grads = b.graph().add("selective_scan_backward", c.name(out), inputs, outs, [=](Ins in, Outs o) {
       static const Tensor kNone;
       Tensor none_d, none_bias;
@@ -69,8 +69,7 @@ BackwardRule msdeform_attn(ValueId value, ValueId spatial_shapes, ValueId level_
   return [=](GradContext& c) {
     Builder& b = c.builder();
     const std::vector<ValueId> inputs = {value, spatial_shapes, level_start_index, locations, weights, c.grad(out)};
-    const std::vector<graph::OutputSpec> outs = {
-        {b.shape(value), b.dtype(value)}, {b.shape(locations), b.dtype(locations)}, {b.shape(weights), b.dtype(weights)}};
+    const std::vector<graph::OutputSpec> outs = {b.spec(value), b.spec(locations), b.spec(weights)};
     const auto grads = b.graph().add("msdeform_attn_backward", c.name(out), inputs, outs, [](Ins in, Outs o) {
       kernels::msdeform_attn_backward(in[0], in[1], in[2], in[3], in[4], in[5], o[0], o[1], o[2]);
     });

@@ -52,7 +52,7 @@ BackwardRule conv_transpose2d(ValueId x, ValueId weight, ValueId bias, ValueId o
 BackwardRule maxpool2d(ValueId x, ValueId out) {
   return [=](GradContext& c) {
     Builder& b = c.builder();
-    c.accumulate(x, b.graph().add1("maxpool2d_backward", c.name(out), {x, c.grad(out)}, {b.shape(x), b.dtype(x)},
+    c.accumulate(x, b.graph().add1("maxpool2d_backward", c.name(out), {x, c.grad(out)}, b.spec(x),
                                    [](Ins in, Outs o) { kernels::maxpool2d_backward(in[0], in[1], o[0]); }));
   };
 }
@@ -62,7 +62,7 @@ BackwardRule resize_bilinear(ValueId x, ValueId out) {
   return [=](GradContext& c) {
     Builder& b = c.builder();
     c.accumulate(x, b.graph().add1("resize_bilinear_backward", c.name(out), {c.grad(out)},
-                                   {b.shape(x), b.dtype(x)},
+                                   b.spec(x),
                                    [](Ins in, Outs o) { kernels::resize_bilinear_backward(in[0], o[0]); }));
   };
 }
@@ -73,7 +73,7 @@ BackwardRule permute(ValueId x, ValueId out, const std::vector<int>& perm) {
   for (size_t i = 0; i < perm.size(); ++i) inv[size_t(perm[i])] = int(i);
   return [=](GradContext& c) {
     Builder& b = c.builder();
-    c.accumulate(x, b.graph().add1("permute_backward", c.name(out), {c.grad(out)}, {b.shape(x), b.dtype(x)},
+    c.accumulate(x, b.graph().add1("permute_backward", c.name(out), {c.grad(out)}, b.spec(x),
                                    [inv](Ins in, Outs o) { kernels::permute(in[0], o[0], inv); }));
   };
 }
@@ -107,7 +107,7 @@ BackwardRule concat(const std::vector<ValueId>& xs, ValueId out, int dim) {
       return;
     }
     std::vector<graph::OutputSpec> outs;
-    for (ValueId x : xs) outs.push_back({b.shape(x), b.dtype(x)});
+    for (ValueId x : xs) outs.push_back(b.spec(x));
     const auto pieces = g.add("concat_backward", c.name(out), {grad}, outs,
                               [dim](Ins in, Outs o) { kernels::split(in[0], o, dim); });
     for (size_t i = 0; i < xs.size(); ++i) c.accumulate(xs[i], pieces[i]);
@@ -124,14 +124,14 @@ BackwardRule split(ValueId x, const std::vector<ValueId>& outs, int dim) {
     std::vector<ValueId> parts;
     for (ValueId part : outs) {
       ValueId grad = c.grad(part);
-      // f32 zeros whatever the Builder's storage type: the parts' gradients are f32.
+      // An unused part's gradient: zeros of its shape and dtype.
       if (grad == graph::kNoValue) grad = g.constant(c.name(part, ".zeros"), Tensor::zeros(b.shape(part), b.dtype(part)));
       parts.push_back(grad);
     }
     if (parts.size() == 1) return c.accumulate(x, parts[0]);
     // Named after the split node itself (its outputs are "<name>.k").
     const std::string name = g.nodes()[size_t(g.value(outs[0]).producer)].name + ".grad";
-    c.accumulate(x, g.add1("split_backward", name, parts, {b.shape(x), b.dtype(x)},
+    c.accumulate(x, g.add1("split_backward", name, parts, b.spec(x),
                            [dim](Ins in, Outs o) { kernels::concat(in, o[0], dim); }));
   };
 }

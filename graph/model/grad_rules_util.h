@@ -38,7 +38,7 @@ inline void backward_node(GradContext& c, const std::string& op, ValueId out, st
   std::vector<graph::OutputSpec> specs;
   for (size_t i = 0; i < slots.size(); ++i) {
     computed[i] = c.wants(slots[i].input) || slots[i].required;
-    if (computed[i]) specs.push_back({b.shape(slots[i].input), b.dtype(slots[i].input)});
+    if (computed[i]) specs.push_back(b.spec(slots[i].input));
   }
   const auto grads = b.graph().add(op, c.name(out), std::move(inputs), std::move(specs),
                                    [computed, run = std::move(run)](Ins in, Outs o) {

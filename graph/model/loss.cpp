@@ -91,8 +91,8 @@ BackwardRule mask_losses(ValueId cls_scores, ValueId mask_preds, ValueId gt_seg,
     if (want_cls) inputs.push_back(cls_scores);
     if (want_mask) inputs.insert(inputs.end(), {mask_preds, points});
     std::vector<graph::OutputSpec> outs;
-    if (want_cls) outs.push_back({b.shape(cls_scores), b.dtype(cls_scores)});
-    if (want_mask) outs.push_back({b.shape(mask_preds), b.dtype(mask_preds)});
+    if (want_cls) outs.push_back(b.spec(cls_scores));
+    if (want_mask) outs.push_back(b.spec(mask_preds));
     const auto grads = b.graph().add("mask_loss_backward", c.name(losses), inputs, outs, [=](Ins in, Outs o) {
       const Tensor none_in;
       Tensor none_cls, none_mask;
@@ -118,7 +118,7 @@ BackwardRule seg_cross_entropy(ValueId logits, ValueId gt_seg, ValueId loss, flo
     const ValueId g = c.grad(loss);
     if (g == kNoValue) return;
     c.accumulate(logits, b.graph().add1("cross_entropy_backward", c.name(loss), {logits, gt_seg, g},
-                                        {b.shape(logits), b.dtype(logits)}, [loss_weight](Ins in, Outs o) {
+                                        b.spec(logits), [loss_weight](Ins in, Outs o) {
                                           kernels::cross_entropy_backward(
                                               in[0], in[1], Tensor(), kIgnoreIndex,
                                               kernels::CrossEntropyReduction::mean_all, in[2].reshape(Shape{}), o[0]);

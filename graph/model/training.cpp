@@ -31,13 +31,13 @@ kernels::MaskLossConfig mask_loss_config(const ModelConfig& cfg) {
 
 namespace {
 
-// The auxiliary score map of after_extract_feat: cosine similarities of every pixel's visual embedding with
-// every refined class embedding, over tau: [B, K, g, g].
 // The f32 view a loss reads: v itself, or its f32 copy in a bf16 graph.
 ValueId as_f32(Builder& b, ValueId v) {
   return b.dtype(v) == DType::f32 ? v : b.cast(v, DType::f32, b.graph().value(v).name + ".f32");
 }
 
+// The auxiliary score map of after_extract_feat: cosine similarities of every pixel's visual embedding with
+// every refined class embedding, over tau: [B, K, g, g].
 ValueId score_map(Builder& b, const ModelConfig& cfg, ValueId visual_embedding, ValueId text_embeddings) {
   const Shape vs = b.shape(visual_embedding);  // [B, E, g, g]
   const ValueId visual = b.reshape(b.l2norm(visual_embedding, 1, "score_map.visual_normalized"),

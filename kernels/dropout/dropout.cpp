@@ -28,7 +28,7 @@ void cpu::dropout(const Tensor& x, const Tensor& seed, Tensor& out, const Dropou
   check_args(x, seed, out, mask);
   check_host(kOp, x);
   const int64_t n = x.numel();
-  const int64_t units = mask.units > 0 ? mask.units : (n + mask.inner - 1) / mask.inner;
+  const int64_t units = dropout_units(mask, n);
   const uint64_t key = dropout_key(uint64_t(seed.data<int64_t>()[0]), mask.salt);
   const float scale = 1.f / (1.f - mask.p);
   const float* in = x.data<float>();

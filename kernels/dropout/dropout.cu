@@ -26,7 +26,7 @@ void cuda::dropout(const Tensor& x, const Tensor& seed, Tensor& out, const Dropo
   const int64_t n = x.numel();
   if (n == 0) return;
   check_cuda_storage("dropout", x.dtype(), {&x, &out});
-  const int64_t units = mask.units > 0 ? mask.units : (n + mask.inner - 1) / mask.inner;
+  const int64_t units = dropout_units(mask, n);
   with_storage_type("dropout", x.dtype(), [&]<class T>() {
     constexpr int kThreads = 256;
     dropout_kernel<T><<<grid_for(n, kThreads), kThreads, 0, stream_of(x)>>>(

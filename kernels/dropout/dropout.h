@@ -6,9 +6,11 @@
 //
 // One draw per unit: inner = 1, units = numel is per-element nn.Dropout (F.dropout); inner = numel / B,
 // units = B is DropPath on a batch-first [B, ...] tensor (timm's drop_path: one draw per sample, x / keep_prob);
-// inner = C, units = B is DropPath on a sequence-first [L, B, C] tensor (CLIP's residual blocks).
+// inner = C, units = L is one draw per token of a batch-first [B, L, C] tensor (CLIP's residual blocks, which
+// upstream runs sequence-first [L, B, C] through drop_path: one draw per entry of dim 0, the token).
 // keep(u) is u's uniform draw in [0, 1) (24 bits of SplitMix64, runtime/splitmix.h, at position u of the
-// stream keyed by seed and salt) being >= p: P(keep) = 1 - p, as PyTorch's bernoulli(1 - p) and timm's floor(keep_prob + rand).
+// stream keyed by seed and salt) being >= p: P(keep) = 1 - p, as PyTorch's bernoulli(1 - p) and timm's
+// floor(keep_prob + rand).
 // PyTorch's own random stream cannot be reproduced, so masks differ from PyTorch's by design; parity tests
 // turn dropout off (TrainingGraphOptions::dropout).
 //
@@ -40,10 +42,16 @@ inline uint64_t dropout_salt(std::string_view name) {
   return h;
 }
 
-// The stream's key, and whether draw `unit` keeps its elements (the same function on host and device).
-MFUSER_HOST_DEVICE inline uint64_t dropout_key(uint64_t seed, uint64_t salt) { return splitmix64(seed ^ splitmix64(salt)); }
+// The stream's key, whether draw `unit` keeps its elements (the same functions on host and device), and the
+// number of draws over `numel` elements.
+MFUSER_HOST_DEVICE inline uint64_t dropout_key(uint64_t seed, uint64_t salt) {
+  return splitmix64(seed ^ splitmix64(salt));
+}
 MFUSER_HOST_DEVICE inline bool dropout_keeps(uint64_t key, uint64_t unit, float p) {
-  return uniform24(splitmix64(key + unit * 0x9E3779B97F4A7C15ull)) >= p;
+  return uniform24(splitmix64(key + unit * kSplitMixGamma)) >= p;
+}
+inline int64_t dropout_units(const DropoutMask& mask, int64_t numel) {
+  return mask.units > 0 ? mask.units : (numel + mask.inner - 1) / mask.inner;
 }
 
 void dropout(const Tensor& x, const Tensor& seed, Tensor& out, const DropoutMask& mask);  // dispatches on the device

@@ -31,17 +31,24 @@ struct GradCheckOptions {
   float step = 1e-2f;  // central-difference step
 };
 
+// A graph with a Builder recording onto a Tape: the setup of every backward-rule test
+// (`auto& [g, store, tape, b] = taped;`).
+struct TapedGraph {
+  graph::Graph g;
+  model::WeightStore store = model::WeightStore::synthesize(0);
+  model::Tape tape;
+  model::Builder b{g, store};
+  TapedGraph() { b.set_tape(&tape); }
+};
+
 using GradForward = std::function<graph::ValueId(model::Builder&, const std::vector<graph::ValueId>&)>;
 
 inline void check_gradients(const std::string& what, std::vector<GradInput> inputs, const GradForward& forward,
                             GradCheckOptions opt = {}) {
   SCOPED_TRACE(what);
   MFUSER_SEED_TRACE();
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  model::Builder b(g, store);
-  b.set_tape(&tape);
+  TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   std::vector<graph::ValueId> ids, wrt;
   for (const GradInput& in : inputs) {
     ids.push_back(g.weight(in.name, in.value));  // shares in.value's storage: perturbations reach the graph

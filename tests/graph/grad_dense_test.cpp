@@ -252,11 +252,8 @@ TEST(GradDense, EmbeddingRuleDoesNothingForAFrozenTable) {
 
 TEST(GradDense, EmbeddingTableGradientThrows) {
   const auto expect_throw = [](bool table_is_activation) {
-    graph::Graph g;
-    model::WeightStore store = model::WeightStore::synthesize(0);
-    model::Tape tape;
-    Builder b(g, store);
-    b.set_tape(&tape);
+    test::TapedGraph taped;
+    auto& [g, store, tape, b] = taped;
     const ValueId ids = g.constant("ids", Tensor::from_vector<int64_t>({1, 0}, {2}));
     const ValueId w = g.weight("table", uniform({3, 4}));
     // A wanted table, or one computed from a wanted weight (as the text encoder's EOT gather).
@@ -279,11 +276,8 @@ TEST(GradDense, EmbeddingTableGradientThrows) {
 // forward's mask, grad_x = keep * R / (1 - p), a value used twice summing both masks. Outside training it is no
 // node at all.
 TEST(GradDense, DropoutRedrawsTheForwardMask) {
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   const ValueId x = g.weight("x", away_from_zero({6, 50}));
   const size_t before = g.nodes().size();
   EXPECT_EQ(b.dropout(x, 0.3f, "eval_mode"), x);

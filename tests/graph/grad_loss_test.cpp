@@ -173,11 +173,8 @@ TEST(GradLoss, SegCrossEntropyValueUsedTwice) {
 
 TEST(GradLoss, GraphMaskLossesEqualKernelCalls) {
   MaskProblem p(2, 3, 3, 5, 4, 9, 7, 8, {{0, 1, 255}, {2}});
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   const ValueId cls = g.weight("cls", p.cls), mask = g.weight("mask", p.mask);
   const ValueId losses = p.losses(b, cls, mask, "decode.loss");
   g.mark_output(losses);

@@ -127,11 +127,8 @@ TEST(NormBackward, BatchNormTrainForward) {
   const Tensor running_mean = uniform({c}), running_var = uniform({c}, 0.5f, 1.5f);
   const Tensor mean_before = running_mean.to(Device::cpu()), var_before = running_var.to(Device::cpu());
 
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   b.set_training(true);
   const ValueId xv = g.input("x", xs);
   g.weight("bn.weight", weight);
@@ -198,11 +195,8 @@ TEST(NormBackward, BatchNormEvalRecordsNothing) {
   const Shape xs{2, 3, 2, 2};
   const Tensor x = uniform(xs), weight = uniform({3}), bias = uniform({3});
   const Tensor running_mean = uniform({3}), running_var = uniform({3}, 0.5f, 1.5f);
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   const ValueId xv = g.input("x", xs);
   g.weight("bn.weight", weight);
   g.weight("bn.bias", bias);

@@ -224,11 +224,8 @@ TEST(GradSpatial, SplitPartUsedTwiceAndXUsedAgain) {
 
 TEST(GradSpatial, SplitUnusedPartBuildsZeros) {
   // The backward of a split with an unused part: one zero constant of that part's shape and one concat.
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   const ValueId x = g.weight("x", uniform({2, 5}));
   const auto parts = b.split(x, {3, 2}, 1, "parts");
   model::build_backward(b, tape, {{parts[0], g.constant("seed", uniform({2, 3}))}}, {x});

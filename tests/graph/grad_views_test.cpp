@@ -41,11 +41,8 @@ TEST(Backward, ReshapeAndRowSlices) {
 }
 
 TEST(Backward, NodeWithoutRuleIsNamed) {
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   const ValueId x = g.weight("x", uniform({3}));
   const ValueId y = b.node("mystery", "mystery_node", {x}, {3}, [](std::span<const Tensor>, std::span<Tensor>) {});
   const ValueId seed = g.constant("seed", uniform({3}));
@@ -58,11 +55,8 @@ TEST(Backward, NodeWithoutRuleIsNamed) {
 }
 
 TEST(Backward, OnlyWhatTheWantedValuesNeedIsBuilt) {
-  graph::Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   const ValueId x = g.weight("x", uniform({2, 5}));
   const ValueId frozen = g.weight("frozen", uniform({5, 5}));
   const ValueId head = g.weight("head", uniform({3, 5}));

@@ -121,11 +121,8 @@ TEST(Recompute, HandBuiltSegment) {
 }
 
 TEST(Recompute, RefusesSideEffectsAndNesting) {
-  Graph g;
-  model::WeightStore store = model::WeightStore::synthesize(0);
-  model::Tape tape;
-  Builder b(g, store);
-  b.set_tape(&tape);
+  test::TapedGraph taped;
+  auto& [g, store, tape, b] = taped;
   b.set_training(true);
   const ValueId x = g.input("x", {2, 3, 2, 2});
   b.begin_checkpoint("fpn");

@@ -182,7 +182,8 @@ std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(
   const Tensor image = g.inputs->load("img");
   const int64_t batch = image.dim(0), h = image.dim(2), w = image.dim(3);
   run->graph = model::build_training_graph(*run->weights, g.config, batch, h, w, {.storage = storage, .dropout = false});
-  for (const auto& [name, grad] : activation_gradients(g, run->graph)) run->graph.graph->mark_output(grad);
+  run->activation_gradients = activation_gradients(g, run->graph);
+  for (const auto& [name, grad] : run->activation_gradients) run->graph.graph->mark_output(grad);
   run->executor = std::make_unique<graph::Executor>(*run->graph.graph, device);
   graph::Executor& ex = *run->executor;
   ex.set_input("image", image);
@@ -239,7 +240,7 @@ void expect_step_within_oracle_noise(const GoldenModel& g, Device device, DType 
   // d loss / d every module output both sides name alike (graph values are named after the oracle's modules).
   const nlohmann::json& activation_noise = manifest.at("oracle_" + precision + "_activation_grad_rel_error");
   int activations = 0;
-  for (const auto& [name, grad] : activation_gradients(g, run->graph)) {
+  for (const auto& [name, grad] : run->activation_gradients) {
     ASSERT_TRUE(activation_noise.contains(name)) << name << ": the oracle recorded no " << precision << " error";
     const Tensor ours = run->executor->get(run->graph.graph->value(grad).name);
     const std::string golden_name = "output_grad." + name;

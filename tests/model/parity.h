@@ -6,6 +6,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "graph/executor.h"
 #include "graph/model/builder.h"
@@ -52,6 +54,9 @@ struct TrainingStepRun {
   std::unique_ptr<model::WeightStore> weights;
   model::TrainingGraph graph;
   std::unique_ptr<graph::Executor> executor;
+  // (module output name, its gradient) for every "output_grad.<name>" of the golden ours has too (parity.cpp),
+  // kept as graph outputs.
+  std::vector<std::pair<std::string, graph::ValueId>> activation_gradients;
 };
 std::unique_ptr<TrainingStepRun> run_training_step_checking_losses(
     const GoldenModel& g, DType storage = DType::f32, Device device = Device::cpu(),

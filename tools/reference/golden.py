@@ -121,11 +121,12 @@ class GoldenError(RuntimeError):
 
 
 class NearKinkError(GoldenError):
-    """The training step comes within float32 rounding of a point where the model is not differentiable: a
+    """A run comes within float32 rounding of a point where the model is not differentiable (check_kinks): a
     deformable-attention sample within KINK_MARGIN pixels of a bilinear cell edge, a mask logit within
-    MASK_MARGIN of 0 where the decoder's attention mask switches, or a ReLU input within MASK_MARGIN of 0. A float32 implementation may land on the
-    other side of the float64 oracle there, so gradient goldens (--train with --float64) are drawn again with
-    another seed."""
+    MASK_MARGIN of 0 where the decoder's attention mask switches, a ReLU input or a max-pool tie within
+    MASK_MARGIN. A float32 implementation may land on the other side of the float64 oracle there, so gradient
+    goldens (--train with --float64), and with --avoid-mask-flips eval goldens, are drawn again with another
+    seed."""
 
 
 KINK_MARGIN = 3e-6  # pixels; float32 sampling locations land ~1e-6 pixels from the float64 ones
@@ -313,8 +314,8 @@ class Recorder:
             flat = []
             _flatten("", output, flat)
             for suffix, t in flat:
-                self.outputs[self.prefix + _rename(key, suffix)] = t.detach().clone()
                 renamed = _rename(key, suffix)
+                self.outputs[self.prefix + renamed] = t.detach().clone()
                 # one hook per name: a submodule's output can be its parent's nested output of the same name
                 # (pixel_decoder.mask_feature, the conv, is pixel_decoder's output 0), and two would double it
                 if self.grads and t.requires_grad and t.is_floating_point() and renamed not in self.hooked:
@@ -513,6 +514,12 @@ def rms(t: torch.Tensor) -> float:
     return float(t.double().square().mean().sqrt()) if t.numel() else 0.0
 
 
+def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """||ours - ref|| / ||ref||, in float64."""
+    ref = ref.double()
+    return float((ours.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
 def own_forward_errors(model, inputs, golden, patterns, precision):
     """The eval forward (float32 weights) run inside `precision` (a context manager) against the float64 golden
     outputs: {recorded output or "logits": relative L2 error}."""
@@ -520,12 +527,8 @@ def own_forward_errors(model, inputs, golden, patterns, precision):
     with torch.no_grad(), precision:
         logits = model(inputs["img"])
     rec.remove()
-    errors = OrderedDict()
-    for k, v in dict(rec.outputs, logits=logits).items():
-        if k in golden and v.is_floating_point() and v.shape == golden[k].shape:
-            ref = golden[k].double()
-            errors[k] = float((v.double() - ref).norm() / ref.norm().clamp_min(1e-30))
-    return errors
+    return OrderedDict((k, rel_error(v, golden[k])) for k, v in dict(rec.outputs, logits=logits).items()
+                       if k in golden and v.is_floating_point() and v.shape == golden[k].shape)
 
 
 def own_step_errors(model, inputs, golden, precision, patterns, losses_out=None):
@@ -545,15 +548,10 @@ def own_step_errors(model, inputs, golden, precision, patterns, losses_out=None)
     if losses_out is not None:
         losses_out.update((k, float(v)) for k, v in losses.items() if "loss" in k)
         losses_out["total"] = float(total)
-
-    def rel(ours, name):
-        ref = golden[name].double()
-        return float((ours.double() - ref).norm() / ref.norm().clamp_min(1e-30))
-
-    params = OrderedDict((name, rel(p.grad, "grad." + name)) for name, p in model.named_parameters()
+    params = OrderedDict((name, rel_error(p.grad, golden["grad." + name])) for name, p in model.named_parameters()
                          if p.requires_grad and p.grad is not None)
-    activations = OrderedDict((name, rel(g, "output_grad." + name)) for name, g in rec.output_grads.items()
-                              if "output_grad." + name in golden)
+    activations = OrderedDict((name, rel_error(g, golden["output_grad." + name]))
+                              for name, g in rec.output_grads.items() if "output_grad." + name in golden)
     model.zero_grad(set_to_none=True)
     return params, activations
 
@@ -673,9 +671,8 @@ def generate(config, seed, out_dir, train=False, batch=2, all_modules=False, poi
                 model, inputs, golden,
                 bf16_storage(model, [(model.identity_head, "losses"), (model.decode_head, "loss")]), step_patterns,
                 bf16_losses)
-            oracle_bf16_loss_error = OrderedDict(
-                (k, abs(v - float(golden["loss." + k])) / max(abs(float(golden["loss." + k])), 1e-30))
-                for k, v in bf16_losses.items())
+            oracle_bf16_loss_error = OrderedDict((k, rel_error(torch.tensor(v), golden["loss." + k]))
+                                                 for k, v in bf16_losses.items())
         n_draws = 0
         for r in draws:
             for t in r.draws:
